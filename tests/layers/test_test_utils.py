@@ -1,0 +1,112 @@
+"""verify_contract must pass good layers and catch broken ones: a checker that cannot fail protects nothing."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import trax_sl.layers as tl
+from trax_sl import sequence as seq
+from trax_sl.layers import base, delay, test_utils
+from trax_sl.shapes import ShapeDtype
+
+SIGNATURE = ShapeDtype((3, 8, 2))
+
+
+class CumSum(base.Layer):
+    """Running sum over time; the `broken` switch selects one way of getting it wrong."""
+
+    handles_sequences = True
+
+    def __init__(self, broken=None, mode="train"):
+        super().__init__(name=f"CumSum_{broken}")
+        self._broken = broken
+        self._mode = mode
+
+    def init_weights_and_state(self, input_signature, rng):
+        if self._mode != "predict":
+            return (), ()
+        batch = input_signature.shape[0]
+        if self._broken == "state_dtype":
+            return (), jnp.zeros((batch, 1, 2), jnp.int32)
+        return (), jnp.zeros((batch, 1, 2), jnp.float32)
+
+    def forward(self, x, weights, state, rng):
+        x, was_sequence = delay.as_sequence(x)
+        values = x.mask_invalid().values
+        if self._broken == "no_mask":  # Multiplying by zero does not stop NaN.
+            values = values + 0.0 * jnp.sum(x.values, axis=1, keepdims=True)
+        if self._broken == "batch_mix":  # Each row sees its neighbour.
+            values = values + 0.1 * jnp.roll(values, 1, axis=0)
+        carry = state if self._mode == "predict" and self._broken != "forgets_state" else 0.0
+        y = jnp.cumsum(values, axis=1) + carry
+        new_state = y[:, -1:] if self._mode == "predict" else state
+        if self._broken == "state_dtype" and self._mode == "predict":
+            new_state = new_state.astype(jnp.float32)
+        return delay.like_input(seq.Sequence(y, x.mask), was_sequence), new_state
+
+
+def test_a_correct_layer_passes():
+    report = test_utils.verify_contract(lambda mode: CumSum(mode=mode), SIGNATURE)
+    assert report.checks == [
+        "output_ratio",
+        "padding invariance",
+        "batch invariance",
+        "step-wise == layer-wise",
+        "gradients",
+    ]
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ("no_mask", "padding invariance"),
+        ("batch_mix", "batch invariance"),
+        ("forgets_state", "step-wise"),
+        ("state_dtype", "state changed shape or dtype"),
+    ],
+)
+def test_a_broken_layer_fails(broken, message):
+    with pytest.raises(AssertionError, match=message):
+        test_utils.verify_contract(lambda mode: CumSum(broken, mode=mode), SIGNATURE)
+
+
+class WrongLatency(delay.Lookahead):
+    @property
+    def output_latency(self):
+        return 0
+
+
+def test_a_wrong_declared_latency_fails():
+    with pytest.raises(AssertionError, match="step-wise"):
+        test_utils.verify_contract(lambda mode: WrongLatency(2, mode=mode), SIGNATURE)
+
+
+def test_a_layer_that_does_not_stream_is_refused():
+    layer = lambda mode: tl.Scan(tl.Fn("Add", lambda x, c: (x + c, x + c), n_out=2), axis=1)  # noqa: E731
+    with pytest.raises(AssertionError, match="supports_step is False"):
+        test_utils.verify_contract(layer, (SIGNATURE, ShapeDtype((3, 2))))
+
+
+def test_step_gradients_are_compared():
+    class StepScaled(CumSum):
+        """Correct values, but the step-wise gradient is cut by stop_gradient."""
+
+        def forward(self, x, weights, state, rng):
+            y, new_state = super().forward(x, weights, state, rng)
+            if self._mode == "predict":
+                y = seq.Sequence(jax.lax.stop_gradient(y.values), y.mask)
+            return y, new_state
+
+    with pytest.raises(AssertionError, match="gradients"):
+        test_utils.verify_contract(lambda mode: StepScaled(mode=mode), SIGNATURE)
+
+
+def test_latency_alignment_of_branches_keeps_the_contract():
+    model = lambda mode: tl.Serial(  # noqa: E731
+        tl.Branch(delay.Lookahead(1, mode=mode), None, delay.Lookahead(3, mode=mode)), tl.Concatenate(3)
+    )
+    report = test_utils.verify_contract(model, SIGNATURE)
+    assert (report.input_latency, report.output_latency) == (3, 3)
+    residual = lambda mode: tl.Residual(delay.Lookahead(2, mode=mode))  # noqa: E731
+    report = test_utils.verify_contract(residual, SIGNATURE)
+    assert (report.input_latency, report.output_latency) == (2, 2)

@@ -1,0 +1,9 @@
+"""trax_sl: Trax-style layers on a data stack that keep the streaming contract."""
+
+__version__ = "0.1.0"
+
+from trax_sl import shapes  # noqa: E402
+from trax_sl.sequence import MaskedSequence, Sequence  # noqa: E402
+from trax_sl import layers  # noqa: E402
+
+__all__ = ["MaskedSequence", "Sequence", "__version__", "layers", "shapes"]

@@ -1,0 +1,693 @@
+"""The Layer: a stateless description of a computation on a data stack.
+
+A layer holds hyperparameters only. Weights, state and rng go in and come out
+of `pure_fn`; `init` derives weights and state from an input signature. The
+interactive cache behind `layer(x)` (and the `weights`/`state` properties) is
+the one piece of mutable data on a layer, and `pure_fn` never reads it.
+"""
+
+from __future__ import annotations
+
+import copy
+import fractions
+import os
+import sys
+import threading
+
+import jax
+import numpy as np
+
+from trax_sl import sequence as seq
+from trax_sl import shapes
+from trax_sl.layers import serialization, streaming
+from trax_sl.layers.sharding import shard, unshard, unshard_in_pmap  # noqa: F401  (Trax's base API)
+
+EMPTY_WEIGHTS = ()
+EMPTY_STATE = ()
+MODES = ("train", "eval", "predict")
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _SharedWeights:
+    """Stands where a shared layer's weights would be, at its second use on.
+
+    A pytree with no leaves, so optimizers and checkpoints skip it; the weights
+    live at the layer's first occurrence (in depth-first order).
+    """
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self):
+        return "SHARED"
+
+
+SHARED = _SharedWeights()
+jax.tree_util.register_pytree_node(_SharedWeights, lambda _: ((), None), lambda _a, _c: SHARED)
+
+
+class LayerError(Exception):
+    """An error inside a layer, with where it happened and on what.
+
+    The message names the path from the outermost layer (`Serial >
+    Residual[1] > Dense_16`), where the failing layer was created in the
+    user's code, the function (init / pure_fn), the input signature in short
+    form, and the original exception, which is also kept as `__cause__`.
+    """
+
+    def __init__(self, layer: Layer, function_name: str, inputs, cause: BaseException):
+        self.path = [layer.name]
+        self.function_name = function_name
+        self.caller = layer.caller
+        self.input_signature = _safe_short_form(inputs)
+        self.cause = cause
+        super().__init__()
+
+    def enter(self, layer: Layer) -> None:
+        """Adds an enclosing layer to the front of the path (unless library-internal)."""
+        if layer.hidden_in_paths:
+            self._skip_index = True
+            return
+        self.path.insert(0, layer.name)
+
+    def at_index(self, index: int) -> None:
+        """Notes that the current path head is sublayer `index` of its parent."""
+        if getattr(self, "_skip_index", False):
+            self._skip_index = False
+            return
+        self.path[0] = f"{self.path[0]}[{index}]"
+
+    @property
+    def message(self) -> str:
+        cause = f"{type(self.cause).__name__}: {self.cause}"
+        return (
+            f"{' > '.join(self.path)} failed in {self.function_name}\n"
+            f"  layer created at: {self.caller}\n"
+            f"  layer input: {self.input_signature}\n"
+            f"  cause: {cause}"
+        )
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _safe_short_form(inputs) -> str:
+    try:
+        return shapes.short_form(inputs)
+    except Exception:  # An error message must not fail on odd inputs.
+        return type(inputs).__name__
+
+
+def _user_frame(layer) -> str:
+    """file:line of the innermost frame outside trax_sl: where the user built it.
+
+    Frames of trax_sl and the `__init__` chain of the layer's own class (a
+    user's subclass calling super().__init__) are skipped.
+    """
+    frame = sys._getframe(2)
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+        or (frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is layer)
+    ):
+        frame = frame.f_back
+    if frame is None:
+        return "<unknown>"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+class _Scope(threading.local):
+    """Per-thread bookkeeping of one top-level init or pure_fn trace."""
+
+    init_seen: set | None = None
+    shared_weights: dict | None = None
+
+
+_scope = _Scope()
+_default_rng = None
+
+
+def default_rng():
+    """The fixed key used when `layer(x)` or `init` gets no rng."""
+    global _default_rng
+    if _default_rng is None:
+        _default_rng = jax.random.PRNGKey(0)
+    return _default_rng
+
+
+def split_rng(rng, n: int):
+    """Splits rng into n keys; None (no randomness wanted) gives n Nones."""
+    if rng is None:
+        return [None] * n
+    return list(jax.random.split(rng, n))
+
+
+def _is_array_like(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, bool, int, float, complex))
+
+
+def _check_leaves(layer: Layer, x) -> None:
+    for leaf in jax.tree.leaves(x):
+        if not (_is_array_like(leaf) or isinstance(leaf, (shapes.ShapeDtype, jax.ShapeDtypeStruct))):
+            raise TypeError(
+                f"{layer.name} expected arrays or Sequences as inputs, got "
+                f"{type(leaf).__name__} ({leaf!r:.60})"
+            )
+
+
+def _to_structs(signature):
+    return jax.tree.map(
+        lambda s: s.as_struct() if isinstance(s, shapes.ShapeDtype) else s, signature
+    )
+
+
+def as_signature(inputs):
+    """Accepts a signature or example inputs; returns a signature."""
+    return shapes.signature(inputs)
+
+
+def _lift_sequences(fn, x, n_in: int):
+    """Runs `fn` (on plain arrays) over inputs that may hold Sequences.
+
+    Sequence inputs are unwrapped to their values; outputs shaped
+    `[batch, time, ...]` like the mask come back as Sequences with the
+    combined (and-ed) mask. Outputs without that time axis mix time steps, so
+    they are computed from inputs whose invalid steps are zeroed.
+    """
+    items = (x,) if n_in == 1 else tuple(x)
+    masks = [item.mask for item in items if isinstance(item, seq.Sequence)]
+    if not masks:
+        return fn(x)
+    mask = masks[0]
+    for other in masks[1:]:
+        if tuple(other.shape) != tuple(mask.shape):
+            raise ValueError(
+                f"Sequence inputs have different [batch, time] shapes: "
+                f"{tuple(mask.shape)} and {tuple(other.shape)}"
+            )
+        if other is not mask:
+            mask = mask & other
+
+    def unwrap(masked: bool):
+        vals = tuple(
+            (item.mask_invalid().values if masked else item.values)
+            if isinstance(item, seq.Sequence)
+            else item
+            for item in items
+        )
+        return vals[0] if n_in == 1 else vals
+
+    outputs, state = fn(unwrap(masked=False))
+    is_tuple = isinstance(outputs, tuple)
+    flat = outputs if is_tuple else (outputs,)
+
+    def time_bearing(y) -> bool:
+        return hasattr(y, "shape") and tuple(y.shape[:2]) == tuple(mask.shape)
+
+    if not all(time_bearing(y) for y in flat):
+        masked_outputs, _ = fn(unwrap(masked=True))
+        masked_flat = masked_outputs if is_tuple else (masked_outputs,)
+        flat = tuple(y if time_bearing(y) else m for y, m in zip(flat, masked_flat))
+    flat = tuple(seq.Sequence(y, mask) if time_bearing(y) else y for y in flat)
+    return (flat if is_tuple else flat[0]), state
+
+
+class Layer:
+    """Base class of layers: a function from stack items to stack items.
+
+    Inputs and outputs are packaged as in Trax: with `n_in == 1` one item, not
+    wrapped in a tuple; with several, a tuple; with none, `()`. A stack item
+    is a JAX array or a `trax_sl.Sequence`. Layers whose math is pointwise in
+    time receive the values of Sequence inputs and give Sequence outputs
+    back automatically; layers that mix time steps set
+    `handles_sequences = True` and see Sequences themselves.
+
+    Subclasses override `init_weights_and_state` and `forward`, nothing more.
+    """
+
+    handles_sequences = False
+    _mode = "train"
+    # Set on combinators the library builds inside others (Branch's Parallel),
+    # so error paths show the layers users wrote.
+    hidden_in_paths = False
+
+    def __init__(self, n_in: int = 1, n_out: int = 1, name: str | None = None,
+                 sublayers_to_print=None):
+        if n_in < 0 or n_out < 0:
+            raise ValueError(f"{name or type(self).__name__}: n_in and n_out must be >= 0, "
+                             f"got n_in={n_in}, n_out={n_out}")
+        self._n_in = n_in
+        self._n_out = n_out
+        self._name = name or type(self).__name__
+        self._sublayers: tuple[Layer, ...] = ()
+        self._sublayers_to_print = sublayers_to_print
+        self._caller = _user_frame(self)
+        self._weights = EMPTY_WEIGHTS
+        self._state = EMPTY_STATE
+        self._initialized = False
+        self._jitted_pure_fn = None
+
+    # --- Description --------------------------------------------------------
+
+    @property
+    def n_in(self) -> int:
+        return self._n_in
+
+    @property
+    def n_out(self) -> int:
+        return self._n_out
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def sublayers(self) -> tuple[Layer, ...]:
+        return self._sublayers
+
+    @property
+    def caller(self) -> str:
+        """Where (file:line of user code) this layer was created."""
+        return self._caller
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    def __repr__(self) -> str:
+        to_print = self._sublayers_to_print
+        subs = self.sublayers if to_print is None else to_print
+        if not subs:
+            return self.name
+        body = "\n".join("  " + line for sub in subs for line in repr(sub).split("\n"))
+        return f"{self.name}[\n{body}\n]"
+
+    # --- Streaming properties (see DESIGN §5); pointwise layers keep these. ---
+
+    @property
+    def block_size(self) -> int:
+        """Time steps of input per predict-mode step (blocks are multiples)."""
+        return 1
+
+    @property
+    def output_ratio(self) -> fractions.Fraction:
+        """Output steps per input step."""
+        return fractions.Fraction(1)
+
+    @property
+    def input_latency(self) -> int:
+        """Invalid input steps to feed after the end to flush the outputs."""
+        return 0
+
+    @property
+    def output_latency(self) -> int:
+        """Leading step-wise outputs to drop to line up with layer-wise ones."""
+        return 0
+
+    @property
+    def receptive_field(self) -> tuple[int, int]:
+        """(past, future): input steps before and after that an output sees."""
+        return (0, 0)
+
+    @property
+    def supports_step(self) -> bool:
+        """Whether predict mode keeps the streaming contract for this layer."""
+        return all(sub.supports_step for sub in self.sublayers)
+
+    # --- The two override points --------------------------------------------
+
+    def init_weights_and_state(self, input_signature, rng):
+        """Returns (weights, state) for inputs of `input_signature`."""
+        del input_signature, rng
+        return EMPTY_WEIGHTS, EMPTY_STATE
+
+    def forward(self, inputs, weights, state, rng):
+        """Returns (outputs, new_state)."""
+        raise NotImplementedError(f"{self.name} must define forward")
+
+    # --- Pure functions -------------------------------------------------------
+
+    def pure_fn(self, x, weights, state, rng):
+        """Applies the layer as a pure function: returns (outputs, new_state).
+
+        jit-, grad- and vmap-able; never reads the interactive cache.
+        """
+        top_level = _scope.shared_weights is None
+        if top_level:
+            _scope.shared_weights = collect_weights_by_layer(self, weights)
+        try:
+            if weights is SHARED:
+                weights = _scope.shared_weights[id(self)]
+            self._check_arity(x)
+            if self._mode == "predict":
+                streaming.check_predict_mode(self, x)
+            outputs, new_state = self._apply(x, weights, state, rng)
+            self._check_outputs(outputs)
+            return outputs, new_state
+        except LayerError as e:
+            e.enter(self)
+            raise
+        except Exception as e:
+            raise LayerError(self, "pure_fn", x, e) from e
+        finally:
+            if top_level:
+                _scope.shared_weights = None
+
+    def _apply(self, x, weights, state, rng):
+        if self.handles_sequences:
+            return self.forward(x, weights, state, rng)
+        return _lift_sequences(lambda v: self.forward(v, weights, state, rng), x, self._n_in)
+
+    def _check_arity(self, x) -> None:
+        if self._n_in == 1:
+            return
+        if not isinstance(x, (tuple, list)):
+            raise ValueError(
+                f"{self.name} takes {self._n_in} inputs from the stack, got one "
+                f"({_safe_short_form(x)}); pass a tuple of {self._n_in} items"
+            )
+        if len(x) != self._n_in:
+            raise ValueError(
+                f"{self.name} takes {self._n_in} inputs from the stack, got "
+                f"{len(x)} ({_safe_short_form(x)})"
+            )
+
+    def _check_outputs(self, outputs) -> None:
+        if self._n_out == 1:
+            return
+        if not isinstance(outputs, tuple) or len(outputs) != self._n_out:
+            got = len(outputs) if isinstance(outputs, tuple) else 1
+            raise ValueError(
+                f"{self.name} declares n_out={self._n_out} but its forward returned "
+                f"{got} item(s): {_safe_short_form(outputs)}"
+            )
+
+    # --- Initialization -------------------------------------------------------
+
+    def init(self, input_signature, rng=None):
+        """Initializes weights and state recursively; returns (weights, state).
+
+        `input_signature` is a ShapeDtype (a tuple of them for n_in > 1, a
+        Sequence of them for Sequence inputs), or example inputs. Deterministic
+        for a given rng. Also fills the interactive cache used by `layer(x)`.
+        """
+        try:
+            signature = as_signature(input_signature)
+        except TypeError as e:
+            raise LayerError(self, "init", input_signature, e) from e
+        weights, state, _ = self.init_tree(signature, default_rng() if rng is None else rng)
+        self._weights, self._state = weights, state
+        self._initialized = True
+        return weights, state
+
+    def init_tree(self, input_signature, rng):
+        """Internal: (weights, state, output_signature) in one pass over the tree.
+
+        Combinators call this on their sublayers and thread signatures through,
+        so no abstract evaluation is repeated at every nesting level. A layer
+        met a second time in one init gets SHARED for its weights.
+        """
+        top_level = _scope.init_seen is None
+        if top_level:
+            _scope.init_seen = set()
+        try:
+            first = id(self) not in _scope.init_seen
+            _scope.init_seen.add(id(self))
+            self._check_arity(input_signature)
+            weights, state, out = self.init_with_output_signature(input_signature, rng)
+            return (weights if first else SHARED), state, out
+        except LayerError as e:
+            e.enter(self)
+            raise
+        except Exception as e:
+            raise LayerError(self, "init", input_signature, e) from e
+        finally:
+            if top_level:
+                _scope.init_seen = None
+
+    def init_with_output_signature(self, input_signature, rng):
+        """(weights, state, output_signature); combinators override this."""
+        weights, state = self.init_weights_and_state(input_signature, rng)
+        out = jax.eval_shape(
+            lambda x, w, s, r: self._apply(x, w, s, r)[0],
+            _to_structs(input_signature), weights, state, rng,
+        )
+        return weights, state, shapes.from_abstract(out)
+
+    def output_signature(self, input_signature):
+        """The signature of the outputs for inputs of `input_signature` (no FLOPs)."""
+        return self._abstract_init(input_signature)[2]
+
+    def weights_and_state_signature(self, input_signature):
+        """(weights signature, state signature) for inputs of `input_signature`."""
+        weights, state, _ = self._abstract_init(input_signature)
+        return weights, state
+
+    def _abstract_init(self, input_signature):
+        signature = as_signature(input_signature)
+        captured = []
+
+        def init_fn(rng):
+            weights, state, out = self.init_tree(signature, rng)
+            captured.append(out)
+            return weights, state
+
+        weights, state = shapes.from_abstract(jax.eval_shape(init_fn, default_rng()))
+        return weights, state, captured[0]
+
+    # --- Interactive use ------------------------------------------------------
+
+    @property
+    def weights(self):
+        """The interactive cache's weights (set by `init` or assignment)."""
+        return self._weights
+
+    @weights.setter
+    def weights(self, weights):
+        self._weights = weights
+        self._initialized = True
+
+    @property
+    def state(self):
+        """The interactive cache's state (set by `init`, `layer(x)` or assignment)."""
+        return self._state
+
+    @state.setter
+    def state(self, state):
+        self._state = state
+
+    def __call__(self, x, weights=None, state=None, rng=None):
+        """Runs the layer interactively, compiled and cached per input signature.
+
+        Falls back on the cached weights and state; a layer without weights
+        needs no `init`. The new state goes to the cache.
+        """
+        if weights is None and not self._initialized:
+            self._init_weightless(x)
+        weights = self._weights if weights is None else weights
+        state = self._state if state is None else state
+        if self._jitted_pure_fn is None:
+            self._jitted_pure_fn = jax.jit(self.pure_fn)
+        try:
+            outputs, new_state = self._jitted_pure_fn(
+                x, weights, state, default_rng() if rng is None else rng
+            )
+        except LayerError:
+            raise
+        except TypeError as e:  # jit refuses non-array arguments before tracing.
+            try:
+                _check_leaves(self, x)
+            except TypeError as bad_input:
+                raise LayerError(self, "__call__", x, bad_input) from bad_input
+            raise LayerError(self, "__call__", x, e) from e
+        self._state = new_state
+        return outputs
+
+    def _init_weightless(self, x) -> None:
+        try:
+            _check_leaves(self, x)
+        except TypeError as e:
+            raise LayerError(self, "__call__", x, e) from e
+        weights, state = self.init(shapes.signature(x))
+        if jax.tree.leaves(weights):
+            self._weights, self._state, self._initialized = EMPTY_WEIGHTS, EMPTY_STATE, False
+            raise LayerError(self, "__call__", x, RuntimeError(
+                f"{self.name} has weights, so it needs them before it runs: call "
+                f"layer.init(input_signature) first (or pass weights=)"))
+
+    # --- Modes ----------------------------------------------------------------
+
+    def with_mode(self, mode: str) -> Layer:
+        """A twin of this layer (and its whole graph) running in `mode`.
+
+        The weights tree is the same in every mode, so weights (and the
+        interactive cache) carry over as they are; shared instances stay shared.
+        """
+        if mode not in MODES:
+            raise ValueError(f"with_mode: mode must be one of {MODES}, got {mode!r}")
+        memo: dict[int, Layer] = {}
+
+        def twin(layer: Layer) -> Layer:
+            if id(layer) not in memo:
+                new = copy.copy(layer)
+                new._mode = mode
+                new._jitted_pure_fn = None
+                memo[id(layer)] = new
+                new._sublayers = tuple(twin(sub) for sub in layer._sublayers)
+                if new._sublayers_to_print is not None:
+                    new._sublayers_to_print = [
+                        twin(sub) if isinstance(sub, Layer) else sub
+                        for sub in new._sublayers_to_print
+                    ]
+            return memo[id(layer)]
+
+        return twin(self)
+
+    # --- Files ----------------------------------------------------------------
+
+    def save_to_file(self, file_name, weights_only: bool = False, input_signature=None):
+        """Saves the cached weights (and state) to `file_name`, atomically.
+
+        The format is a zip of `.npy` arrays named by their path in the weights
+        tree plus a JSON header: no pickle, so loading runs no code.
+        """
+        serialization.save_layer(file_name, self._weights, None if weights_only else self._state,
+                                 input_signature)
+
+    def init_from_file(self, file_name, weights_only: bool = False, input_signature=None):
+        """Initializes from a file written by `save_to_file`; returns (weights, state).
+
+        Arrays are matched to the weights tree by path name and checked
+        against the shapes this layer expects.
+        """
+        header = serialization.read_header(file_name)
+        signature = input_signature
+        if signature is None:
+            signature = serialization.signature_from_json(header["input_signature"])
+        if signature is None:
+            raise ValueError(
+                f"init_from_file: {file_name} stores no input signature; pass input_signature="
+            )
+        weights_sig, state_sig = self.weights_and_state_signature(signature)
+        weights, state = serialization.load_layer(
+            file_name, weights_sig, None if weights_only else state_sig
+        )
+        if weights_only:
+            _, state = self.init(signature)
+        self._weights, self._state, self._initialized = weights, state, True
+        return weights, state
+
+
+def call_sublayer(index: int, layer: Layer, x, weights, state, rng):
+    """What combinators use to run sublayer `index`: errors name the index."""
+    try:
+        return layer.pure_fn(x, weights, state, rng)
+    except LayerError as e:
+        e.at_index(index)
+        raise
+
+
+def init_sublayer(index: int, layer: Layer, input_signature, rng):
+    """Combinators' init of sublayer `index`: (weights, state, output_signature)."""
+    try:
+        return layer.init_tree(input_signature, rng)
+    except LayerError as e:
+        e.at_index(index)
+        raise
+
+
+def collect_weights_by_layer(layer: Layer, weights) -> dict[int, object]:
+    """Maps id(layer) to its weights, walking the layer graph with the tree.
+
+    Used to resolve SHARED markers. Layers whose weights are not one entry per
+    sublayer (e.g. stacked weights) are not descended into.
+    """
+    found: dict[int, object] = {}
+
+    def walk(node: Layer, w) -> None:
+        if w is SHARED or id(node) in found:
+            return
+        found[id(node)] = w
+        subs = node.sublayers
+        if subs and isinstance(w, tuple) and len(w) == len(subs):
+            for sub, sub_w in zip(subs, w):
+                walk(sub, sub_w)
+
+    walk(layer, weights)
+    return found
+
+
+class PureLayer(Layer):
+    """A pure function from inputs to outputs, with no weights or randomness.
+
+    `supports_step=False` declares that the function mixes time steps (e.g. a
+    reduction over the time axis), so it does not stream.
+    """
+
+    def __init__(self, forward_fn, n_in: int = 1, n_out: int = 1, name: str = "PureLayer", *,
+                 supports_step: bool = True):
+        super().__init__(n_in=n_in, n_out=n_out, name=name)
+        self._forward_fn = forward_fn
+        self._supports_step = supports_step
+
+    @property
+    def supports_step(self) -> bool:
+        return self._supports_step
+
+    def forward(self, inputs, weights, state, rng):
+        del weights, rng
+        return self._forward_fn(inputs), state
+
+
+def Fn(name: str, f, n_out: int = 1, *, supports_step: bool = True) -> Layer:  # noqa: N802 (Trax's name)
+    """A weightless layer applying `f`; n_in is f's number of positional args.
+
+    `f` takes each input as a positional argument and returns one array
+    (n_out = 1) or a tuple of n_out arrays. Pass `supports_step=False` when f
+    mixes time steps (it then refuses predict mode).
+    """
+    import inspect
+
+    parameters = inspect.signature(f).parameters.values()
+    for p in parameters:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is not p.empty:
+            raise ValueError(
+                f"Fn {name}: f must take positional arguments only, without defaults; "
+                f"got parameter {p}"
+            )
+    n_in = len(list(parameters))
+    if n_in == 1:
+        return PureLayer(f, n_in=1, n_out=n_out, name=name, supports_step=supports_step)
+    return PureLayer(lambda xs: f(*xs), n_in=n_in, n_out=n_out, name=name, supports_step=supports_step)
+
+
+def flatten_weights_and_state(weights, state):
+    """Flat lists of weight and state arrays, without empty and shared entries."""
+    return jax.tree.leaves(weights), jax.tree.leaves(state)
+
+
+def unflatten_weights_and_state(flat_weights, flat_state, weights_and_state_signature,
+                                weights_only: bool = False):
+    """Inverse of flatten_weights_and_state, given the trees' signature."""
+    weights_sig, state_sig = weights_and_state_signature
+    weights = jax.tree.unflatten(jax.tree.structure(weights_sig), list(flat_weights))
+    if weights_only:
+        return weights, None
+    state = jax.tree.unflatten(jax.tree.structure(state_sig), list(flat_state))
+    return weights, state
+
+
+np_to_file = serialization.np_to_file
+np_from_file = serialization.np_from_file
+
+
+def to_list(outputs):
+    """Converts layer outputs to nested lists, for equality testing."""
+    if isinstance(outputs, (tuple, list)):
+        return [to_list(y) for y in outputs]
+    if isinstance(outputs, seq.Sequence):
+        return [to_list(outputs.values), to_list(outputs.mask)]
+    return np.asarray(outputs).tolist()

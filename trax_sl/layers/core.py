@@ -1,0 +1,864 @@
+"""Core layers and functions: Dense, Embedding, Dropout, reductions, softmax and friends.
+
+Names, arguments, defaults and results are Trax's (`trax.layers.core`). Layers
+pointwise in time leave Sequences to the base class; the layers that reduce or
+normalize along an axis mask invalid steps themselves when that axis is the
+batch or the time axis of a Sequence.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trax_sl import sequence as seq
+from trax_sl import shapes
+from trax_sl.layers import base
+from trax_sl.layers import initializers as init
+from trax_sl.layers.base import Fn, Layer
+
+# --- Trainable layers ----------------------------------------------------------
+
+
+def _check_positive(layer_name: str, **values) -> None:
+    for key, value in values.items():
+        if not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{layer_name}: {key} must be an integer, got {key}={value!r}")
+        if value < 1:
+            raise ValueError(f"{layer_name}: {key} must be >= 1, got {key}={value!r}")
+
+
+def _bias_like(b, ndim: int):
+    """Reshapes a bias to the rank of the output it is added to (no rank promotion)."""
+    return jnp.reshape(b, (1,) * (ndim - b.ndim) + tuple(b.shape))
+
+
+class Dense(Layer):
+    """A dense (fully-connected, affine) layer on the last axis: y = x W + b.
+
+    n_in=1, n_out=1. `[batch, time, d_in]` -> `[batch, time, n_units]`; any
+    number of leading axes. Weights are `(w, b)` with `w [d_in, n_units]` and
+    `b [n_units]`, or `w` alone when `use_bias=False`.
+
+    Predict mode: stateless; streams with block_size 1.
+    """
+
+    def __init__(
+        self,
+        n_units: int,
+        kernel_initializer=init.GlorotUniformInitializer(),  # noqa: B008
+        bias_initializer=init.RandomNormalInitializer(1e-6),  # noqa: B008
+        use_bias: bool = True,
+        use_bfloat16: bool = False,
+    ):
+        """Returns a dense layer of width `n_units`.
+
+        Args:
+            n_units: Number of output units (width of the layer).
+            kernel_initializer: `(shape, rng) -> array` for the matrix W.
+            bias_initializer: `(shape, rng) -> array` for the bias b.
+            use_bias: If True, y = x W + b; else y = x W.
+            use_bfloat16: If True, weights are bfloat16 instead of float32.
+        """
+        _check_positive("Dense", n_units=n_units)
+        super().__init__(name=f"Dense_{n_units}")
+        self._n_units = n_units
+        self._kernel_initializer = kernel_initializer
+        self._bias_initializer = bias_initializer
+        self._use_bias = use_bias
+        self._use_bfloat16 = use_bfloat16
+
+    def init_weights_and_state(self, input_signature, rng):
+        if len(input_signature.shape) < 1:
+            raise ValueError(
+                f"{self.name}: expected input with at least one axis (the last is the input "
+                f"size), got {shapes.short_form(input_signature)}"
+            )
+        rng_w, rng_b = jax.random.split(rng)
+        w = self._kernel_initializer((input_signature.shape[-1], self._n_units), rng_w)
+        if self._use_bfloat16:
+            w = w.astype(jnp.bfloat16)
+        if not self._use_bias:
+            return w, base.EMPTY_STATE
+        b = self._bias_initializer((self._n_units,), rng_b)
+        if self._use_bfloat16:
+            b = b.astype(jnp.bfloat16)
+        return (w, b), base.EMPTY_STATE
+
+    def forward(self, x, weights, state, rng):
+        if self._use_bias:
+            if not isinstance(weights, (tuple, list)) or len(weights) != 2:
+                raise ValueError(
+                    f"{self.name}: use_bias=True expects weights (w, b), got {shapes.short_form(weights)}"
+                )
+            w, b = weights
+        else:
+            w, b = weights, None
+        if x.ndim < 1 or x.shape[-1] != w.shape[0]:
+            raise ValueError(
+                f"{self.name}: expected input with last axis {w.shape[0]} (the weights' input "
+                f"size), got {shapes.short_form(x)}"
+            )
+        y = jnp.dot(x, w)
+        if b is not None:
+            y = y + _bias_like(b, y.ndim)
+        return y, state
+
+
+class Embedding(Layer):
+    """Maps integer ids to trainable vectors; ids are clipped to [0, vocab_size).
+
+    n_in=1, n_out=1. `[batch, time]` int -> `[batch, time, d_feature]`; any
+    shape of ids. Weights: `w [vocab_size, d_feature]`.
+
+    Predict mode: stateless; streams with block_size 1.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_feature: int,
+        use_bfloat16: bool = False,
+        kernel_initializer=init.ScaledInitializer(  # noqa: B008
+            out_dim=-1, in_dim=-2, scale=1.0, mode="fan_out", distribution="uniform"
+        ),
+    ):
+        """Returns an embedding layer of `vocab_size` vectors of size `d_feature`.
+
+        Negative ids clip to 0 and ids >= vocab_size to vocab_size - 1, as in Trax.
+        """
+        _check_positive("Embedding", vocab_size=vocab_size, d_feature=d_feature)
+        super().__init__(name=f"Embedding_{vocab_size}_{d_feature}")
+        self._vocab_size = vocab_size
+        self._d_feature = d_feature
+        self._use_bfloat16 = use_bfloat16
+        self._kernel_initializer = kernel_initializer
+
+    def init_weights_and_state(self, input_signature, rng):
+        del input_signature
+        w = self._kernel_initializer((self._vocab_size, self._d_feature), rng)
+        if self._use_bfloat16:
+            w = w.astype(jnp.bfloat16)
+        return w, base.EMPTY_STATE
+
+    def forward(self, x, weights, state, rng):
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(f"{self.name}: expected integer token ids, got {shapes.short_form(x)}")
+        return jnp.take(weights, x, axis=0, mode="clip"), state
+
+
+class Dropout(Layer):
+    """Zeroes each input value with probability `rate` in training; a no-op otherwise.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> same. In `mode='train'`
+    surviving values are scaled by `1 / (1 - rate)`; the mask is shared
+    (has size 1) along `shared_axes`. Needs an rng in train mode when rate > 0.
+
+    Predict mode: stateless no-op; streams with block_size 1.
+    """
+
+    def __init__(self, rate: float = 0.0, shared_axes=None, mode: str = "train"):
+        """Returns a dropout layer.
+
+        Args:
+            rate: Probability of dropping (zeroing) each value, in [0, 1).
+            shared_axes: Axes (of the values) along which the mask is shared.
+            mode: 'train' drops; 'eval' and 'predict' pass inputs through.
+        """
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"Dropout: rate must be in [0, 1), got rate={rate!r}")
+        if mode not in base.MODES:
+            raise ValueError(f"Dropout: mode must be one of {base.MODES}, got mode={mode!r}")
+        shared_axes = () if shared_axes is None else tuple(shared_axes)
+        if not all(isinstance(a, (int, np.integer)) for a in shared_axes):
+            raise TypeError(f"Dropout: shared_axes must be integers, got shared_axes={shared_axes!r}")
+        super().__init__(name="Dropout")
+        self._initial_rate = rate
+        self._shared_axes = shared_axes
+        self._mode = mode
+
+    def forward(self, x, weights, state, rng):
+        rate = self._initial_rate
+        if self._mode != "train" or rate == 0.0:
+            return x, state
+        if rng is None:
+            raise ValueError(
+                f"{self.name}: mode='train' with rate={rate} needs an rng, got None; pass rng= "
+                f"(or use mode='eval' for no dropout)"
+            )
+        mask_shape = list(x.shape)
+        for axis in self._shared_axes:
+            if not -x.ndim <= axis < x.ndim:
+                raise ValueError(
+                    f"{self.name}: shared axis {axis} is out of range for input {shapes.short_form(x)}"
+                )
+            mask_shape[axis] = 1
+        keep_prob = 1.0 - rate
+        keep = jax.random.bernoulli(rng, keep_prob, tuple(mask_shape))
+        return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype)), state
+
+
+class Weights(Layer):
+    """Learnable weights as a layer: takes no input and returns its weights.
+
+    n_in=0, n_out=1. `()` -> `w` of the given shape.
+
+    Predict mode: stateless; has no time axis.
+    """
+
+    def __init__(self, initializer, shape=(), use_bfloat16: bool = False):
+        """Returns a layer of learnable weights of `shape`, made by `initializer(shape, rng)`."""
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        super().__init__(n_in=0, n_out=1, name="Weights")
+        self._initializer = initializer
+        self._shape = shape
+        self._use_bfloat16 = use_bfloat16
+
+    def init_weights_and_state(self, input_signature, rng):
+        del input_signature
+        w = self._initializer(self._shape, rng)
+        if self._use_bfloat16:
+            w = w.astype(jnp.bfloat16)
+        return w, base.EMPTY_STATE
+
+    def forward(self, inputs, weights, state, rng):
+        del inputs
+        return weights, state
+
+
+class RandomUniform(Layer):
+    """Returns a fresh tensor of values drawn uniformly from [min_val, max_val).
+
+    n_in=0, n_out=1. `()` -> `[*shape]` of `dtype`. Needs an rng.
+    `sync=True` makes devices draw the same values: under `shard_map`/`pmap`
+    over an axis named 'batch' every device uses device 0's rng; elsewhere
+    (plain jit, one program for all devices) the rng is already shared.
+
+    Predict mode: has no time axis; a new draw per call.
+    """
+
+    def __init__(
+        self, min_val: float = 0.0, max_val: float = 1.0, shape=(), dtype=jnp.float32, sync: bool = False
+    ):
+        if not min_val <= max_val:
+            raise ValueError(f"RandomUniform: expected min_val <= max_val, got {min_val} > {max_val}")
+        super().__init__(n_in=0, n_out=1, name="RandomUniform")
+        self._min_val = min_val
+        self._max_val = max_val
+        self._shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        self._dtype = dtype
+        self._sync = sync
+
+    def forward(self, inputs, weights, state, rng):
+        del inputs
+        if rng is None:
+            raise ValueError(f"{self.name}: needs an rng to draw random values, got None; pass rng=")
+        if self._sync:
+            try:
+                rng = jax.lax.all_gather(rng, "batch")[0]
+            except NameError:  # No 'batch' axis bound: one program, so one rng already.
+                pass
+        values = jax.random.uniform(rng, self._shape, self._dtype, self._min_val, self._max_val)
+        return values, state
+
+
+class LocallyConnected1d(Layer):
+    """Like a 1-D convolution with stride 1, but with its own weights at each position.
+
+    n_in=1, n_out=1. `[..., length, depth]` -> `[..., length_out, filters]`
+    where length_out = length for 'SAME' (zero padding) and 'WRAP' (circular
+    padding), and length - kernel_size + 1 for 'VALID'. Weights are
+    `w [length_out, kernel_size, depth, filters]` and `b [length_out, filters]`
+    (or `w` alone when use_bias=False), so the length is fixed by `init`. On a
+    `[batch, time, depth]` Sequence the length axis is time: invalid steps
+    are zeroed first, output step t is valid where input step t is ('SAME',
+    'WRAP', which wraps around the whole padded time axis) or where its whole
+    window is ('VALID'). With more axes (`[batch, time, length, depth]`) it is
+    pointwise in time.
+
+    Predict mode: not streamable (position-dependent weights).
+    """
+
+    handles_sequences = True
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int,
+        kernel_initializer=init.GlorotUniformInitializer(),  # noqa: B008
+        bias_initializer=init.RandomNormalInitializer(1e-6),  # noqa: B008
+        use_bias: bool = True,
+        padding: str = "VALID",
+    ):
+        _check_positive("LocallyConnected1d", filters=filters, kernel_size=kernel_size)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"LocallyConnected1d: kernel_size must be odd, got kernel_size={kernel_size}")
+        padding = padding.upper() if isinstance(padding, str) else padding
+        if padding not in ("VALID", "SAME", "WRAP"):
+            raise ValueError(
+                f"LocallyConnected1d: padding must be 'VALID', 'SAME' or 'WRAP', got padding={padding!r}"
+            )
+        super().__init__(name=f"LocallyConnected1d_{filters}_{kernel_size}")
+        self._filters = filters
+        self._kernel_size = kernel_size
+        self._kernel_initializer = kernel_initializer
+        self._bias_initializer = bias_initializer
+        self._use_bias = use_bias
+        self._padding = padding
+
+    @property
+    def supports_step(self) -> bool:
+        return False
+
+    def _length_out(self, length: int) -> int:
+        return length - self._kernel_size + 1 if self._padding == "VALID" else length
+
+    def init_weights_and_state(self, input_signature, rng):
+        shape = tuple(input_signature.shape)
+        if len(shape) < 2 or self._length_out(shape[-2]) < 1:
+            raise ValueError(
+                f"{self.name}: expected input [..., length, depth] with length >= kernel_size "
+                f"{self._kernel_size} for padding 'VALID', got {shapes.short_form(input_signature)}"
+            )
+        length_out = self._length_out(shape[-2])
+        rng_w, rng_b = jax.random.split(rng)
+        w = self._kernel_initializer((length_out, self._kernel_size, shape[-1], self._filters), rng_w)
+        if not self._use_bias:
+            return w, base.EMPTY_STATE
+        return (w, self._bias_initializer((length_out, self._filters), rng_b)), base.EMPTY_STATE
+
+    def _apply_array(self, x, weights):
+        w, b = weights if self._use_bias else (weights, None)
+        if x.ndim < 2 or (self._length_out(x.shape[-2]), x.shape[-1]) != (w.shape[0], w.shape[2]):
+            raise ValueError(
+                f"{self.name}: expected input [..., length, depth] giving "
+                f"{w.shape[0]} outputs with depth {w.shape[2]} (the weights' sizes), "
+                f"got {shapes.short_form(x)}"
+            )
+        half = (self._kernel_size - 1) // 2
+        if half and self._padding == "SAME":
+            x = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(half, half), (0, 0)])
+        elif half and self._padding == "WRAP":
+            x = jnp.concatenate([x[..., -half:, :], x, x[..., :half, :]], axis=-2)
+        length_out = w.shape[0]
+        patches = jnp.stack([x[..., i : i + length_out, :] for i in range(self._kernel_size)], axis=-2)
+        y = jnp.einsum("...lkd,lkdf->...lf", patches, w)
+        return y if b is None else y + _bias_like(b, y.ndim)
+
+    def forward(self, x, weights, state, rng):
+        if not isinstance(x, seq.Sequence):
+            return self._apply_array(x, weights), state
+        if x.ndim > 3:  # The length axis is not time: pointwise in time.
+            return seq.Sequence(self._apply_array(x.values, weights), x.mask), state
+        y = self._apply_array(x.mask_invalid().values, weights)
+        if x.ndim < 3:  # Time is the depth axis and is contracted away.
+            return y, state
+        mask = x.mask
+        if self._padding == "VALID":
+            length_out = y.shape[1]
+            windows = jnp.stack([mask[:, i : i + length_out] for i in range(self._kernel_size)])
+            mask = jnp.all(windows, axis=0)
+        return seq.Sequence(y, mask), state
+
+
+# --- Pass-through layers with side effects ----------------------------------------
+
+
+class _PassThrough(Layer):
+    """Base of layers that return their n_in inputs unchanged (Sequences included)."""
+
+    handles_sequences = True
+
+    def __init__(self, n_in: int, name: str):
+        _check_positive(name, n_in=n_in)
+        super().__init__(n_in=n_in, n_out=n_in, name=name)
+
+
+class _PrintShape(_PassThrough):
+    def __init__(self, n_in: int, msg: str):
+        super().__init__(n_in, name=f"PrintShape_{n_in}")
+        self._msg = msg
+
+    def forward(self, inputs, weights, state, rng):
+        items = (inputs,) if self.n_in == 1 else tuple(inputs)
+        info = f"PrintShape: {self._msg}\n    " + "\n    ".join(shapes.short_form(x) for x in items)
+        jax.debug.callback(functools.partial(print, info))
+        return inputs, state
+
+
+def PrintShape(n_in: int = 1, msg: str = "") -> Layer:  # noqa: N802
+    """Returns a layer that prints the shapes of its n_in inputs and returns them unchanged.
+
+    n_in=n_in, n_out=n_in. Prints at run time through `jax.debug.callback`,
+    once per execution (also under jit), as `PrintShape: msg` and one line
+    per input in short form (`f32[8,16,32]`, `Sequence(f32[8,16,32])`);
+    abstract evaluation (`init`, `output_signature`) prints nothing.
+
+    Predict mode: stateless; streams with block_size 1.
+    """
+    return _PrintShape(n_in, msg)
+
+
+class SummaryScalar(_PassThrough):
+    """Passes its input through and keeps an aggregate of it, for TensorBoard.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> same. The state is the
+    float32 scalar `aggregation_fun(x)`, which a training loop reads from the
+    layer named `Summary_{name}`. For a Sequence the default `jnp.mean` is the
+    mean over valid steps; another `aggregation_fun` gets the values with
+    invalid steps zeroed.
+
+    Predict mode: the state holds the aggregate of the last block.
+    """
+
+    def __init__(self, name: str, aggregation_fun: Callable = jnp.mean):
+        super().__init__(1, name=f"Summary_{name}")
+        self._aggregation_fun = aggregation_fun
+
+    def init_weights_and_state(self, input_signature, rng):
+        return base.EMPTY_WEIGHTS, jnp.zeros((), jnp.float32)
+
+    def forward(self, x, weights, state, rng):
+        if isinstance(x, seq.Sequence):
+            values = x.mask_invalid().values
+            if self._aggregation_fun is jnp.mean:
+                count = jnp.sum(x.mask) * np.prod(x.channel_shape, dtype=np.int64)
+                summary = jnp.sum(values) / jnp.maximum(count, 1)
+            else:
+                summary = self._aggregation_fun(values)
+        else:
+            summary = self._aggregation_fun(x)
+        return x, jnp.asarray(summary, jnp.float32).reshape(())
+
+
+class SummaryImage(_PassThrough):
+    """Passes its inputs through and keeps up to num_summaries images, for TensorBoard.
+
+    n_in=n_in, n_out=n_in. The state holds `recover_fn(inputs)[:num_summaries]`
+    (the first examples of the batch), read by a training loop from the layer
+    named `Summary_{name}`. Without recover_fn the single input is the image
+    batch (e.g. `[batch, height, width, channels]`); with n_in > 1 a
+    recover_fn is required. Sequence inputs reach recover_fn as values with
+    invalid steps zeroed.
+
+    Predict mode: the state holds the images of the last block.
+    """
+
+    def __init__(self, name: str, n_in: int, num_summaries: int = 5, recover_fn: Callable | None = None):
+        _check_positive("SummaryImage", num_summaries=num_summaries)
+        if n_in > 1 and recover_fn is None:
+            raise ValueError(
+                f"SummaryImage: n_in={n_in} needs a recover_fn that makes one image batch of the "
+                f"{n_in} inputs"
+            )
+        super().__init__(n_in, name=f"Summary_{name}")
+        self._num_summaries = num_summaries
+        self._recover_fn = recover_fn
+
+    def _images(self, inputs):
+        def values(x):
+            return x.mask_invalid().values if isinstance(x, seq.Sequence) else x
+
+        if self.n_in == 1:
+            inputs = values(inputs)
+        else:
+            inputs = tuple(values(x) for x in inputs)
+        images = inputs if self._recover_fn is None else self._recover_fn(inputs)
+        return images[: self._num_summaries]
+
+    def init_weights_and_state(self, input_signature, rng):
+        images = jax.eval_shape(self._images, input_signature)
+        return base.EMPTY_WEIGHTS, jnp.zeros(images.shape, images.dtype)
+
+    def forward(self, inputs, weights, state, rng):
+        return inputs, self._images(inputs)
+
+
+# --- Functions of one axis, masked on Sequences ----------------------------------------
+
+
+def _axes(axis, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    return tuple(a % ndim for a in axes)
+
+
+def _lowest(dtype):
+    if jnp.issubdtype(dtype, jnp.floating):
+        return -jnp.inf
+    if dtype == jnp.bool_:
+        return False
+    return jnp.iinfo(dtype).min
+
+
+def _highest(dtype):
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jnp.inf
+    if dtype == jnp.bool_:
+        return True
+    return jnp.iinfo(dtype).max
+
+
+class _AlongAxis(Layer):
+    """An array function along `axis`; on a Sequence it masks where the axis mixes rows or steps.
+
+    `fn(values)` runs when the axis is a channel axis (pointwise in time: the
+    output keeps the mask). When the axis includes batch (0) or time (1),
+    `masked_fn(values, valid)` runs instead, with `valid` the mask broadcast
+    to the values' shape; its output is a Sequence with the input's mask if
+    `keeps_shape`, else a plain array.
+    """
+
+    handles_sequences = True
+
+    def __init__(self, name: str, axis, fn, masked_fn, keeps_shape: bool = False):
+        super().__init__(name=name)
+        self._axis = axis
+        self._fn = fn
+        self._masked_fn = masked_fn
+        self._keeps_shape = keeps_shape
+
+    def forward(self, x, weights, state, rng):
+        if not isinstance(x, seq.Sequence):
+            return self._fn(x), state
+        if not set(_axes(self._axis, x.ndim)) & {0, 1}:
+            return seq.Sequence(self._fn(x.values), x.mask), state
+        valid = jnp.broadcast_to(seq.expand_mask(x.mask, x.ndim), x.shape)
+        y = self._masked_fn(x.values, valid)
+        return (seq.Sequence(y, x.mask) if self._keeps_shape else y), state
+
+
+def _fill(values, valid, fill):
+    return jnp.where(valid, values, jnp.asarray(fill, values.dtype))
+
+
+def Flatten(n_axes_to_keep: int = 1) -> Layer:  # noqa: N802
+    """Returns a layer that merges all axes after the first n_axes_to_keep into one.
+
+    n_in=1, n_out=1. With n_axes_to_keep=2: `[batch, time, d1, d2]` ->
+    `[batch, time, d1 * d2]`. With n_axes_to_keep=1 a Sequence's time axis is
+    merged too: the result is a plain `[batch, time * depth]` array with
+    invalid steps zeroed.
+
+    Predict mode: stateless; streams with block_size 1 when n_axes_to_keep >= 2.
+    """
+    if n_axes_to_keep < 0:
+        raise ValueError(f"Flatten: n_axes_to_keep must be >= 0, got n_axes_to_keep={n_axes_to_keep}")
+
+    def f(x):
+        if x.ndim <= n_axes_to_keep:
+            raise ValueError(
+                f"Flatten: input rank ({x.ndim}) must exceed the number of axes to keep "
+                f"({n_axes_to_keep}), got {shapes.short_form(x)}"
+            )
+        return jnp.reshape(x, tuple(x.shape[:n_axes_to_keep]) + (-1,))
+
+    return Fn("Flatten", f)
+
+
+def log_softmax(x, axis: int = -1):
+    """Returns log probabilities `x - logsumexp(x)` along `axis`.
+
+    Args:
+        x: Activations (logits).
+        axis: Axis along which the values form one distribution.
+    """
+    return x - jax.scipy.special.logsumexp(x, axis=axis, keepdims=True)
+
+
+def _masked_log_softmax(values, valid, axis):
+    lse = jax.nn.logsumexp(values, axis=axis, keepdims=True, where=valid)
+    return jnp.where(valid, values - lse, jnp.zeros((), values.dtype))
+
+
+def LogSoftmax(axis: int = -1) -> Layer:  # noqa: N802
+    """Returns a layer that applies log softmax (x - logsumexp(x)) along `axis`.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> same. Along the time (or
+    batch) axis of a Sequence only valid steps take part; invalid ones are 0.
+
+    Predict mode: stateless; streams with block_size 1 (along a channel axis).
+    """
+    return _AlongAxis(
+        "LogSoftmax",
+        axis,
+        lambda x: log_softmax(x, axis=axis),
+        lambda v, valid: _masked_log_softmax(v, valid, axis),
+        keeps_shape=True,
+    )
+
+
+def LogSumExp(axis: int = -1) -> Layer:  # noqa: N802
+    """Returns a layer that computes log(sum(exp(x))) along `axis`, keeping it as size 1.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> `[batch, time, 1]`. Along the
+    time (or batch) axis of a Sequence only valid steps count, and the result
+    is a plain array.
+
+    Predict mode: stateless; streams with block_size 1 (along a channel axis).
+    """
+    return _AlongAxis(
+        "LogSumExp",
+        axis,
+        lambda x: jax.scipy.special.logsumexp(x, axis=axis, keepdims=True),
+        lambda v, valid: jax.nn.logsumexp(v, axis=axis, keepdims=True, where=valid),
+    )
+
+
+def Softmax(axis: int = -1) -> Layer:  # noqa: N802
+    """Returns a layer that applies softmax along `axis`.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> same. Along the time (or
+    batch) axis of a Sequence only valid steps take part; invalid ones are 0.
+
+    Predict mode: stateless; streams with block_size 1 (along a channel axis).
+    """
+    return _AlongAxis(
+        "Softmax",
+        axis,
+        lambda x: jnp.exp(log_softmax(x, axis=axis)),
+        lambda v, valid: jnp.where(valid, jnp.exp(_masked_log_softmax(v, valid, axis)), 0),
+        keeps_shape=True,
+    )
+
+
+def ToFloat() -> Layer:  # noqa: N802
+    """Returns a layer that casts its input to float32.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> same, float32.
+
+    Predict mode: stateless; streams with block_size 1.
+    """
+    return Fn("ToFloat", lambda x: x.astype(jnp.float32))
+
+
+def Mean(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
+    """Returns a layer that computes the mean along `axis`.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> `[batch, time]` (axis=-1;
+    keepdims=True keeps a size-1 axis). Over the time (or batch) axis of a
+    Sequence the mean is over valid steps only (0 where none is valid), and
+    the result is a plain array.
+
+    Predict mode: stateless; streams with block_size 1 (along a channel axis).
+    """
+
+    def masked(v, valid):
+        total = jnp.sum(jnp.where(valid, v, jnp.zeros((), v.dtype)), axis=axis, keepdims=keepdims)
+        count = jnp.sum(valid, axis=axis, keepdims=keepdims)
+        return total / jnp.maximum(count, 1).astype(total.dtype)
+
+    return _AlongAxis("Mean", axis, lambda x: jnp.mean(x, axis=axis, keepdims=keepdims), masked)
+
+
+def Min(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
+    """Returns a layer that computes the minimum along `axis`.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> `[batch, time]` (axis=-1;
+    keepdims=True keeps a size-1 axis). Over the time (or batch) axis of a
+    Sequence invalid steps are ignored (the dtype's largest value where none
+    is valid), and the result is a plain array.
+
+    Predict mode: stateless; streams with block_size 1 (along a channel axis).
+    """
+    return _AlongAxis(
+        "Min",
+        axis,
+        lambda x: jnp.min(x, axis=axis, keepdims=keepdims),
+        lambda v, valid: jnp.min(_fill(v, valid, _highest(v.dtype)), axis=axis, keepdims=keepdims),
+    )
+
+
+def Max(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
+    """Returns a layer that computes the maximum along `axis`.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> `[batch, time]` (axis=-1;
+    keepdims=True keeps a size-1 axis). Over the time (or batch) axis of a
+    Sequence invalid steps are ignored (the dtype's lowest value where none
+    is valid), and the result is a plain array.
+
+    Predict mode: stateless; streams with block_size 1 (along a channel axis).
+    """
+    return _AlongAxis(
+        "Max",
+        axis,
+        lambda x: jnp.max(x, axis=axis, keepdims=keepdims),
+        lambda v, valid: jnp.max(_fill(v, valid, _lowest(v.dtype)), axis=axis, keepdims=keepdims),
+    )
+
+
+def Sum(axis: int | None = None, keepdims: bool = False) -> Layer:  # noqa: N802
+    """Returns a layer that computes the sum along `axis`.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> `[]` (axis=None: all values;
+    keepdims=True keeps size-1 axes). Over the time (or batch) axis of a
+    Sequence invalid steps count as 0, and the result is a plain array.
+
+    Predict mode: stateless; streams with block_size 1 (along a channel axis).
+    """
+    return _AlongAxis(
+        "Sum",
+        axis,
+        lambda x: jnp.sum(x, axis=axis, keepdims=keepdims),
+        lambda v, valid: jnp.sum(_fill(v, valid, 0), axis=axis, keepdims=keepdims),
+    )
+
+
+def ThresholdToBinary(threshold: float = 0.5) -> Layer:  # noqa: N802
+    """Returns a layer that maps values above `threshold` to 1, others to 0 (int32).
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> same, int32.
+
+    Predict mode: stateless; streams with block_size 1.
+    """
+    return Fn("ThresholdToBinary", lambda x: (x > threshold).astype(jnp.int32))
+
+
+def ArgMax(axis: int = -1) -> Layer:  # noqa: N802
+    """Returns a layer that computes the index of the maximum along `axis`.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> `[batch, time]` int32. Over
+    the time (or batch) axis of a Sequence invalid steps are ignored, and the
+    result is a plain array.
+
+    Predict mode: stateless; streams with block_size 1 (along a channel axis).
+    """
+    return _AlongAxis(
+        "ArgMax",
+        axis,
+        lambda x: jnp.argmax(x, axis=axis),
+        lambda v, valid: jnp.argmax(_fill(v, valid, _lowest(v.dtype)), axis=axis),
+    )
+
+
+def Negate() -> Layer:  # noqa: N802
+    """Returns a layer that negates its input elementwise.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> same.
+
+    Predict mode: stateless; streams with block_size 1.
+    """
+    return Fn("Negate", lambda x: -x)
+
+
+def StopGradient() -> Layer:  # noqa: N802
+    """Returns an identity layer that stops gradients.
+
+    n_in=1, n_out=1. `[batch, time, depth]` -> same.
+
+    Predict mode: stateless; streams with block_size 1.
+    """
+    return Fn("StopGradient", jax.lax.stop_gradient)
+
+
+# --- Array functions --------------------------------------------------------------
+
+
+def one_hot(x, n_categories: int, dtype=jnp.float32):
+    """Makes a one-hot array (n+1 axes) from an integer categorical array (n axes).
+
+    Values outside [0, n_categories) give all-zero vectors.
+    """
+    x = jnp.asarray(x)
+    categories = jnp.arange(n_categories).reshape((1,) * x.ndim + (n_categories,))
+    return (x[..., None] == categories).astype(dtype)
+
+
+def log_gaussian_pdf(x, mu, sigma):
+    """Returns log N(x | mu, sigma) for a full covariance matrix sigma.
+
+    Args:
+        x: Points, `[..., d]`.
+        mu: Means, `[..., d]`.
+        sigma: Covariance matrices, `[..., d, d]`.
+
+    Returns:
+        The log densities, `[...]`.
+    """
+    a = mu.shape[-1] * jnp.log(2 * jnp.pi)
+    _, b = jnp.linalg.slogdet(sigma)
+    diff = x - mu
+    y = jnp.linalg.solve(sigma, diff[..., None])[..., 0]
+    c = jnp.sum(diff * y, axis=-1)
+    return -0.5 * (a + b + c)
+
+
+def log_gaussian_diag_pdf(x, mu, diag_sigma):
+    """Returns log N(x | mu, diag(diag_sigma)): diag_sigma holds the variances.
+
+    As in Trax, 1e-6 is added to the determinant (the product of the
+    variances) before its log.
+
+    Args:
+        x: Points, `[..., d]`.
+        mu: Means, `[..., d]`.
+        diag_sigma: Variances (the covariance's diagonal), `[..., d]`.
+
+    Returns:
+        The log densities, `[...]`.
+    """
+    a = mu.shape[-1] * jnp.log(2 * jnp.pi)
+    b = jnp.log(jnp.prod(diag_sigma, axis=-1) + 1e-6)
+    diff = x - mu
+    c = jnp.sum(diff * diff / diag_sigma, axis=-1)
+    return -0.5 * (a + b + c)
+
+
+def multigaussian_loss(preds, targets, ngauss: int = 1):
+    """Returns the log-likelihood of targets under a mixture of diagonal Gaussians.
+
+    As in Trax, the result is the log-likelihood (higher is better), not its
+    negation.
+
+    Args:
+        preds: `[batch, ngauss * (2 * d + 1)]`: ngauss mixture logits, then
+            ngauss * d means, then ngauss * d values s with variances s^2 + 1e-6.
+        targets: `[batch, d]`.
+        ngauss: Number of mixture components.
+
+    Returns:
+        `[batch]` log-likelihoods.
+    """
+    ndims = targets.shape[-1]
+    logits = preds[:, :ngauss]
+    mus = preds[:, ngauss : ngauss * (ndims + 1)]
+    sigmas = preds[:, ngauss * (ndims + 1) :]
+    sigmas = sigmas * sigmas + 1e-6  # Makes them positive.
+    loglogits = logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+    mus = jnp.reshape(mus, (-1, ngauss, ndims))
+    sigmas = jnp.reshape(sigmas, (-1, ngauss, ndims))
+    targets = jnp.reshape(targets, (-1, 1, ndims))
+    glogprobs = log_gaussian_diag_pdf(targets, mus, sigmas)
+    return jax.scipy.special.logsumexp(loglogits + glogprobs, axis=-1)
+
+
+def logsoftmax_sample(log_probs, temperature: float = 1.0, rng=None):
+    """Returns a sample (the index along the last axis) from log probabilities.
+
+    Gumbel-max sampling: argmax(log_probs + temperature * gumbel noise);
+    temperature 1.0 samples from the distribution, 0.0 picks the argmax.
+    With `rng` (a JAX key) the noise comes from `jax.random` and the function
+    is jit-able; without it, from NumPy's global generator as in Trax.
+
+    Args:
+        log_probs: Log probabilities (e.g. from LogSoftmax), `[..., n]`.
+        temperature: Scales the noise; must be >= 0 (checked when it is a Python number).
+        rng: Optional JAX PRNG key.
+
+    Returns:
+        Integer indices, `[...]`.
+    """
+    if isinstance(temperature, (int, float, np.number)) and temperature < 0:  # Traced: unchecked.
+        raise ValueError(f"logsoftmax_sample: temperature must be >= 0, got temperature={temperature}")
+    if rng is None:
+        u = np.random.uniform(low=1e-6, high=1.0 - 1e-6, size=np.shape(log_probs))
+        g = -np.log(-np.log(u))
+        return np.argmax(np.asarray(log_probs) + g * temperature, axis=-1)
+    u = jax.random.uniform(rng, jnp.shape(log_probs), minval=1e-6, maxval=1.0 - 1e-6)
+    g = -jnp.log(-jnp.log(u))
+    return jnp.argmax(log_probs + g * temperature, axis=-1)

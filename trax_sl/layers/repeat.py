@@ -1,0 +1,163 @@
+"""Combinators that shape compilation: Repeat (one body, stacked weights) and CheckpointGradient."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from trax_sl import shapes
+from trax_sl.layers import base
+
+
+class Repeat(base.Layer):
+    """Applies `layer` n_repeats times in series, as one compiled body.
+
+    Each repeat has weights (and state) of its own, stacked on a new leading
+    axis of size n_repeats, and the repeats run in a `jax.lax.scan`, so the
+    model is traced and compiled once whatever n_repeats is. The layer must
+    map its input signature to itself (n_in = n_out = 1, same shapes).
+
+    Stack: `x` -> `layer(layer(...layer(x)))`.
+    Predict mode: the state holds each repeat's stream state, stacked.
+    """
+
+    handles_sequences = True
+
+    def __init__(self, layer: base.Layer, n_repeats: int, remat: bool = False, name: str | None = None):
+        if n_repeats < 1:
+            raise ValueError(f"Repeat: n_repeats must be >= 1, got n_repeats={n_repeats}")
+        if layer.n_in != 1 or layer.n_out != 1:
+            raise ValueError(f"Repeat: the layer must have n_in = n_out = 1, got "
+                             f"{layer.name} with n_in={layer.n_in}, n_out={layer.n_out}")
+        super().__init__(name=name or f"Repeat_{n_repeats}", sublayers_to_print=[layer])
+        self._sublayers = (layer,)
+        self._n_repeats = n_repeats
+        self._remat = remat
+
+    @property
+    def sublayer(self) -> base.Layer:
+        return self._sublayers[0]
+
+    @property
+    def n_repeats(self) -> int:
+        return self._n_repeats
+
+    # The body must keep its output ratio at 1 to feed itself; latencies add up.
+    @property
+    def block_size(self) -> int:
+        return self.sublayer.block_size
+
+    @property
+    def output_ratio(self):
+        return self.sublayer.output_ratio
+
+    @property
+    def input_latency(self) -> int:
+        return self._n_repeats * self.sublayer.input_latency
+
+    @property
+    def output_latency(self) -> int:
+        return self._n_repeats * self.sublayer.output_latency
+
+    @property
+    def receptive_field(self) -> tuple[int, int]:
+        past, future = self.sublayer.receptive_field
+        return self._n_repeats * past, self._n_repeats * future
+
+    def init_with_output_signature(self, input_signature, rng):
+        layer = self.sublayer
+        outputs = []
+
+        def init_one(r):
+            w, s, out = base.init_sublayer(0, layer, input_signature, r)
+            outputs.append(out)
+            return w, s
+
+        # One trace of the layer's init, vmapped: every repeat gets weights of its own.
+        weights, state = jax.vmap(init_one)(jax.random.split(rng, self._n_repeats))
+        out = outputs[0]
+        if shapes.signature(jax.tree.leaves(out)) != shapes.signature(jax.tree.leaves(input_signature)) or \
+                jax.tree.structure(out) != jax.tree.structure(input_signature):
+            raise ValueError(f"Repeat: {layer.name} must map its input to the same signature to repeat, "
+                             f"got {shapes.short_form(input_signature)} -> {shapes.short_form(out)}")
+        return weights, state, out
+
+    def forward(self, x, weights, state, rng):
+        layer = self.sublayer
+        rngs = None if rng is None else jax.random.split(rng, self._n_repeats)
+
+        def body(carry, weights_state_rng):
+            w, s, r = weights_state_rng
+            y, new_s = base.call_sublayer(0, layer, carry, w, s, r)
+            return y, new_s
+
+        if self._remat:
+            body = jax.checkpoint(body)
+        y, new_state = jax.lax.scan(body, x, (weights, state, rngs))
+        return y, new_state
+
+
+class CheckpointGradient(base.Layer):
+    """Runs `layer` and recomputes its activations in the backward pass.
+
+    Saves memory in training (rematerialisation, `jax.checkpoint`); the values
+    and gradients are those of `layer`. Same stack, streaming properties and
+    weights as `layer`.
+    Predict mode: the state is the layer's.
+    """
+
+    handles_sequences = True
+
+    def __init__(self, layer: base.Layer):
+        super().__init__(n_in=layer.n_in, n_out=layer.n_out, name="CheckpointGradient",
+                         sublayers_to_print=[layer])
+        self._sublayers = (layer,)
+
+    @property
+    def sublayer(self) -> base.Layer:
+        return self._sublayers[0]
+
+    @property
+    def block_size(self) -> int:
+        return self.sublayer.block_size
+
+    @property
+    def output_ratio(self):
+        return self.sublayer.output_ratio
+
+    @property
+    def input_latency(self) -> int:
+        return self.sublayer.input_latency
+
+    @property
+    def output_latency(self) -> int:
+        return self.sublayer.output_latency
+
+    @property
+    def receptive_field(self) -> tuple[int, int]:
+        return self.sublayer.receptive_field
+
+    def init_with_output_signature(self, input_signature, rng):
+        w, s, out = base.init_sublayer(0, self.sublayer, input_signature, rng)
+        return (w,), (s,), out
+
+    def forward(self, x, weights, state, rng):
+        run = jax.checkpoint(lambda x, w, s, r: base.call_sublayer(0, self.sublayer, x, w, s, r))
+        y, new_state = run(x, weights[0], state[0], rng)
+        return y, (new_state,)
+
+
+def GatedLinearUnit() -> base.Layer:  # noqa: N802 (SequenceLayers' name)
+    """Splits the last axis in halves a, b and returns `a * sigmoid(b)`.
+
+    n_in=1, n_out=1; `[batch, time, 2d]` -> `[batch, time, d]`.
+    Predict mode: stateless; streams with block_size 1.
+    """
+
+    def glu(x):
+        if x.shape[-1] % 2:
+            raise ValueError(f"GatedLinearUnit: the last axis must be even, got {shapes.short_form(x)}")
+        a, b = jnp.split(x, 2, axis=-1)
+        return a * jax.nn.sigmoid(b)
+
+    return base.Fn("GatedLinearUnit", glu)

@@ -1,0 +1,87 @@
+"""Predict mode: checking blocks and starting a stream from trained weights.
+
+In predict mode a model's `pure_fn` consumes one block of time steps per call
+and carries the sequence state (buffers, caches, carries, offsets) in
+`state`. See DESIGN §5.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from trax_sl import sequence as seq
+from trax_sl import shapes
+from trax_sl.layers import base
+
+
+def time_items(x) -> list:
+    """The stack items of `x` that carry a time axis: Sequences and arrays of rank >= 2."""
+    items = x if isinstance(x, (tuple, list)) else (x,)
+    return [item for item in items if isinstance(item, seq.Sequence) or len(getattr(item, "shape", ())) >= 2]
+
+
+def check_predict_mode(layer: base.Layer, x) -> None:
+    """Raises ValueError for a layer that cannot stream or a block it cannot take."""
+    if not layer.supports_step and all(sub.supports_step for sub in layer.sublayers):
+        raise ValueError(
+            f"{layer.name} does not stream (supports_step is False), so it cannot run in "
+            f"predict mode; run it layer-wise in 'eval' mode"
+        )
+    check_block(layer, x)
+
+
+def check_block(layer: base.Layer, x) -> None:
+    """Raises ValueError when a predict-mode block is not a multiple of block_size."""
+    block_size = layer.block_size
+    if block_size == 1:
+        return
+    for item in time_items(x):
+        length = item.shape[1]
+        if length % block_size:
+            raise ValueError(
+                f"{layer.name}: in predict mode each block must be a multiple of "
+                f"block_size={block_size} time steps, got a block of {length} "
+                f"({shapes.short_form(item)})"
+            )
+
+
+def _same_signature(a, b) -> bool:
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    return all(
+        tuple(x.shape) == tuple(y.shape) and x.dtype == y.dtype
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+def _carry_over(layer: base.Layer, trained, fresh):
+    """Trained state where a layer keeps it in every mode, fresh stream state elsewhere."""
+    subs = layer.sublayers
+    if subs and isinstance(fresh, tuple) and isinstance(trained, tuple) and len(fresh) == len(subs) == len(trained):
+        return tuple(_carry_over(sub, t, f) for sub, t, f in zip(subs, trained, fresh))
+    return trained if _same_signature(trained, fresh) else fresh
+
+
+def start_stream(model: base.Layer, block_signature, weights, state=None, rng=None):
+    """Starts streaming a (trained) model: returns (predict_model, stream_state).
+
+    `predict_model` is `model.with_mode('predict')` (or model itself when it is
+    already in predict mode) and runs on `weights` as they are. The returned
+    state holds fresh stream buffers (convolution buffers, KV caches, RNN
+    carries, time offsets) for the batch of `block_signature`, and keeps the
+    parts of the trained `state` that a layer carries in every mode (e.g.
+    BatchNorm statistics): a layer whose trained state has the same structure,
+    shapes and dtypes as its predict-mode state keeps the trained one.
+
+        predict_model, state = tl.start_stream(model, block_sig, weights, state)
+        for block in blocks:
+            y, state = predict_model.pure_fn(block, weights, state, None)
+    """
+    predict_model = model if model.mode == "predict" else model.with_mode("predict")
+    signature = shapes.signature(block_signature)
+    rng = base.default_rng() if rng is None else rng
+    # Only the state leaves the jit, so XLA drops the weight initialization.
+    fresh = jax.jit(lambda r: predict_model.init_tree(signature, r)[1])(rng)
+    if state is None:
+        return predict_model, fresh
+    return predict_model, _carry_over(predict_model, state, fresh)

@@ -1,0 +1,95 @@
+"""Shapes and dtypes of the values a layer computes on."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeDtype:
+    """The shape and dtype of one array, without its values.
+
+    Works wherever JAX takes an abstract value (`jax.eval_shape`), and prints
+    in the short form used by error messages: `f32[8,16,32]`.
+    """
+
+    shape: tuple[int, ...]
+    dtype: Any = np.float32
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def as_struct(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(self.shape, self.dtype)
+
+    def __repr__(self) -> str:
+        return short_form(self)
+
+
+_DTYPE_ABBREVIATIONS = {
+    "float32": "f32",
+    "float64": "f64",
+    "float16": "f16",
+    "bfloat16": "bf16",
+    "int32": "i32",
+    "int64": "i64",
+    "int16": "i16",
+    "int8": "i8",
+    "uint8": "u8",
+    "uint32": "u32",
+    "bool": "bool",
+    "complex64": "c64",
+}
+
+
+def short_form(x) -> str:
+    """Returns `f32[8,16]` for an array or signature; recurses into tuples."""
+    from trax_sl import sequence  # Sequence imports shapes; keep the cycle lazy.
+
+    if isinstance(x, sequence.Sequence):
+        return f"Sequence({short_form(x.values)})"
+    if isinstance(x, (tuple, list)):
+        return "(" + ", ".join(short_form(item) for item in x) + ")"
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        dtype = str(np.dtype(x.dtype)) if x.dtype is not None else "?"
+        dims = ",".join(str(d) for d in x.shape)
+        return f"{_DTYPE_ABBREVIATIONS.get(dtype, dtype)}[{dims}]"
+    return type(x).__name__
+
+
+def signature(obj):
+    """Returns the ShapeDtype tree of `obj`: arrays, tuples/lists and Sequences.
+
+    The structure is kept (a Sequence of arrays becomes a Sequence of
+    ShapeDtypes), so the result can be passed to `Layer.init`.
+    """
+    from trax_sl import sequence
+
+    if isinstance(obj, ShapeDtype):
+        return obj
+    if isinstance(obj, sequence.Sequence):
+        return type(obj)(signature(obj.values), signature(obj.mask))
+    if isinstance(obj, (tuple, list)):
+        return tuple(signature(item) for item in obj)
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        return ShapeDtype(obj.shape, obj.dtype)
+    if isinstance(obj, (bool, int, float, complex, np.generic)):
+        return ShapeDtype((), np.asarray(obj).dtype)
+    raise TypeError(
+        f"signature: expected an array, a Sequence or a tuple of them, "
+        f"got {type(obj).__name__}"
+    )
+
+
+def from_abstract(tree):
+    """Turns the ShapeDtypeStruct leaves of `jax.eval_shape` into ShapeDtypes."""
+    return jax.tree.map(lambda leaf: ShapeDtype(leaf.shape, leaf.dtype), tree)
