@@ -112,3 +112,7 @@ from trax_sl.layers.core import (
     multigaussian_loss,
     one_hot,
 )
+from trax_sl.layers import dsp, normalization, position
+from trax_sl.layers.dsp import STFT, Frame, InverseSTFT, LinearToMelSpectrogram, LogMelFrontend
+from trax_sl.layers.normalization import BatchNorm, FilterResponseNorm, GroupNorm, LayerNorm, RMSNorm
+from trax_sl.layers.position import AddTimingSignal, ApplyRotaryPositionalEncoding, PositionalEncoding

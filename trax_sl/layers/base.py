@@ -308,8 +308,8 @@ class Layer:
         return 0
 
     @property
-    def receptive_field(self) -> tuple[int, int]:
-        """(past, future): input steps before and after that an output sees."""
+    def receptive_field(self) -> tuple[float, float]:
+        """(past, future): input steps before and after that an output sees (math.inf: unbounded)."""
         return (0, 0)
 
     @property

@@ -69,8 +69,9 @@ def _lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
 
 
-def _ceil(x: fractions.Fraction) -> int:
-    return math.ceil(x)
+def _ceil(x):
+    """Rounds latencies and fields up; an unbounded field (math.inf) stays unbounded."""
+    return x if isinstance(x, float) and math.isinf(x) else math.ceil(x)
 
 
 class _StackLayer(Layer):
