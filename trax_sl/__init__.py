@@ -2,8 +2,10 @@
 
 __version__ = "0.1.0"
 
-from trax_sl import shapes  # noqa: E402
-from trax_sl.sequence import MaskedSequence, Sequence  # noqa: E402
-from trax_sl import layers  # noqa: E402
+from trax_sl import (
+    layers,
+    shapes,
+)
+from trax_sl.sequence import MaskedSequence, Sequence
 
 __all__ = ["MaskedSequence", "Sequence", "__version__", "layers", "shapes"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence as _AbcSequence
+from collections.abc import Callable
+from collections.abc import Sequence as _AbcSequence
 
 import jax
 import jax.numpy as jnp
@@ -28,13 +29,16 @@ class Sequence:
     def __init__(self, values, mask):
         values_shape = getattr(values, "shape", None)
         mask_shape = getattr(mask, "shape", None)
-        if values_shape is not None and mask_shape is not None:
-            if len(mask_shape) != 2 or tuple(values_shape[:2]) != tuple(mask_shape):
-                raise ValueError(
-                    f"Sequence: values must be [batch, time, ...] and mask "
-                    f"[batch, time]; got values {tuple(values_shape)} and mask "
-                    f"{tuple(mask_shape)}"
-                )
+        if (
+            values_shape is not None
+            and mask_shape is not None
+            and (len(mask_shape) != 2 or tuple(values_shape[:2]) != tuple(mask_shape))
+        ):
+            raise ValueError(
+                f"Sequence: values must be [batch, time, ...] and mask "
+                f"[batch, time]; got values {tuple(values_shape)} and mask "
+                f"{tuple(mask_shape)}"
+            )
         self.values = values
         self.mask = mask
 
@@ -107,9 +111,7 @@ class Sequence:
                 f"(e.g. x[:, 2:5]); got {key!r}. Use apply_values for channels."
             )
         if any(not isinstance(k, slice) for k in key):
-            raise IndexError(
-                f"Sequence: index with slices so that batch and time axes stay; got {key!r}"
-            )
+            raise IndexError(f"Sequence: index with slices so that batch and time axes stay; got {key!r}")
         return type(self)(self.values[key], self.mask[key])
 
     @property
@@ -133,9 +135,7 @@ class Sequence:
         return shapes.ShapeDtype(self.channel_shape, self.dtype)
 
     def __repr__(self) -> str:
-        if isinstance(self.values, (np.ndarray, jax.Array)) and not isinstance(
-            self.values, jax.core.Tracer
-        ):
+        if isinstance(self.values, (np.ndarray, jax.Array)) and not isinstance(self.values, jax.core.Tracer):
             return f"{type(self).__name__}(values={self.values!r}, mask={self.mask!r})"
         return f"{type(self).__name__}({shapes.short_form(self.values)})"
 

@@ -84,10 +84,7 @@ def signature(obj):
         return ShapeDtype(obj.shape, obj.dtype)
     if isinstance(obj, (bool, int, float, complex, np.generic)):
         return ShapeDtype((), np.asarray(obj).dtype)
-    raise TypeError(
-        f"signature: expected an array, a Sequence or a tuple of them, "
-        f"got {type(obj).__name__}"
-    )
+    raise TypeError(f"signature: expected an array, a Sequence or a tuple of them, got {type(obj).__name__}")
 
 
 def from_abstract(tree):

@@ -82,7 +82,7 @@ def test_a_wrong_declared_latency_fails():
 
 
 def test_a_layer_that_does_not_stream_is_refused():
-    layer = lambda mode: tl.Scan(tl.Fn("Add", lambda x, c: (x + c, x + c), n_out=2), axis=1)  # noqa: E731
+    layer = lambda mode: tl.Scan(tl.Fn("Add", lambda x, c: (x + c, x + c), n_out=2), axis=1)
     with pytest.raises(AssertionError, match="supports_step is False"):
         test_utils.verify_contract(layer, (SIGNATURE, ShapeDtype((3, 2))))
 
@@ -102,11 +102,11 @@ def test_step_gradients_are_compared():
 
 
 def test_latency_alignment_of_branches_keeps_the_contract():
-    model = lambda mode: tl.Serial(  # noqa: E731
+    model = lambda mode: tl.Serial(
         tl.Branch(delay.Lookahead(1, mode=mode), None, delay.Lookahead(3, mode=mode)), tl.Concatenate(3)
     )
     report = test_utils.verify_contract(model, SIGNATURE)
     assert (report.input_latency, report.output_latency) == (3, 3)
-    residual = lambda mode: tl.Residual(delay.Lookahead(2, mode=mode))  # noqa: E731
+    residual = lambda mode: tl.Residual(delay.Lookahead(2, mode=mode))
     report = test_utils.verify_contract(residual, SIGNATURE)
     assert (report.input_latency, report.output_latency) == (2, 2)

@@ -1,6 +1,38 @@
 """Every layer, combinator and layer function: `import trax_sl.layers as tl`."""
 
-from trax_sl.layers import base, combinators
+from trax_sl.layers import (
+    activation_fns,
+    base,
+    combinators,
+    core,
+    delay,
+    dsp,
+    initializers,
+    normalization,
+    position,
+    repeat,
+    streaming,
+    test_utils,
+)
+from trax_sl.layers.activation_fns import (
+    Elu,
+    Exp,
+    FastGelu,
+    Gelu,
+    Glu,
+    HardSigmoid,
+    HardTanh,
+    LeakyRelu,
+    Log,
+    ParametricRelu,
+    Relu,
+    Selu,
+    Sigmoid,
+    Softplus,
+    Swish,
+    Tanh,
+    ThresholdedLinearUnit,
+)
 from trax_sl.layers.base import (
     EMPTY_STATE,
     EMPTY_WEIGHTS,
@@ -44,44 +76,6 @@ from trax_sl.layers.combinators import (
     inputs_from_stack,
     outputs_onto_stack,
 )
-from trax_sl.layers import activation_fns, delay, initializers, repeat, streaming, test_utils
-from trax_sl.layers.activation_fns import (
-    Elu,
-    Exp,
-    FastGelu,
-    Gelu,
-    Glu,
-    HardSigmoid,
-    HardTanh,
-    LeakyRelu,
-    Log,
-    ParametricRelu,
-    Relu,
-    Selu,
-    Sigmoid,
-    Softplus,
-    Swish,
-    Tanh,
-    ThresholdedLinearUnit,
-)
-from trax_sl.layers.delay import Delay, Lookahead
-from trax_sl.layers.repeat import CheckpointGradient, GatedLinearUnit, Repeat
-from trax_sl.layers.streaming import start_stream
-from trax_sl.layers.initializers import (
-    AtariConvInit,
-    GlorotNormalInitializer,
-    GlorotUniformInitializer,
-    InitializerFromFile,
-    KaimingNormalInitializer,
-    KaimingUniformInitializer,
-    LeCunNormalInitializer,
-    LeCunUniformInitializer,
-    OrthogonalInitializer,
-    RandomNormalInitializer,
-    RandomUniformInitializer,
-    ScaledInitializer,
-)
-from trax_sl.layers import core
 from trax_sl.layers.core import (
     ArgMax,
     Dense,
@@ -112,7 +106,23 @@ from trax_sl.layers.core import (
     multigaussian_loss,
     one_hot,
 )
-from trax_sl.layers import dsp, normalization, position
+from trax_sl.layers.delay import Delay, Lookahead
 from trax_sl.layers.dsp import STFT, Frame, InverseSTFT, LinearToMelSpectrogram, LogMelFrontend
+from trax_sl.layers.initializers import (
+    AtariConvInit,
+    GlorotNormalInitializer,
+    GlorotUniformInitializer,
+    InitializerFromFile,
+    KaimingNormalInitializer,
+    KaimingUniformInitializer,
+    LeCunNormalInitializer,
+    LeCunUniformInitializer,
+    OrthogonalInitializer,
+    RandomNormalInitializer,
+    RandomUniformInitializer,
+    ScaledInitializer,
+)
 from trax_sl.layers.normalization import BatchNorm, FilterResponseNorm, GroupNorm, LayerNorm, RMSNorm
 from trax_sl.layers.position import AddTimingSignal, ApplyRotaryPositionalEncoding, PositionalEncoding
+from trax_sl.layers.repeat import CheckpointGradient, GatedLinearUnit, Repeat
+from trax_sl.layers.streaming import start_stream

@@ -98,7 +98,7 @@ class LayerError(Exception):
 def _safe_short_form(inputs) -> str:
     try:
         return shapes.short_form(inputs)
-    except Exception:  # An error message must not fail on odd inputs.
+    except Exception:  # noqa: BLE001 (an error message must not fail on odd inputs)
         return type(inputs).__name__
 
 
@@ -159,9 +159,7 @@ def _check_leaves(layer: Layer, x) -> None:
 
 
 def _to_structs(signature):
-    return jax.tree.map(
-        lambda s: s.as_struct() if isinstance(s, shapes.ShapeDtype) else s, signature
-    )
+    return jax.tree.map(lambda s: s.as_struct() if isinstance(s, shapes.ShapeDtype) else s, signature)
 
 
 def as_signature(inputs):
@@ -234,11 +232,11 @@ class Layer:
     # so error paths show the layers users wrote.
     hidden_in_paths = False
 
-    def __init__(self, n_in: int = 1, n_out: int = 1, name: str | None = None,
-                 sublayers_to_print=None):
+    def __init__(self, n_in: int = 1, n_out: int = 1, name: str | None = None, sublayers_to_print=None):
         if n_in < 0 or n_out < 0:
-            raise ValueError(f"{name or type(self).__name__}: n_in and n_out must be >= 0, "
-                             f"got n_in={n_in}, n_out={n_out}")
+            raise ValueError(
+                f"{name or type(self).__name__}: n_in and n_out must be >= 0, got n_in={n_in}, n_out={n_out}"
+            )
         self._n_in = n_in
         self._n_out = n_out
         self._name = name or type(self).__name__
@@ -365,14 +363,13 @@ class Layer:
         if self._n_in == 1:
             return
         if not isinstance(x, (tuple, list)):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 (an arity error, like the one below)
                 f"{self.name} takes {self._n_in} inputs from the stack, got one "
                 f"({_safe_short_form(x)}); pass a tuple of {self._n_in} items"
             )
         if len(x) != self._n_in:
             raise ValueError(
-                f"{self.name} takes {self._n_in} inputs from the stack, got "
-                f"{len(x)} ({_safe_short_form(x)})"
+                f"{self.name} takes {self._n_in} inputs from the stack, got {len(x)} ({_safe_short_form(x)})"
             )
 
     def _check_outputs(self, outputs) -> None:
@@ -433,7 +430,10 @@ class Layer:
         weights, state = self.init_weights_and_state(input_signature, rng)
         out = jax.eval_shape(
             lambda x, w, s, r: self._apply(x, w, s, r)[0],
-            _to_structs(input_signature), weights, state, rng,
+            _to_structs(input_signature),
+            weights,
+            state,
+            rng,
         )
         return weights, state, shapes.from_abstract(out)
 
@@ -511,12 +511,18 @@ class Layer:
             _check_leaves(self, x)
         except TypeError as e:
             raise LayerError(self, "__call__", x, e) from e
-        weights, state = self.init(shapes.signature(x))
+        weights, _ = self.init(shapes.signature(x))
         if jax.tree.leaves(weights):
             self._weights, self._state, self._initialized = EMPTY_WEIGHTS, EMPTY_STATE, False
-            raise LayerError(self, "__call__", x, RuntimeError(
-                f"{self.name} has weights, so it needs them before it runs: call "
-                f"layer.init(input_signature) first (or pass weights=)"))
+            raise LayerError(
+                self,
+                "__call__",
+                x,
+                RuntimeError(
+                    f"{self.name} has weights, so it needs them before it runs: call "
+                    f"layer.init(input_signature) first (or pass weights=)"
+                ),
+            )
 
     # --- Modes ----------------------------------------------------------------
 
@@ -539,8 +545,7 @@ class Layer:
                 new._sublayers = tuple(twin(sub) for sub in layer._sublayers)
                 if new._sublayers_to_print is not None:
                     new._sublayers_to_print = [
-                        twin(sub) if isinstance(sub, Layer) else sub
-                        for sub in new._sublayers_to_print
+                        twin(sub) if isinstance(sub, Layer) else sub for sub in new._sublayers_to_print
                     ]
             return memo[id(layer)]
 
@@ -554,8 +559,9 @@ class Layer:
         The format is a zip of `.npy` arrays named by their path in the weights
         tree plus a JSON header: no pickle, so loading runs no code.
         """
-        serialization.save_layer(file_name, self._weights, None if weights_only else self._state,
-                                 input_signature)
+        serialization.save_layer(
+            file_name, self._weights, None if weights_only else self._state, input_signature
+        )
 
     def init_from_file(self, file_name, weights_only: bool = False, input_signature=None):
         """Initializes from a file written by `save_to_file`; returns (weights, state).
@@ -568,13 +574,9 @@ class Layer:
         if signature is None:
             signature = serialization.signature_from_json(header["input_signature"])
         if signature is None:
-            raise ValueError(
-                f"init_from_file: {file_name} stores no input signature; pass input_signature="
-            )
+            raise ValueError(f"init_from_file: {file_name} stores no input signature; pass input_signature=")
         weights_sig, state_sig = self.weights_and_state_signature(signature)
-        weights, state = serialization.load_layer(
-            file_name, weights_sig, None if weights_only else state_sig
-        )
+        weights, state = serialization.load_layer(file_name, weights_sig, None if weights_only else state_sig)
         if weights_only:
             _, state = self.init(signature)
         self._weights, self._state, self._initialized = weights, state, True
@@ -627,8 +629,15 @@ class PureLayer(Layer):
     reduction over the time axis), so it does not stream.
     """
 
-    def __init__(self, forward_fn, n_in: int = 1, n_out: int = 1, name: str = "PureLayer", *,
-                 supports_step: bool = True):
+    def __init__(
+        self,
+        forward_fn,
+        n_in: int = 1,
+        n_out: int = 1,
+        name: str = "PureLayer",
+        *,
+        supports_step: bool = True,
+    ):
         super().__init__(n_in=n_in, n_out=n_out, name=name)
         self._forward_fn = forward_fn
         self._supports_step = supports_step
@@ -655,8 +664,7 @@ def Fn(name: str, f, n_out: int = 1, *, supports_step: bool = True) -> Layer:  #
     for p in parameters:
         if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is not p.empty:
             raise ValueError(
-                f"Fn {name}: f must take positional arguments only, without defaults; "
-                f"got parameter {p}"
+                f"Fn {name}: f must take positional arguments only, without defaults; got parameter {p}"
             )
     n_in = len(list(parameters))
     if n_in == 1:
@@ -669,8 +677,9 @@ def flatten_weights_and_state(weights, state):
     return jax.tree.leaves(weights), jax.tree.leaves(state)
 
 
-def unflatten_weights_and_state(flat_weights, flat_state, weights_and_state_signature,
-                                weights_only: bool = False):
+def unflatten_weights_and_state(
+    flat_weights, flat_state, weights_and_state_signature, weights_only: bool = False
+):
     """Inverse of flatten_weights_and_state, given the trees' signature."""
     weights_sig, state_sig = weights_and_state_signature
     weights = jax.tree.unflatten(jax.tree.structure(weights_sig), list(flat_weights))

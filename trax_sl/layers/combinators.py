@@ -19,7 +19,6 @@ from trax_sl import shapes
 from trax_sl.layers import base
 from trax_sl.layers.base import Fn, Layer
 
-
 # --- Stack helpers -----------------------------------------------------------
 
 
@@ -86,7 +85,7 @@ class _StackLayer(Layer):
         for i, (layer, layer_rng) in enumerate(zip(layers, base.split_rng(rng, len(layers)))):
             inputs = inputs_from_stack(stack, layer.n_in) if layer.n_in else ()
             w, s, out = base.init_sublayer(i, layer, inputs, layer_rng)
-            stack = _as_items(out, layer.n_out) + tuple(stack[layer.n_in:])
+            stack = _as_items(out, layer.n_out) + tuple(stack[layer.n_in :])
             weights.append(w)
             states.append(s)
         return tuple(weights), tuple(states), _from_items(stack, self.n_out)
@@ -128,7 +127,7 @@ class Serial(_StackLayer):
         for i, (layer, layer_rng) in enumerate(zip(self.sublayers, base.split_rng(rng, len(self.sublayers)))):
             inputs = inputs_from_stack(stack, layer.n_in) if layer.n_in else ()
             outputs, s = base.call_sublayer(i, layer, inputs, weights[i], state[i], layer_rng)
-            stack = _as_items(outputs, layer.n_out) + tuple(stack[layer.n_in:])
+            stack = _as_items(outputs, layer.n_out) + tuple(stack[layer.n_in :])
             new_states.append(s)
         return _from_items(stack, self.n_out), tuple(new_states)
 
@@ -227,8 +226,14 @@ def _align_output_latencies(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
             aligned.append(layer)
             continue
         delays = [delay.Delay(top - latency, delay_layer_output=False, mode=mode) for _ in range(layer.n_out)]
-        aligned.append(Serial(layer, delays[0] if len(delays) == 1 else Parallel(*delays),
-                              name=layer.name, sublayers_to_print=[layer]))
+        aligned.append(
+            Serial(
+                layer,
+                delays[0] if len(delays) == 1 else Parallel(*delays),
+                name=layer.name,
+                sublayers_to_print=[layer],
+            )
+        )
     return tuple(aligned)
 
 
@@ -242,14 +247,15 @@ class Parallel(_StackLayer):
 
     def __init__(self, *sublayers, name: str | None = None):
         layers = _align_output_latencies(tuple(_no_op_for_none(layer) for layer in sublayers))
-        super().__init__(n_in=sum(layer.n_in for layer in layers),
-                         n_out=sum(layer.n_out for layer in layers), name=name)
+        super().__init__(
+            n_in=sum(layer.n_in for layer in layers), n_out=sum(layer.n_out for layer in layers), name=name
+        )
         self._sublayers = layers
 
     def _spans(self, items: tuple):
         start = 0
         for layer in self.sublayers:
-            yield items[start:start + layer.n_in]
+            yield items[start : start + layer.n_in]
             start += layer.n_in
 
     def forward(self, xs, weights, state, rng):
@@ -358,8 +364,9 @@ def Branch(*layers, name: str = "Branch") -> Layer:  # noqa: N802
     parallel = Parallel(*layers)
     parallel.hidden_in_paths = True
     indices = [list(range(layer.n_in)) for layer in parallel.sublayers]
-    return Serial(Select(list(_deep_flatten(indices))), parallel, name=name,
-                  sublayers_to_print=list(parallel.sublayers))
+    return Serial(
+        Select(list(_deep_flatten(indices))), parallel, name=name, sublayers_to_print=list(parallel.sublayers)
+    )
 
 
 def Residual(*layers, shortcut=None) -> Layer:  # noqa: N802
@@ -372,8 +379,9 @@ def Residual(*layers, shortcut=None) -> Layer:  # noqa: N802
     layer = layers[0] if len(layers) == 1 else Serial(layers)
     branch = Branch(shortcut, layer)
     branch.hidden_in_paths = True
-    return Serial(branch, Add(), name="Residual",
-                  sublayers_to_print=[layer] if shortcut is None else [layer, shortcut])
+    return Serial(
+        branch, Add(), name="Residual", sublayers_to_print=[layer] if shortcut is None else [layer, shortcut]
+    )
 
 
 def SerialWithSideOutputs(layers, n_side_outputs=1) -> Layer:  # noqa: N802
@@ -385,8 +393,9 @@ def SerialWithSideOutputs(layers, n_side_outputs=1) -> Layer:  # noqa: N802
     if isinstance(n_side_outputs, int):
         n_side_outputs = [n_side_outputs] * len(layers)
     if len(n_side_outputs) != len(layers):
-        raise ValueError(f"SerialWithSideOutputs: got {len(layers)} layers but "
-                         f"{len(n_side_outputs)} n_side_outputs")
+        raise ValueError(
+            f"SerialWithSideOutputs: got {len(layers)} layers but {len(n_side_outputs)} n_side_outputs"
+        )
     running_max = running_total = 0
     for layer, n_side in zip(layers, n_side_outputs):
         running_total += layer.n_in
@@ -510,11 +519,13 @@ class Scan(_StackLayer):
     Predict mode: not streamable (the carry is an explicit input and output).
     """
 
-    def __init__(self, layer: Layer, axis: int = 0, n_carry: int = 1, remat: bool = False,
-                 mode: str = "train"):
+    def __init__(
+        self, layer: Layer, axis: int = 0, n_carry: int = 1, remat: bool = False, mode: str = "train"
+    ):
         if n_carry > min(layer.n_in, layer.n_out):
-            raise ValueError(f"Scan: n_carry={n_carry} exceeds the layer's n_in={layer.n_in} "
-                             f"or n_out={layer.n_out}")
+            raise ValueError(
+                f"Scan: n_carry={n_carry} exceeds the layer's n_in={layer.n_in} or n_out={layer.n_out}"
+            )
         super().__init__(n_in=layer.n_in, n_out=layer.n_out, name="Scan")
         self._sublayers = (layer,)
         self._axis = axis
@@ -545,8 +556,8 @@ class Scan(_StackLayer):
             carry, layer_state = carry_and_state
             x, step_rng = x_and_rng
             outputs, new_state = base.call_sublayer(
-                0, layer, _from_items(tuple(x) + tuple(carry), layer.n_in), weights[0],
-                layer_state, step_rng)
+                0, layer, _from_items(tuple(x) + tuple(carry), layer.n_in), weights[0], layer_state, step_rng
+            )
             outputs = _as_items(outputs, layer.n_out)
             n_ys = layer.n_out - self._n_carry
             return (outputs[n_ys:], new_state), outputs[:n_ys]
@@ -590,18 +601,21 @@ class Cond(_StackLayer):
     `false` defaults to the identity (then true must have n_in == n_out).
     """
 
-    def __init__(self, cond: Layer, true: Layer, false: Layer | None = None,
-                 name: str | None = None):
+    def __init__(self, cond: Layer, true: Layer, false: Layer | None = None, name: str | None = None):
         if cond.n_out != 1:
             raise ValueError(f"Cond: cond must have n_out=1, got {cond.n_out}")
         if false is None:
             if true.n_in != true.n_out:
-                raise ValueError(f"Cond: with false=None (identity), true needs n_in == n_out, "
-                                 f"got n_in={true.n_in}, n_out={true.n_out}")
+                raise ValueError(
+                    f"Cond: with false=None (identity), true needs n_in == n_out, "
+                    f"got n_in={true.n_in}, n_out={true.n_out}"
+                )
             false = Select(list(range(true.n_in)), name="Identity")
         if (true.n_in, true.n_out) != (false.n_in, false.n_out):
-            raise ValueError(f"Cond: true and false must agree on n_in and n_out, got "
-                             f"({true.n_in}, {true.n_out}) and ({false.n_in}, {false.n_out})")
+            raise ValueError(
+                f"Cond: true and false must agree on n_in and n_out, got "
+                f"({true.n_in}, {true.n_out}) and ({false.n_in}, {false.n_out})"
+            )
         super().__init__(n_in=cond.n_in + true.n_in, n_out=true.n_out, name=name or "Cond")
         self._sublayers = (cond, true, false)
 
@@ -613,9 +627,10 @@ class Cond(_StackLayer):
         cond, true, false = self.sublayers
         items = _as_items(xs, self.n_in)
         rng_c, rng_t, rng_f = base.split_rng(rng, 3)
-        c, cond_state = base.call_sublayer(0, cond, _from_items(items[:cond.n_in], cond.n_in),
-                                           weights[0], state[0], rng_c)
-        rest = _from_items(items[cond.n_in:], true.n_in)
+        c, cond_state = base.call_sublayer(
+            0, cond, _from_items(items[: cond.n_in], cond.n_in), weights[0], state[0], rng_c
+        )
+        rest = _from_items(items[cond.n_in :], true.n_in)
 
         def run_true(operand):
             y, s = base.call_sublayer(1, true, operand, weights[1], state[1], rng_t)
@@ -625,16 +640,17 @@ class Cond(_StackLayer):
             y, s = base.call_sublayer(2, false, operand, weights[2], state[2], rng_f)
             return y, (state[1], s)
 
-        y, (true_state, false_state) = jax.lax.cond(jnp.asarray(c).astype(bool).reshape(()),
-                                                    run_true, run_false, rest)
+        y, (true_state, false_state) = jax.lax.cond(
+            jnp.asarray(c).astype(bool).reshape(()), run_true, run_false, rest
+        )
         return y, (cond_state, true_state, false_state)
 
     def init_with_output_signature(self, input_signature, rng):
         cond, true, false = self.sublayers
         items = _as_items(input_signature, self.n_in)
         rngs = base.split_rng(rng, 3)
-        wc, sc, _ = base.init_sublayer(0, cond, _from_items(items[:cond.n_in], cond.n_in), rngs[0])
-        rest = _from_items(items[cond.n_in:], true.n_in)
+        wc, sc, _ = base.init_sublayer(0, cond, _from_items(items[: cond.n_in], cond.n_in), rngs[0])
+        rest = _from_items(items[cond.n_in :], true.n_in)
         wt, st, out = base.init_sublayer(1, true, rest, rngs[1])
         wf, sf, _ = base.init_sublayer(2, false, rest, rngs[2])
         return (wc, wt, wf), (sc, st, sf), out
@@ -660,10 +676,15 @@ def Chunk(layer: Layer, chunk_size: int, pass_unchunkable: bool = True) -> Layer
     def from_chunks(x):
         return jnp.reshape(x, (x.shape[0] * x.shape[1],) + tuple(x.shape[2:]))
 
-    reshape_in = _StackOp(lambda xs: jax.tree.map(to_chunks, xs),
-                          n_in=layer.n_in, n_out=layer.n_in, name="ReshapeToChunks")
-    reshape_out = _StackOp(lambda xs: jax.tree.map(from_chunks, xs),
-                           n_in=layer.n_out, n_out=layer.n_out, name="ReshapeFromChunks")
+    reshape_in = _StackOp(
+        lambda xs: jax.tree.map(to_chunks, xs), n_in=layer.n_in, n_out=layer.n_in, name="ReshapeToChunks"
+    )
+    reshape_out = _StackOp(
+        lambda xs: jax.tree.map(from_chunks, xs),
+        n_in=layer.n_out,
+        n_out=layer.n_out,
+        name="ReshapeFromChunks",
+    )
     return Serial(reshape_in, Scan(layer, axis=0, n_carry=0), reshape_out, name="Chunk")
 
 
@@ -727,15 +748,16 @@ class BatchLeadingAxes(_StackLayer):
         return False
 
     def _batched_shape(self, shape):
-        return (-1,) + tuple(shape[len(shape) - self._n_keep:])
+        return (-1,) + tuple(shape[len(shape) - self._n_keep :])
 
     def forward(self, x, weights, state, rng):
         mask = None
         if isinstance(x, seq.Sequence):
             x, mask = x.mask_invalid().values, x.mask
-        leading = tuple(x.shape[:x.ndim - self._n_keep])
+        leading = tuple(x.shape[: x.ndim - self._n_keep])
         y, new_state = base.call_sublayer(
-            0, self.sublayer, jnp.reshape(x, self._batched_shape(x.shape)), weights[0], state[0], rng)
+            0, self.sublayer, jnp.reshape(x, self._batched_shape(x.shape)), weights[0], state[0], rng
+        )
         y = jnp.reshape(y, leading + tuple(y.shape[1:]))
         if mask is not None and len(leading) >= 2:  # Batch and time were folded and come back.
             y = seq.Sequence(y, mask)
@@ -745,8 +767,8 @@ class BatchLeadingAxes(_StackLayer):
         is_sequence = isinstance(input_signature, seq.Sequence)
         x = input_signature.values if is_sequence else input_signature
         shape = x.shape
-        leading = shape[:len(shape) - self._n_keep]
-        inner = shapes.ShapeDtype((math.prod(leading),) + tuple(shape[len(leading):]), x.dtype)
+        leading = shape[: len(shape) - self._n_keep]
+        inner = shapes.ShapeDtype((math.prod(leading),) + tuple(shape[len(leading) :]), x.dtype)
         w, s, out = base.init_sublayer(0, self.sublayer, inner, rng)
         out = shapes.ShapeDtype(tuple(leading) + out.shape[1:], out.dtype)
         if is_sequence and len(leading) >= 2:
@@ -776,7 +798,7 @@ def Bidirectional(forward_layer: Layer, axis: int = 1, merge_layer: Layer | None
     The backward copy has weights of its own.
     """
     backward_layer = forward_layer.with_mode(forward_layer.mode)
-    flip = _StackOp(lambda x: _reverse_time(x, axis), name="ReverseTime")
+    # Reversing time needs the whole sequence: Bidirectional does not stream.
+    flip = _StackOp(lambda x: _reverse_time(x, axis), name="ReverseTime", supports_step=False)
     merge = Concatenate() if merge_layer is None else merge_layer
-    return Serial(Branch(forward_layer, Serial(flip, backward_layer, flip)), merge,
-                  name="Bidirectional")
+    return Serial(Branch(forward_layer, Serial(flip, backward_layer, flip)), merge, name="Bidirectional")

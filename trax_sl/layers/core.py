@@ -50,8 +50,8 @@ class Dense(Layer):
     def __init__(
         self,
         n_units: int,
-        kernel_initializer=init.GlorotUniformInitializer(),  # noqa: B008
-        bias_initializer=init.RandomNormalInitializer(1e-6),  # noqa: B008
+        kernel_initializer=init.GlorotUniformInitializer(),
+        bias_initializer=init.RandomNormalInitializer(1e-6),
         use_bias: bool = True,
         use_bfloat16: bool = False,
     ):
@@ -123,7 +123,7 @@ class Embedding(Layer):
         vocab_size: int,
         d_feature: int,
         use_bfloat16: bool = False,
-        kernel_initializer=init.ScaledInitializer(  # noqa: B008
+        kernel_initializer=init.ScaledInitializer(
             out_dim=-1, in_dim=-2, scale=1.0, mode="fan_out", distribution="uniform"
         ),
     ):
@@ -238,7 +238,7 @@ class RandomUniform(Layer):
     over an axis named 'batch' every device uses device 0's rng; elsewhere
     (plain jit, one program for all devices) the rng is already shared.
 
-    Predict mode: has no time axis; a new draw per call.
+    Predict mode: not streamable (a new draw per call, not a function of a sequence).
     """
 
     def __init__(
@@ -252,6 +252,10 @@ class RandomUniform(Layer):
         self._shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         self._dtype = dtype
         self._sync = sync
+
+    @property
+    def supports_step(self) -> bool:
+        return False
 
     def forward(self, inputs, weights, state, rng):
         del inputs
@@ -289,8 +293,8 @@ class LocallyConnected1d(Layer):
         self,
         filters: int,
         kernel_size: int,
-        kernel_initializer=init.GlorotUniformInitializer(),  # noqa: B008
-        bias_initializer=init.RandomNormalInitializer(1e-6),  # noqa: B008
+        kernel_initializer=init.GlorotUniformInitializer(),
+        bias_initializer=init.RandomNormalInitializer(1e-6),
         use_bias: bool = True,
         padding: str = "VALID",
     ):
@@ -445,7 +449,7 @@ class SummaryImage(_PassThrough):
     recover_fn is required. Sequence inputs reach recover_fn as values with
     invalid steps zeroed.
 
-    Predict mode: the state holds the images of the last block.
+    Predict mode: not streamable (its state holds whole inputs, whose length varies).
     """
 
     def __init__(self, name: str, n_in: int, num_summaries: int = 5, recover_fn: Callable | None = None):
@@ -458,6 +462,10 @@ class SummaryImage(_PassThrough):
         super().__init__(n_in, name=f"Summary_{name}")
         self._num_summaries = num_summaries
         self._recover_fn = recover_fn
+
+    @property
+    def supports_step(self) -> bool:
+        return False
 
     def _images(self, inputs):
         def values(x):

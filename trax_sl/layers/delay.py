@@ -71,8 +71,7 @@ class Delay(base.Layer):
         values = input_signature.values if isinstance(input_signature, seq.Sequence) else input_signature
         shape = (values.shape[0], self._length) + tuple(values.shape[2:])
         valid = self._delay_layer_output
-        buffer = seq.Sequence(jnp.zeros(shape, values.dtype),
-                              jnp.full(shape[:2], valid, dtype=jnp.bool_))
+        buffer = seq.Sequence(jnp.zeros(shape, values.dtype), jnp.full(shape[:2], valid, dtype=jnp.bool_))
         return (), buffer
 
     def forward(self, x, weights, state, rng):
@@ -128,5 +127,5 @@ class Lookahead(base.Layer):
             steps = state.reshape((-1, 1)) + jnp.arange(x.shape[1]).reshape((1, -1))
             y = seq.Sequence(x.values, x.mask & (steps >= self._length))
             return like_input(y, was_sequence), state + x.shape[1]
-        y = x[:, self._length:].pad_time(0, min(self._length, x.shape[1]), valid=False)
+        y = x[:, self._length :].pad_time(0, min(self._length, x.shape[1]), valid=False)
         return like_input(y, was_sequence), state

@@ -27,8 +27,10 @@ class Repeat(base.Layer):
         if n_repeats < 1:
             raise ValueError(f"Repeat: n_repeats must be >= 1, got n_repeats={n_repeats}")
         if layer.n_in != 1 or layer.n_out != 1:
-            raise ValueError(f"Repeat: the layer must have n_in = n_out = 1, got "
-                             f"{layer.name} with n_in={layer.n_in}, n_out={layer.n_out}")
+            raise ValueError(
+                f"Repeat: the layer must have n_in = n_out = 1, got "
+                f"{layer.name} with n_in={layer.n_in}, n_out={layer.n_out}"
+            )
         super().__init__(name=name or f"Repeat_{n_repeats}", sublayers_to_print=[layer])
         self._sublayers = (layer,)
         self._n_repeats = n_repeats
@@ -76,10 +78,13 @@ class Repeat(base.Layer):
         # One trace of the layer's init, vmapped: every repeat gets weights of its own.
         weights, state = jax.vmap(init_one)(jax.random.split(rng, self._n_repeats))
         out = outputs[0]
-        if shapes.signature(jax.tree.leaves(out)) != shapes.signature(jax.tree.leaves(input_signature)) or \
-                jax.tree.structure(out) != jax.tree.structure(input_signature):
-            raise ValueError(f"Repeat: {layer.name} must map its input to the same signature to repeat, "
-                             f"got {shapes.short_form(input_signature)} -> {shapes.short_form(out)}")
+        if shapes.signature(jax.tree.leaves(out)) != shapes.signature(
+            jax.tree.leaves(input_signature)
+        ) or jax.tree.structure(out) != jax.tree.structure(input_signature):
+            raise ValueError(
+                f"Repeat: {layer.name} must map its input to the same signature to repeat, "
+                f"got {shapes.short_form(input_signature)} -> {shapes.short_form(out)}"
+            )
         return weights, state, out
 
     def forward(self, x, weights, state, rng):
@@ -109,8 +114,9 @@ class CheckpointGradient(base.Layer):
     handles_sequences = True
 
     def __init__(self, layer: base.Layer):
-        super().__init__(n_in=layer.n_in, n_out=layer.n_out, name="CheckpointGradient",
-                         sublayers_to_print=[layer])
+        super().__init__(
+            n_in=layer.n_in, n_out=layer.n_out, name="CheckpointGradient", sublayers_to_print=[layer]
+        )
         self._sublayers = (layer,)
 
     @property

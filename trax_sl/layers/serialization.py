@@ -85,7 +85,9 @@ def _read_array(z: zipfile.ZipFile, name: str, file_path, dtypes: dict) -> np.nd
     if stored != array.dtype.name:
         dtype = jax.numpy.dtype(stored)
         if dtype.itemsize != array.dtype.itemsize or array.dtype.kind != "u":
-            raise ValueError(f"{file_path}: array {name!r} is recorded as {stored} but holds {array.dtype.name}")
+            raise ValueError(
+                f"{file_path}: array {name!r} is recorded as {stored} but holds {array.dtype.name}"
+            )
         array = array.view(dtype)
     return array
 

@@ -30,8 +30,9 @@ def shard(tensors, n_shards: int | None = None):
     def shard_one(x):
         axis = _axis_to_shard(np.shape(x))
         if np.shape(x)[axis] % n_shards:
-            raise ValueError(f"shard: cannot split shape {np.shape(x)} into {n_shards} "
-                             f"equal pieces along axis {axis}")
+            raise ValueError(
+                f"shard: cannot split shape {np.shape(x)} into {n_shards} equal pieces along axis {axis}"
+            )
         pieces = np.split(np.asarray(x), n_shards, axis=axis)
         stacked = np.stack([pieces[i % n_shards] for i in range(len(devices))])
         return jax.device_put(stacked, sharding)

@@ -57,7 +57,12 @@ def _same_signature(a, b) -> bool:
 def _carry_over(layer: base.Layer, trained, fresh):
     """Trained state where a layer keeps it in every mode, fresh stream state elsewhere."""
     subs = layer.sublayers
-    if subs and isinstance(fresh, tuple) and isinstance(trained, tuple) and len(fresh) == len(subs) == len(trained):
+    if (
+        subs
+        and isinstance(fresh, tuple)
+        and isinstance(trained, tuple)
+        and len(fresh) == len(subs) == len(trained)
+    ):
         return tuple(_carry_over(sub, t, f) for sub, t, f in zip(subs, trained, fresh))
     return trained if _same_signature(trained, fresh) else fresh
 
