@@ -25,7 +25,7 @@ IDS = ShapeDtype((2, 8), np.int32)
 class Entry:
     build: Callable[[str], tl.Layer]  # mode -> layer
     signature: object
-    streams: bool = True
+    streams: bool | None = True  # None: no time axis (cells), predict mode must equal eval
     contract: dict = dataclasses.field(default_factory=dict)  # extra verify_contract arguments
 
 
@@ -153,6 +153,59 @@ REGISTRY: dict[str, Entry] = {
         ShapeDtype((2, 16)),
     ),
 }
+
+W = ShapeDtype((2, 8))
+REGISTRY.update(
+    {
+        # --- rnn ---
+        "LSTM": Entry(lambda mode: tl.LSTM(3, mode=mode), X),
+        "GRU": Entry(lambda mode: tl.GRU(3, mode=mode), X),
+        "SRU": Entry(lambda mode: tl.SRU(4, mode=mode), X),
+        "ScanSRUCell": Entry(
+            lambda mode: tl.ScanSRUCell(mode),
+            (X, X, ShapeDtype((2, 4))),
+            contract={"streamed": (True, True, False)},
+        ),
+        "GeneralGRUCell": Entry(lambda mode: tl.GeneralGRUCell(lambda: tl.Dense(4), dropout_rate_c=0.0), X),
+        # Cells: one step, no time axis; predict mode must compute what eval does.
+        "LSTMCell": Entry(
+            lambda mode: tl.LSTMCell(3), (ShapeDtype((2, 4)), ShapeDtype((2, 6))), streams=None
+        ),
+        "GRUCell": Entry(lambda mode: tl.GRUCell(3), (ShapeDtype((2, 4)), ShapeDtype((2, 3))), streams=None),
+        "InnerSRUCell": Entry(lambda mode: tl.InnerSRUCell(), (W, W, W), streams=None),
+        "MakeZeroState": Entry(lambda mode: tl.MakeZeroState(), X, streams=None),
+        # --- metrics (reductions over the batch and time: not streamable) ---
+        **{
+            name: Entry(lambda mode, name=name: getattr(tl, name)(), (X, IDS), streams=False)
+            for name in ("CategoryAccuracy", "CategoryCrossEntropy", "MacroAveragedFScore", "WeightedFScore")
+        },
+        **{
+            name: Entry(lambda mode, name=name: getattr(tl, name)(), (X, IDS, W), streams=False)
+            for name in (
+                "WeightedCategoryAccuracy",
+                "WeightedCategoryCrossEntropy",
+                "Accuracy",
+                "SequenceAccuracy",
+                "MaskedSequenceAccuracy",
+                "CrossEntropyLoss",
+                "CrossEntropyLossWithLogSoftmax",
+                "CrossEntropySum",
+            )
+        },
+        **{
+            name: Entry(lambda mode, name=name: getattr(tl, name)(), (W, W), streams=False)
+            for name in ("BinaryCrossEntropy", "WeightedSum")
+        },
+        **{
+            name: Entry(lambda mode, name=name: getattr(tl, name)(), (W, W, W), streams=False)
+            for name in ("BinaryCrossEntropyLoss", "BinaryCrossEntropySum")
+        },
+        **{
+            name: Entry(lambda mode, name=name: getattr(tl, name)(), (X, X, X), streams=False)
+            for name in ("L2Loss", "L1Loss", "SmoothL1Loss")
+        },
+    }
+)
 
 # CamelCase exports of `tl` that are not layers.
 NOT_LAYERS = {

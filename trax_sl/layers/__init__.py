@@ -8,9 +8,11 @@ from trax_sl.layers import (
     delay,
     dsp,
     initializers,
+    metrics,
     normalization,
     position,
     repeat,
+    rnn,
     streaming,
     test_utils,
 )
@@ -122,7 +124,40 @@ from trax_sl.layers.initializers import (
     RandomUniformInitializer,
     ScaledInitializer,
 )
+from trax_sl.layers.metrics import (
+    Accuracy,
+    BinaryCrossEntropy,
+    BinaryCrossEntropyLoss,
+    BinaryCrossEntropySum,
+    CategoryAccuracy,
+    CategoryCrossEntropy,
+    CrossEntropyLoss,
+    CrossEntropyLossWithLogSoftmax,
+    CrossEntropySum,
+    L1Loss,
+    L2Loss,
+    MacroAveragedFScore,
+    MaskedSequenceAccuracy,
+    SequenceAccuracy,
+    SmoothL1Loss,
+    WeightedCategoryAccuracy,
+    WeightedCategoryCrossEntropy,
+    WeightedFScore,
+    WeightedSum,
+)
 from trax_sl.layers.normalization import BatchNorm, FilterResponseNorm, GroupNorm, LayerNorm, RMSNorm
 from trax_sl.layers.position import AddTimingSignal, ApplyRotaryPositionalEncoding, PositionalEncoding
 from trax_sl.layers.repeat import CheckpointGradient, GatedLinearUnit, Repeat
+from trax_sl.layers.rnn import (
+    GRU,
+    LSTM,
+    SRU,
+    ConvGRUCell,
+    GeneralGRUCell,
+    GRUCell,
+    InnerSRUCell,
+    LSTMCell,
+    MakeZeroState,
+    ScanSRUCell,
+)
 from trax_sl.layers.streaming import start_stream

@@ -105,12 +105,14 @@ def _safe_short_form(inputs) -> str:
 def _user_frame(layer) -> str:
     """file:line of the innermost frame outside trax_sl: where the user built it.
 
-    Frames of trax_sl and the `__init__` chain of the layer's own class (a
-    user's subclass calling super().__init__) are skipped.
+    Frames of trax_sl, of gin's configurable wrappers, and the `__init__`
+    chain of the layer's own class (a user's subclass calling
+    super().__init__) are skipped.
     """
     frame = sys._getframe(2)
     while frame is not None and (
         frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+        or frame.f_globals.get("__name__", "").startswith("gin.")
         or (frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is layer)
     ):
         frame = frame.f_back
@@ -170,10 +172,9 @@ def as_signature(inputs):
 def _lift_sequences(fn, x, n_in: int):
     """Runs `fn` (on plain arrays) over inputs that may hold Sequences.
 
-    Sequence inputs are unwrapped to their values; outputs shaped
-    `[batch, time, ...]` like the mask come back as Sequences with the
-    combined (and-ed) mask. Outputs without that time axis mix time steps, so
-    they are computed from inputs whose invalid steps are zeroed.
+    Sequence inputs are unwrapped to their values, invalid steps zeroed;
+    outputs shaped `[batch, time, ...]` like the mask come back as Sequences
+    with the combined (and-ed) mask, others (reductions over time) as arrays.
     """
     items = (x,) if n_in == 1 else tuple(x)
     masks = [item.mask for item in items if isinstance(item, seq.Sequence)]
@@ -189,26 +190,16 @@ def _lift_sequences(fn, x, n_in: int):
         if other is not mask:
             mask = mask & other
 
-    def unwrap(masked: bool):
-        vals = tuple(
-            (item.mask_invalid().values if masked else item.values)
-            if isinstance(item, seq.Sequence)
-            else item
-            for item in items
-        )
-        return vals[0] if n_in == 1 else vals
-
-    outputs, state = fn(unwrap(masked=False))
+    # Invalid steps are zeroed even for pointwise math: garbage there would not
+    # reach valid outputs, but NaN would reach weight gradients (NaN * 0).
+    values = tuple(item.mask_invalid().values if isinstance(item, seq.Sequence) else item for item in items)
+    outputs, state = fn(values[0] if n_in == 1 else values)
     is_tuple = isinstance(outputs, tuple)
     flat = outputs if is_tuple else (outputs,)
 
     def time_bearing(y) -> bool:
         return hasattr(y, "shape") and tuple(y.shape[:2]) == tuple(mask.shape)
 
-    if not all(time_bearing(y) for y in flat):
-        masked_outputs, _ = fn(unwrap(masked=True))
-        masked_flat = masked_outputs if is_tuple else (masked_outputs,)
-        flat = tuple(y if time_bearing(y) else m for y, m in zip(flat, masked_flat))
     flat = tuple(seq.Sequence(y, mask) if time_bearing(y) else y for y in flat)
     return (flat if is_tuple else flat[0]), state
 
@@ -487,6 +478,8 @@ class Layer:
         """
         if weights is None and not self._initialized:
             self._init_weightless(x)
+        elif state is None and not self._initialized:  # Weights given, no state yet: a fresh one.
+            self._state = self.init_tree(shapes.signature(x), default_rng())[1]
         weights = self._weights if weights is None else weights
         state = self._state if state is None else state
         if self._jitted_pure_fn is None:

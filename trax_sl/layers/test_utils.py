@@ -78,11 +78,11 @@ def _with_garbage(x: seq.Sequence, rng, nan: bool, int_maxval: int, scale: float
     return seq.Sequence(jnp.asarray(np.where(mask, values, garbage)), x.mask)
 
 
-def _random_inputs(signature, rng, int_maxval: int, random_lengths: bool):
-    """Sequences (random lengths, garbage past them) for time items; arrays otherwise."""
+def _random_inputs(signature, streamed, rng, int_maxval: int, random_lengths: bool):
+    """Sequences (random lengths, garbage past them) for streamed items; arrays otherwise."""
     items = []
-    for s in _items(signature):
-        if not _is_time_signature(s):
+    for s, is_streamed in zip(_items(signature), streamed):
+        if not is_streamed and not isinstance(s, seq.Sequence):
             items.append(jnp.asarray(_random_values(rng, s, int_maxval)))
             continue
         values_sig = s.values if isinstance(s, seq.Sequence) else s
@@ -167,8 +167,8 @@ def _run_steps(layer, step_fn, x, weights, state, lengths, streamed):
         parts = [_items(y)[i] for y in outputs]
         if isinstance(parts[0], seq.Sequence):
             joined.append(seq.Sequence.concatenate_sequences(parts))
-        else:
-            joined.append(jnp.concatenate(parts, axis=1))
+        else:  # No time axis (e.g. a final RNN state): the last step's value counts.
+            joined.append(parts[-1])
     return _pack(tuple(joined), outputs[0]), states
 
 
@@ -197,8 +197,7 @@ def _scan_steps(predict, x, weights, state, block: int, streamed):
         return a.reshape((a.shape[0], a.shape[1] * a.shape[2]) + a.shape[3:])
 
     joined = tuple(
-        jax.tree.map(from_blocks, item) if isinstance(item, seq.Sequence) or item.ndim >= 3 else item[-1]
-        for item in _items(ys)
+        jax.tree.map(from_blocks, item) if isinstance(item, seq.Sequence) else item[-1] for item in _items(ys)
     )
     return _pack(joined, ys), final_state
 
@@ -283,7 +282,7 @@ def verify_contract(
     in_latency, out_latency = predict.input_latency, predict.output_latency
     checks = []
 
-    x = _random_inputs(signature, rng, int_maxval, random_lengths)
+    x = _random_inputs(signature, streamed, rng, int_maxval, random_lengths)
     time = next(item.shape[1] for item, s in zip(_items(x), streamed) if s)
     if time % block_size:
         _fail(name, f"the test input has {time} steps; use a multiple of block_size={block_size}")
@@ -426,7 +425,7 @@ def _check_gradients(
     rtol,
 ):
     """Layer-wise and step-wise gradients of the valid outputs agree."""
-    y = layer.pure_fn(x, weights, state, None)[0]
+    y = jax.eval_shape(lambda x: layer.pure_fn(x, weights, state, None)[0], x)
     cotangents = []
     for item in _items(y):
         shape = (

@@ -1,0 +1,204 @@
+"""The local corpus builder (no network, no TensorFlow) and python_chars_inputs over it."""
+
+import itertools
+import os
+import sys
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from trax_sl import data
+from trax_sl.data import python_corpus
+
+TEXTS = {
+    "a.py": "import os\nA = 1\n",
+    "b.py": "def b():\n    return 'bé'\n",
+    "sub/c.py": "C = [1, 2, 3]\n" * 3,
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Three small files, prepared once: returns (files, data_dir, tfds name)."""
+    root = tmp_path_factory.mktemp("sources")
+    files = []
+    for name, text in TEXTS.items():
+        path = root / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        files.append(str(path))
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    return files, data_dir, data.prepare_python_corpus(files, data_dir=data_dir)
+
+
+def test_split_by_file_and_stdlib_default():
+    files = [f"f{i:02d}.py" for i in range(21)]
+    split = python_corpus.split_files(reversed(files))
+    assert split["validation"] == ["f00.py", "f10.py", "f20.py"]
+    assert split["train"] == [f for f in files if f not in split["validation"]]
+    with pytest.raises(ValueError, match="need at least 2 files \\(train and validation\\), got 1"):
+        python_corpus.split_files(["x.py"])
+    stdlib = python_corpus.stdlib_files()
+    assert stdlib == sorted(stdlib) and os.path.join(os.path.dirname(os.__file__), "os.py") in stdlib
+    assert all(f.endswith(".py") and "site-packages" not in f for f in stdlib)
+
+
+def test_builder_writes_array_record_without_tensorflow(corpus):
+    files, data_dir, name = corpus
+    assert name.startswith("python_stdlib_chars/files_")
+    version_dir = os.path.join(data_dir, name, "1.0.0")
+    written = sorted(os.listdir(version_dir))
+    assert "python_stdlib_chars-train.array_record-00000-of-00001" in written
+    assert "python_stdlib_chars-validation.array_record-00000-of-00001" in written
+    assert "tensorflow" not in sys.modules
+    assert data.prepare_python_corpus(files, data_dir=data_dir) == name  # Prepared once, then reused.
+
+
+def test_tfds_reads_the_splits_in_file_order(corpus):
+    _, data_dir, name = corpus
+    train = data.TFDS(name, data_dir=data_dir, keys=("path", "text"), shuffle_train=False)()
+    assert list(itertools.islice(train, 5)) == [
+        (b"b.py", TEXTS["b.py"].encode()),
+        (b"sub/c.py", TEXTS["sub/c.py"].encode()),
+    ] * 2 + [(b"b.py", TEXTS["b.py"].encode())]  # Repeats forever, as in Trax.
+    evaluation = data.TFDS(name, data_dir=data_dir, keys=("path",), train=False)()
+    assert list(itertools.islice(evaluation, 2)) == [(b"a.py",), (b"a.py",)]
+    whole = next(data.TFDS(name, data_dir=data_dir, train=False)())
+    assert whole == {"path": b"a.py", "text": TEXTS["a.py"].encode()}
+
+
+def test_tfds_shuffles_with_a_seed_and_pipelines_compose(corpus):
+    _, data_dir, name = corpus
+    paths = [p for (p,) in itertools.islice(data.TFDS(name, data_dir=data_dir, keys=("path",), seed=3)(), 40)]
+    assert paths == [
+        p for (p,) in itertools.islice(data.TFDS(name, data_dir=data_dir, keys=("path",), seed=3)(), 40)
+    ]
+    epochs = [sorted(paths[i : i + 2]) for i in range(0, 40, 2)]
+    assert all(e == [b"b.py", b"sub/c.py"] for e in epochs)  # Each epoch is a permutation.
+    assert len({tuple(paths[i : i + 2]) for i in range(0, 40, 2)}) == 2  # ... in both orders.
+    pipeline = data.Serial(
+        data.TFDS(name, data_dir=data_dir, keys=("text",), shuffle_train=False),
+        data.ConvertToUnicode(),
+        data.Tokenize(),
+        data.Batch(2),
+    )
+    (text,) = next(pipeline())
+    assert text.shape == (2, len(TEXTS["sub/c.py"])) and text.mask.sum() == len(TEXTS["b.py"].encode()) + 42
+    assert data.detokenize(text.values[0][text.mask[0]]) == TEXTS["b.py"]
+
+
+def test_tfds_host_shards_and_holdout(corpus):
+    _, data_dir, name = corpus
+
+    def first_paths(**kwargs):
+        stream = data.TFDS(name, data_dir=data_dir, keys=("path",), shuffle_train=False, **kwargs)()
+        return [p for (p,) in itertools.islice(stream, 3)]
+
+    assert first_paths(host_id=0, n_hosts=2) == [b"b.py"] * 3
+    assert first_paths(host_id=1, n_hosts=2) == [b"sub/c.py"] * 3
+    assert first_paths(host_id=1, n_hosts=2, train=False) == [b"a.py"] * 3  # Eval is not sharded.
+    assert first_paths(eval_holdout_size=0.5) == [b"b.py"] * 3
+    assert first_paths(eval_holdout_size=0.5, train=False) == [b"sub/c.py"] * 3
+    with pytest.raises(ValueError, match="has no examples for split 'train' on host 0 of 3"):
+        data.TFDS(name, data_dir=data_dir, host_id=0, n_hosts=3, eval_holdout_size=0.5)
+    with pytest.raises(ValueError, match="expected 0 <= host_id < n_hosts, got host_id=2, n_hosts=2"):
+        data.TFDS(name, data_dir=data_dir, host_id=2, n_hosts=2)
+
+
+def test_tfds_missing_dataset_names_it_and_the_data_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"no dataset 'no_such_corpus' in data_dir '{tmp_path}'"):
+        data.TFDS("no_such_corpus", data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no dataset 'python_stdlib_chars/files_0123' in data_dir"):
+        data.TFDS("python_stdlib_chars/files_0123", data_dir=str(tmp_path))
+
+
+def test_tfds_use_tf_without_tensorflow_is_a_clear_error(corpus, monkeypatch):
+    _, data_dir, name = corpus
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # As if it were not installed.
+    with pytest.raises(ImportError, match="TFDS\\(use_tf=True\\) needs TensorFlow.*leave use_tf=False"):
+        data.TFDS(name, data_dir=data_dir, use_tf=True)
+
+
+def test_changed_files_make_a_new_corpus(corpus, tmp_path):
+    files, _, name = corpus
+    copy = tmp_path / "a.py"
+    copy.write_text("x = 1\n")
+    new_files = [str(copy), *files[1:]]
+    first = python_corpus._config_for(new_files).name
+    copy.write_text("x = 12\n")
+    assert python_corpus._config_for(new_files).name != first
+    assert f"python_stdlib_chars/{first}" != name
+    with pytest.raises(FileNotFoundError, match="no such files: .*missing.py"):
+        python_corpus._config_for([str(tmp_path / "missing.py")])
+
+
+def test_python_chars_inputs_windows(corpus):
+    files, data_dir, _ = corpus
+    inputs = data.python_chars_inputs(batch_size=3, sequence_length=8, data_dir=data_dir, files=files)
+    train_text = (TEXTS["b.py"] + TEXTS["sub/c.py"]).encode()
+    for x, y, weights in itertools.islice(inputs.train_stream(1), 4):
+        assert y is x and x.shape == (3, 8) and x.dtype == np.int32
+        np.testing.assert_array_equal(weights, np.ones((3, 8), np.float32))
+        for row in x:
+            assert bytes(row.astype(np.uint8)) in train_text
+    x, _, _ = next(inputs.eval_stream(1))
+    # Validation is a.py (16 bytes): two consecutive windows, then around again.
+    assert [data.detokenize(row) for row in x] == ["import o", "s\nA = 1\n", "import o"]
+    assert inputs.input_shape == (8,)
+
+
+def test_python_chars_inputs_restart_at_a_position(corpus):
+    files, data_dir, _ = corpus
+    inputs = data.python_chars_inputs(batch_size=2, sequence_length=4, data_dir=data_dir, files=files)
+    continuing = list(itertools.islice(inputs.train_stream(1), 6))
+    for a, b in zip(continuing[4:], itertools.islice(inputs.train_stream(1, position=4), 2)):
+        np.testing.assert_array_equal(a[0], b[0])
+    second_eval = next(inputs.eval_stream(1, position=1))[0]
+    assert [data.detokenize(row) for row in second_eval] == ["s\nA ", "= 1\n"]
+    with pytest.raises(ValueError, match="sequence_length=17 is longer than the corpus allows"):
+        data.python_chars_inputs(batch_size=2, sequence_length=17, data_dir=data_dir, files=files)
+
+
+def test_python_chars_inputs_hosts_share_eval_windows(corpus, monkeypatch):
+    files, data_dir, _ = corpus
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    batches = {}
+    for host in (0, 1):
+        monkeypatch.setattr(jax, "process_index", lambda host=host: host)
+        inputs = data.python_chars_inputs(batch_size=2, sequence_length=4, data_dir=data_dir, files=files)
+        batches[host] = (next(inputs.train_stream(1))[0], next(inputs.eval_stream(1))[0])
+    # Validation windows: "impo", "rt o", "s\nA ", "= 1\n"; host h takes windows h, h + 2.
+    assert [data.detokenize(row) for row in batches[0][1]] == ["impo", "s\nA "]
+    assert [data.detokenize(row) for row in batches[1][1]] == ["rt o", "= 1\n"]
+    assert not np.array_equal(batches[0][0], batches[1][0])  # Hosts draw different training windows.
+
+
+def test_python_chars_inputs_default_is_the_stdlib(tmp_path):
+    inputs = data.python_chars_inputs(batch_size=2, sequence_length=64, data_dir=str(tmp_path))
+    first_module = python_corpus.stdlib_files()[0]  # Index 0: a validation file.
+    with open(first_module, "rb") as f:
+        expected = f.read(128)
+    x, _, _ = next(inputs.eval_stream(1))
+    assert bytes(x.astype(np.uint8).reshape(-1)) == expected
+    assert next(inputs.train_stream(1))[0].shape == (2, 64)
+
+
+def test_gin_configures_inputs_with_trax_names(corpus):
+    _, data_dir, name = corpus
+    config = f"""
+        make_inputs.train_stream = [@train/data.TFDS(), @data.Tokenize(), @data.Shuffle(), @data.Batch()]
+        train/data.TFDS.dataset_name = '{name}'
+        train/data.TFDS.data_dir = '{data_dir}'
+        train/data.TFDS.keys = ('text',)
+        data.Tokenize.vocab_type = 'char'
+        trax_sl.data.Shuffle.queue_size = 2
+        Batch.batch_size = 2
+    """
+    try:
+        gin.parse_config(config)
+        inputs = gin.get_configurable("trax_sl.data.make_inputs")()
+    finally:
+        gin.clear_config()
+    assert inputs.example_shape_dtype == ([(2, len(TEXTS["sub/c.py"]))], [np.int32])

@@ -1,0 +1,231 @@
+"""Batching: examples to padded batches whose sequence features carry masks, and loss weights.
+
+`Batch` and `BucketByLength` stack examples (tuples of numpy arrays) into
+batches: a feature of rank >= 1 per example becomes a `trax_sl.Sequence`
+(values zero padded, mask True on each example's own steps), a scalar feature
+a plain array. `AddLossWeights` then adds float32 weights that are 0 on
+padding. The `trax_sl.data` docstring gives the whole batch format.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import gin
+import numpy as np
+
+from trax_sl import shapes
+from trax_sl.sequence import Sequence
+
+
+@gin.configurable(module="trax_sl.data")
+def Batch(batch_size: int) -> Callable[[Iterator], Iterator]:  # noqa: N802
+    """Returns a stream function that groups examples into padded batches; see `batch`."""
+    if batch_size < 1:
+        raise ValueError(f"Batch: batch_size must be >= 1, got batch_size={batch_size}")
+    return lambda g: batch(g, batch_size)
+
+
+def batch(generator: Iterable, batch_size: int) -> Iterator:
+    """Groups examples into batches of `batch_size`, padding as tf.data's `padded_batch`.
+
+    A feature of rank >= 1 per example becomes a `Sequence`: values zero padded
+    to the largest size on each axis, mask True on each example's first
+    `shape[0]` steps. A scalar feature becomes a plain `[batch]` array. A last
+    incomplete batch is dropped, as in Trax.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch: batch_size must be >= 1, got batch_size={batch_size}")
+    iterator = iter(generator)
+    while True:
+        examples = list(itertools.islice(iterator, batch_size))
+        if len(examples) < batch_size:
+            return
+        yield _stack_examples(examples, boundary=None, strict_pad_on_len=False, where="Batch")
+
+
+@gin.configurable(module="trax_sl.data")
+def BucketByLength(  # noqa: N802
+    boundaries: list[int],
+    batch_sizes: list[int],
+    length_keys: list[int] | None = None,
+    length_axis: int = 0,
+    strict_pad_on_len: bool = False,
+) -> Callable[[Iterator], Iterator]:
+    """Returns a stream function that batches examples of similar length; see `bucket_by_length`.
+
+    Args:
+        boundaries: Increasing bucket boundaries; an example of length l goes
+            to the first bucket whose boundary is >= l, or to the last bucket.
+        batch_sizes: One batch size per bucket: `len(boundaries) + 1` of them.
+        length_keys: The features whose largest size on `length_axis` is an
+            example's length; the first two features by default, as in Trax.
+        length_axis: The axis that holds the length.
+        strict_pad_on_len: Pad every axis to a multiple of the bucket's
+            boundary instead of Trax's nearest-power-of-two rule.
+    """
+    if len(batch_sizes) != len(boundaries) + 1:
+        raise ValueError(
+            f"BucketByLength: expected len(boundaries) + 1 batch sizes (one per bucket, the last "
+            f"for longer examples), got {len(boundaries)} boundaries and {len(batch_sizes)} batch sizes"
+        )
+    if any(b < 1 for b in batch_sizes):
+        raise ValueError(f"BucketByLength: batch sizes must be >= 1, got batch_sizes={list(batch_sizes)}")
+    return lambda g: bucket_by_length(
+        g,
+        lambda x: example_length(x, length_axis, length_keys),
+        list(boundaries),
+        batch_sizes,
+        strict_pad_on_len,
+    )
+
+
+def bucket_by_length(
+    generator: Iterable,
+    length_fn: Callable[[Any], int],
+    boundaries: list[int],
+    batch_sizes: list[int],
+    strict_pad_on_len: bool = False,
+) -> Iterator:
+    """Puts examples in buckets by `length_fn` and yields a bucket as a batch once full.
+
+    Batches are padded as in `batch`, except that sizes are rounded up
+    towards the bucket boundary (Trax's `pad_to_max_dims`). Examples left in
+    buckets that never fill are dropped, as in Trax.
+    """
+    buckets: list[list] = [[] for _ in batch_sizes]
+    for example in generator:
+        length = length_fn(example)
+        index = next((i for i, b in enumerate(boundaries) if length <= b), len(boundaries))
+        buckets[index].append(example)
+        if len(buckets[index]) == batch_sizes[index]:
+            boundary = boundaries[index] if index < len(boundaries) else None
+            yield _stack_examples(buckets[index], boundary, strict_pad_on_len, where="BucketByLength")
+            buckets[index] = []
+
+
+def _stack_examples(examples: list, boundary, strict_pad_on_len: bool, where: str):
+    """Turns a list of examples into one batch: Sequences for rank >= 1 features."""
+    first = examples[0]
+    if isinstance(first, np.ndarray) or np.isscalar(first):
+        return _stack_feature([np.asarray(e) for e in examples], boundary, strict_pad_on_len)
+    if not isinstance(first, (tuple, list)):
+        raise TypeError(
+            f"{where}: expected examples that are tuples of arrays (or bare arrays), got "
+            f"{type(first).__name__}; select features first, e.g. TFDS(..., keys=('text', 'label'))"
+        )
+    n_features = {len(e) for e in examples}
+    if len(n_features) != 1:
+        raise ValueError(f"{where}: examples differ in their number of features: {sorted(n_features)}")
+    features = zip(*examples)
+    return tuple(_stack_feature([np.asarray(x) for x in f], boundary, strict_pad_on_len) for f in features)
+
+
+def _stack_feature(arrays: list[np.ndarray], boundary, strict_pad_on_len: bool):
+    if arrays[0].ndim == 0:
+        return np.stack(arrays)
+    values = pad_to_max_dims(arrays, boundary, strict_pad_on_len)
+    lengths = np.array([a.shape[0] for a in arrays])
+    mask = np.arange(values.shape[1]).reshape((1, -1)) < lengths.reshape((-1, 1))
+    return Sequence(values, mask)
+
+
+def pad_to_max_dims(tensors: list[np.ndarray], boundary=None, strict_pad_on_len: bool = False) -> np.ndarray:
+    """Pads arrays with zeros to a joint shape and stacks them (Trax's rule).
+
+    Without `boundary`, each axis is padded to its largest size. With an int
+    `boundary`, an axis whose sizes differ (or differ from the boundary) is
+    padded to `max(largest, boundary)`, or to the next power of two when that
+    is less than half. With `strict_pad_on_len` (or a per-axis list of
+    boundaries), each axis is padded to the next multiple of its boundary.
+    """
+    ndim = tensors[0].ndim
+    if any(t.ndim != ndim for t in tensors):
+        raise ValueError(
+            f"pad_to_max_dims: arrays to batch must have the same rank, got shapes {[t.shape for t in tensors]}"
+        )
+    max_dims = [max(t.shape[i] for t in tensors) for i in range(ndim)]
+    if boundary is not None and (strict_pad_on_len or isinstance(boundary, (list, tuple))):
+        per_axis = list(boundary) if isinstance(boundary, (list, tuple)) else [boundary] * ndim
+        if len(per_axis) != ndim:
+            raise ValueError(
+                f"pad_to_max_dims: expected one boundary per axis ({ndim}), got boundary={boundary}"
+            )
+        target = [m if not b else b * math.ceil(m / b) for m, b in zip(max_dims, per_axis)]
+    elif boundary is None:
+        target = max_dims
+    else:
+        target = []
+        for i, max_len in enumerate(max_dims):
+            min_len = min(t.shape[i] for t in tensors)
+            size = max(max_len, boundary)
+            if not (max_len == min_len == boundary) and 2 * max_len < size:
+                size = 2 ** math.ceil(math.log2(max_len)) if max_len > 0 else 0
+            target.append(size)
+    return np.stack([np.pad(t, [(0, n - s) for n, s in zip(target, t.shape)]) for t in tensors])
+
+
+def example_length(example, length_axis: int, length_keys) -> int:
+    """The largest size on `length_axis` over the `length_keys` features."""
+    features = example if isinstance(example, (tuple, list)) else (example,)
+    keys = length_keys or range(min(2, len(features)))
+    lengths = []
+    for k in keys:
+        shape = np.shape(features[k])
+        if not -len(shape) <= length_axis < len(shape):
+            raise ValueError(
+                f"example length: feature {k} has shape {shape}, without axis {length_axis}; "
+                f"set length_keys to the sequence features (the first two by default)"
+            )
+        lengths.append(shape[length_axis])
+    return max(lengths)
+
+
+@gin.configurable(module="trax_sl.data")
+def AddLossWeights(id_to_mask: int | None = None) -> Callable[[Iterator], Iterator]:  # noqa: N802
+    """Returns a stream function that adds or completes loss weights; see `add_loss_weights`."""
+    return lambda g: add_loss_weights(g, id_to_mask=id_to_mask)
+
+
+def add_loss_weights(generator: Iterable, id_to_mask: int | None = None) -> Iterator:
+    """Makes `(inputs, targets[, weights])` into `(inputs, targets, weights)`.
+
+    `weights` is a plain float32 array shaped like the targets' values: the
+    given weights or ones, times 0 where the targets' mask is False (when
+    targets is a Sequence) and where the targets equal `id_to_mask`. Other
+    tuples pass unchanged; `id_to_mask` cannot apply to them.
+    """
+    for example in generator:
+        if not isinstance(example, tuple) or len(example) not in (2, 3):
+            if id_to_mask is not None:
+                raise ValueError(
+                    f"AddLossWeights: id_to_mask needs (inputs, targets[, weights]) tuples, got "
+                    f"{shapes.short_form(example)}"
+                )
+            yield example
+            continue
+        targets = example[1]
+        target_values = targets.values if isinstance(targets, Sequence) else np.asarray(targets)
+        if len(example) == 2:
+            weights = np.ones(target_values.shape, np.float32)
+        else:
+            weights = _plain(example[2]).astype(np.float32)
+        if isinstance(targets, Sequence):
+            weights = weights * _expand(targets.mask, weights.ndim)
+        if id_to_mask is not None:
+            weights = weights * (target_values != id_to_mask)
+        yield (example[0], targets, weights.astype(np.float32))
+
+
+def _plain(x) -> np.ndarray:
+    """A Sequence's values with zeros at invalid steps; an array as it is."""
+    if isinstance(x, Sequence):
+        return np.where(_expand(x.mask, x.values.ndim), x.values, 0)
+    return np.asarray(x)
+
+
+def _expand(mask: np.ndarray, ndim: int) -> np.ndarray:
+    return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))

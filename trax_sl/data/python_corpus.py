@@ -1,0 +1,209 @@
+"""python_stdlib_chars: a text corpus of local source files, and character-level LM inputs over it.
+
+`PythonStdlibChars` is a tfds builder that needs no network and no
+TensorFlow: it reads local files and writes array_record files that
+`tfds.data_source` (and so `TFDS(...)`) reads. Its default config takes the
+top-level `*.py` modules of the running interpreter's standard library
+(`sysconfig.get_paths()['stdlib']`, sorted; a few MB, prepared in seconds);
+other files make a config named after them (see `prepare_python_corpus`).
+Each example is one file: `{'text': its bytes, 'path': its path relative to
+the corpus root}`. Files are split by position in sorted order: every tenth
+file, starting with the first, goes to `validation`, the others to `train`.
+
+`python_chars_inputs` serves language-model batches of byte ids from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import os
+import sys
+import sysconfig
+from collections.abc import Sequence
+from typing import ClassVar
+
+import gin
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from trax_sl.data.inputs import Inputs
+
+_VALIDATION_EVERY = 10
+
+
+@dataclasses.dataclass(eq=False)
+class PythonCorpusConfig(tfds.core.BuilderConfig):
+    """A corpus config: `files` (absolute paths) or, if empty, the stdlib modules."""
+
+    files: tuple[str, ...] = ()
+
+
+def stdlib_files() -> list[str]:
+    """The default corpus: the top-level `*.py` modules of the standard library, sorted."""
+    root = sysconfig.get_paths()["stdlib"]
+    return sorted(
+        os.path.join(root, name)
+        for name in os.listdir(root)
+        if name.endswith(".py") and os.path.isfile(os.path.join(root, name))
+    )
+
+
+def split_files(files: Sequence[str]) -> dict[str, list[str]]:
+    """Splits sorted files: every tenth (from the first) to validation, the rest to train."""
+    files = sorted(files)
+    if len(files) < 2:
+        raise ValueError(
+            f"python_stdlib_chars: need at least 2 files (train and validation), got {len(files)}"
+        )
+    return {
+        "train": [f for i, f in enumerate(files) if i % _VALIDATION_EVERY != 0],
+        "validation": files[::_VALIDATION_EVERY],
+    }
+
+
+class PythonStdlibChars(tfds.core.GeneratorBasedBuilder):
+    """Source files as a text corpus, one example per file, generated locally."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS: ClassVar[list[PythonCorpusConfig]] = [
+        PythonCorpusConfig(
+            name=f"stdlib_py{sys.version_info.major}{sys.version_info.minor}",
+            description="The top-level *.py modules of the Python standard library.",
+        )
+    ]
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # tfds 4.9's own lookup imports the importlib_resources backport, absent on Python >= 3.9.
+        return epath.Path(__file__)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Local text files (by default Python's standard library), one example per file.",
+            features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "path": tfds.features.Text()}),
+            # Keep the sorted file order instead of tfds' order by key hash.
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Everything is local.
+        files = list(self.builder_config.files) or stdlib_files()
+        root = os.path.commonpath([os.path.dirname(f) for f in files])
+        return {split: self._generate_examples(names, root) for split, names in split_files(files).items()}
+
+    def _generate_examples(self, files: list[str], root: str):
+        for path in files:
+            with open(path, "rb") as f:
+                text = f.read()
+            relative = os.path.relpath(path, root)
+            yield relative, {"text": text, "path": relative}
+
+
+def _config_for(files: Sequence[str] | None) -> PythonCorpusConfig | None:
+    """The default config for None; else one named after the files' paths, sizes and mtimes."""
+    if files is None:
+        return None
+    paths = sorted(os.path.abspath(f) for f in files)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"python_stdlib_chars: no such files: {missing}")
+    digest = hashlib.sha1()
+    for p in paths:
+        stat = os.stat(p)
+        digest.update(f"{p}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    return PythonCorpusConfig(name=f"files_{digest.hexdigest()[:12]}", files=tuple(paths))
+
+
+def prepare_python_corpus(files: Sequence[str] | None = None, data_dir: str | None = None) -> str:
+    """Prepares the corpus of `files` (the stdlib modules if None) and returns its name for `TFDS`.
+
+    Changing a file (its size or mtime) makes a new config, prepared anew.
+
+    Example:
+        `TFDS(prepare_python_corpus(my_files, d), data_dir=d, keys=('text',))`
+    """
+    builder = _builder(files, data_dir)
+    return f"{builder.name}/{builder.builder_config.name}"
+
+
+def _builder(files, data_dir) -> PythonStdlibChars:
+    builder = PythonStdlibChars(config=_config_for(files), data_dir=data_dir)
+    if not builder.is_prepared():
+        builder.download_and_prepare(file_format="array_record")
+    return builder
+
+
+def _read_split(builder, split: str) -> np.ndarray:
+    """The split's files concatenated in order, as uint8 byte ids."""
+    source = builder.as_data_source(split=split)
+    texts = source.__getitems__(list(range(len(source))))
+    return np.frombuffer(b"".join(example["text"] for example in texts), np.uint8)
+
+
+@gin.configurable(module="trax_sl.data")
+def python_chars_inputs(
+    batch_size=gin.REQUIRED,
+    sequence_length=gin.REQUIRED,
+    data_dir: str | None = None,
+    files: Sequence[str] | None = None,
+    seed: int = 0,
+) -> Inputs:
+    """Language-model inputs of byte ids from the python_stdlib_chars corpus.
+
+    A batch is `(x, x, weights)` (Trax's LM convention: the model shifts the
+    targets itself): x a plain int32 array `[batch_size, sequence_length]` of
+    UTF-8 byte ids (vocab_size 256, the ids of `Tokenize(vocab_type='char')`),
+    weights float32 ones; nothing is padded. Training windows start at
+    uniformly random places in the train split (batch i from a generator
+    seeded by `(seed, host, i)`); evaluation walks the validation split in
+    consecutive windows, host h taking windows h, h + n_hosts, ..., and
+    cycles. Both restart at any position in O(1). The corpus is prepared on
+    first use; in a multi-host run with a shared `data_dir`, prepare it once
+    beforehand (`prepare_python_corpus`) so that hosts do not race to write it.
+
+    Args:
+        batch_size: Windows per batch (per host).
+        sequence_length: Bytes per window.
+        data_dir: Where the corpus is prepared; tfds' default if None.
+        files: Text files to use instead of the stdlib modules.
+        seed: Seeds the training windows.
+    """
+    if batch_size < 1 or sequence_length < 1:
+        raise ValueError(
+            f"python_chars_inputs: batch_size and sequence_length must be >= 1, got batch_size={batch_size}, "
+            f"sequence_length={sequence_length}"
+        )
+    builder = _builder(files, data_dir)
+    train, validation = _read_split(builder, "train"), _read_split(builder, "validation")
+    host, n_hosts = jax.process_index(), jax.process_count()
+    eval_windows = np.arange(host, len(validation) // sequence_length, n_hosts)
+    if len(train) < sequence_length or len(eval_windows) == 0:
+        raise ValueError(
+            f"python_chars_inputs: sequence_length={sequence_length} is longer than the corpus allows: "
+            f"{len(train)} train bytes, {len(validation)} validation bytes for {n_hosts} host(s)"
+        )
+    steps = np.arange(sequence_length).reshape((1, -1))
+
+    def batch_of(corpus, starts):
+        x = corpus[starts.reshape((-1, 1)) + steps].astype(np.int32)
+        return x, x, np.ones(x.shape, np.float32)
+
+    def train_stream(n_devices, position=0):
+        del n_devices
+        for i in itertools.count(position):
+            rng = np.random.default_rng([seed, host, i])
+            yield batch_of(train, rng.integers(0, len(train) - sequence_length + 1, size=batch_size))
+
+    def eval_stream(n_devices, position=0):
+        del n_devices
+        for i in itertools.count(position):
+            windows = eval_windows[np.arange(i * batch_size, (i + 1) * batch_size) % len(eval_windows)]
+            yield batch_of(validation, windows * sequence_length)
+
+    return Inputs(train_stream=train_stream, eval_stream=eval_stream)

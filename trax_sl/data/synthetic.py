@@ -1,0 +1,255 @@
+"""Synthetic tasks that need no download: sequence copy and addition (Trax's example formats).
+
+Batch i of a stream is drawn from its own generator, seeded by
+`(seed, jax.process_index(), stream, i)`: streams are deterministic, differ
+between hosts, and restart at any position in O(1).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import gin
+import jax
+import numpy as np
+
+from trax_sl.data.batching import pad_to_max_dims
+from trax_sl.data.inputs import Inputs
+from trax_sl.sequence import Sequence
+
+_TRAIN, _EVAL = 0, 1
+
+
+def _indexed_stream(make_batch: Callable[[np.random.Generator], tuple], seed: int, stream_id: int):
+    """A stream function whose batch i is `make_batch` of a generator seeded by i."""
+
+    def stream(n_devices, position=0):
+        del n_devices  # Each host makes its own batches, as in Trax.
+        host = jax.process_index()
+        for i in itertools.count(position):
+            yield make_batch(np.random.default_rng([seed, host, stream_id, i]))
+
+    return stream
+
+
+def _with_mask(values: np.ndarray, lengths: np.ndarray) -> Sequence:
+    mask = np.arange(values.shape[1]).reshape((1, -1)) < lengths.reshape((-1, 1))
+    return Sequence(values, mask)
+
+
+def _pad_to_multiple_of(x: np.ndarray, multiple: int | None) -> np.ndarray:
+    """Zero pads axis 1 of `x` up to a multiple of `multiple` (None: no padding)."""
+    multiple = multiple or 1
+    padded = -(-x.shape[1] // multiple) * multiple
+    return np.pad(x, [(0, 0), (0, padded - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+
+
+def _check_positive(where: str, **values):
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{where}: {name} must be >= 1, got {name}={value}")
+
+
+@gin.configurable(module="trax_sl.data")
+def sequence_copy_inputs(
+    vocab_size=gin.REQUIRED,
+    batch_size=gin.REQUIRED,
+    train_length=gin.REQUIRED,
+    eval_min_length=gin.REQUIRED,
+    eval_max_length=gin.REQUIRED,
+    reverse: bool = False,
+    pad_to_multiple: int = 32,
+    seed: int = 0,
+) -> Inputs:
+    """Inputs for the sequence copy problem: `0 w 0 w` for w in [1..vocab_size-2]* (Trax's).
+
+    A batch is `(x, x, weights)`: x a Sequence `[batch, length]` int32 whose
+    mask covers `0 w 0 w` (all rows of a batch share one length), weights
+    float32, 1.0 on the second w only. Lengths are padded with zeros to a
+    multiple of `pad_to_multiple`.
+
+    Args:
+        vocab_size: How many symbols to use (ids 0..vocab_size-1).
+        batch_size: Examples per batch.
+        train_length: Training w are 1..train_length-1 long.
+        eval_min_length: Evaluation w are eval_min_length..eval_max_length-1 long.
+        eval_max_length: See eval_min_length.
+        reverse: The second w is reversed.
+        pad_to_multiple: Pad the length to a multiple of this.
+        seed: Seeds the streams.
+    """
+    _check_positive("sequence_copy_inputs", batch_size=batch_size, pad_to_multiple=pad_to_multiple or 1)
+    if vocab_size < 3:
+        raise ValueError(f"sequence_copy_inputs: vocab_size must be >= 3, got vocab_size={vocab_size}")
+    train_w = list(range(1, train_length))
+    eval_w = list(range(eval_min_length, eval_max_length))
+    if not train_w or not eval_w or eval_min_length < 1:
+        raise ValueError(
+            f"sequence_copy_inputs: expected train_length >= 2 and 1 <= eval_min_length < eval_max_length, "
+            f"got train_length={train_length}, eval_min_length={eval_min_length}, "
+            f"eval_max_length={eval_max_length}"
+        )
+
+    def make_batch(w_lengths, rng):
+        w_length = int(rng.choice(w_lengths))
+        w = rng.integers(1, vocab_size - 1, size=(batch_size, w_length), dtype=np.int32)
+        zero = np.zeros((batch_size, 1), np.int32)
+        x = np.concatenate([zero, w, zero, w[:, ::-1] if reverse else w], axis=1)
+        weights = np.concatenate(
+            [np.zeros((batch_size, w_length + 2), np.float32), np.ones((batch_size, w_length), np.float32)],
+            axis=1,
+        )
+        lengths = np.full((batch_size,), x.shape[1])
+        x = _with_mask(_pad_to_multiple_of(x, pad_to_multiple), lengths)
+        return x, x, _pad_to_multiple_of(weights, pad_to_multiple)
+
+    return Inputs(
+        train_stream=_indexed_stream(lambda rng: make_batch(train_w, rng), seed, _TRAIN),
+        eval_stream=_indexed_stream(lambda rng: make_batch(eval_w, rng), seed, _EVAL),
+    )
+
+
+@gin.configurable(module="trax_sl.data")
+def simple_sequence_copy_inputs(
+    vocab_size=gin.REQUIRED,
+    batch_size=gin.REQUIRED,
+    train_length=gin.REQUIRED,
+    eval_min_length=gin.REQUIRED,
+    eval_max_length=gin.REQUIRED,
+    pad_to_multiple: int = 32,
+    seed: int = 0,
+) -> Inputs:
+    """Inputs for copying w itself, w in [1..vocab_size-2]*: batches `(w, w, weights)` (Trax's).
+
+    w is a Sequence `[batch, length]` int32 (one length per batch: 1..train_length
+    for training, eval_min_length..eval_max_length for evaluation), weights
+    float32 1.0 on w; lengths padded to a multiple of `pad_to_multiple`.
+    """
+    _check_positive(
+        "simple_sequence_copy_inputs",
+        batch_size=batch_size,
+        train_length=train_length,
+        eval_min_length=eval_min_length,
+    )
+    if vocab_size < 3 or eval_max_length < eval_min_length:
+        raise ValueError(
+            f"simple_sequence_copy_inputs: expected vocab_size >= 3 and eval_min_length <= eval_max_length, "
+            f"got vocab_size={vocab_size}, eval_min_length={eval_min_length}, eval_max_length={eval_max_length}"
+        )
+
+    def make_batch(lengths, rng):
+        length = int(rng.choice(lengths))
+        w = rng.integers(1, vocab_size - 1, size=(batch_size, length), dtype=np.int32)
+        weights = _pad_to_multiple_of(np.ones((batch_size, length), np.float32), pad_to_multiple)
+        w = _with_mask(_pad_to_multiple_of(w, pad_to_multiple), np.full((batch_size,), length))
+        return w, w, weights
+
+    train_lengths = list(range(1, train_length + 1))
+    eval_lengths = list(range(eval_min_length, eval_max_length + 1))
+    return Inputs(
+        train_stream=_indexed_stream(lambda rng: make_batch(train_lengths, rng), seed, _TRAIN),
+        eval_stream=_indexed_stream(lambda rng: make_batch(eval_lengths, rng), seed, _EVAL),
+    )
+
+
+# --- Addition ---------------------------------------------------------------------------------------------
+
+
+def lower_endian_to_number(digits: list[int], base: int) -> int:
+    """The number whose base-`base` digits, lowest first, are `digits`."""
+    return sum(d * base**i for i, d in enumerate(digits))
+
+
+def number_to_lower_endian(n: int, base: int) -> list[int]:
+    """The base-`base` digits of `n`, lowest first (`[0]` for 0)."""
+    digits = [n % base]
+    while n >= base:
+        n //= base
+        digits.append(n % base)
+    return digits
+
+
+def random_number_lower_endian(length: int, base: int, rng: np.random.Generator) -> list[int]:
+    """A random `length`-digit number, lowest digit first; the top digit is nonzero unless length is 1."""
+    if length == 1:
+        return [int(rng.integers(base))]
+    return [int(d) for d in rng.integers(base, size=length - 1)] + [int(rng.integers(base - 1)) + 1]
+
+
+def _addition_example(rng, base: int, min_length: int, max_length: int, encdec: bool) -> tuple[list, ...]:
+    """One example of `<S> x + y <S> (x + y)` (ids shifted by 1; 0 pads), or (x+y, sum) for encdec."""
+    while True:
+        add_len = (min_length - 1) // 2
+        l1 = int(rng.integers((max_length - add_len + 1) // 2)) + add_len
+        l2 = int(rng.integers(max_length - l1 - 1)) + 1
+        n1 = random_number_lower_endian(l1, base, rng)
+        n2 = random_number_lower_endian(l2, base, rng)
+        total = lower_endian_to_number(n1, base) + lower_endian_to_number(n2, base)
+        inp = n1 + [base] + n2
+        tgt = number_to_lower_endian(total, base)
+        if not encdec:
+            x = [base + 2] + [i + 1 for i in inp] + [base + 2] + [i + 1 for i in tgt]
+            return x, x, [0.0] * (len(inp) + 2) + [1.0] * len(tgt)
+        # Trax redraws encoder-decoder examples whose parts are longer than max_length.
+        if len(inp) <= max_length and len(tgt) <= max_length:
+            return [i + 1 for i in inp], [i + 1 for i in tgt], [1.0] * len(tgt)
+
+
+@gin.configurable(module="trax_sl.data")
+def addition_inputs(
+    vocab_size=gin.REQUIRED,
+    batch_size=gin.REQUIRED,
+    train_length=gin.REQUIRED,
+    eval_min_length=gin.REQUIRED,
+    eval_max_length=gin.REQUIRED,
+    pad_to_multiple: int = 32,
+    encdec: bool = False,
+    seed: int = 0,
+) -> Inputs:
+    """Inputs for the addition problem: `<S> x + y <S> (x + y)` in base vocab_size - 3 (Trax's).
+
+    Numbers are written lowest digit first. Ids: digit d is d + 1, `+` is
+    vocab_size - 2, `<S>` is vocab_size - 1, 0 pads. A batch is `(x, x,
+    weights)` with x a Sequence `[batch, length]` int32 whose mask covers each
+    example's own length, and float32 weights 1.0 on the sum's digits only.
+    With `encdec`, a batch is `(x + y, sum, weights)`, weights 1.0 on the sum.
+    Lengths are padded to a multiple of `pad_to_multiple`.
+
+    Args:
+        vocab_size: Symbols to use; the base is vocab_size - 3 (so >= 5).
+        batch_size: Examples per batch.
+        train_length: Maximal length of training examples' numbers part.
+        eval_min_length: Minimal length for evaluation (>= 3).
+        eval_max_length: Maximal length for evaluation (>= 3).
+        pad_to_multiple: Pad the length to a multiple of this.
+        encdec: Encoder-decoder examples.
+        seed: Seeds the streams.
+    """
+    _check_positive("addition_inputs", batch_size=batch_size, pad_to_multiple=pad_to_multiple or 1)
+    if vocab_size < 5:
+        raise ValueError(f"addition_inputs: vocab_size must be >= 5 (base >= 2), got vocab_size={vocab_size}")
+    if min(train_length, eval_min_length, eval_max_length) < 3 or eval_min_length > eval_max_length:
+        raise ValueError(
+            f"addition_inputs: lengths must be >= 3 and eval_min_length <= eval_max_length, got "
+            f"train_length={train_length}, eval_min_length={eval_min_length}, eval_max_length={eval_max_length}"
+        )
+    base = vocab_size - 3
+
+    def make_batch(min_length, max_length, rng):
+        examples = [_addition_example(rng, base, min_length, max_length, encdec) for _ in range(batch_size)]
+        features = []
+        for feature in zip(*examples):
+            arrays = [np.asarray(f, np.float32 if isinstance(f[0], float) else np.int32) for f in feature]
+            features.append(pad_to_max_dims(arrays, boundary=pad_to_multiple or 1, strict_pad_on_len=True))
+        x, y, weights = features
+        x = _with_mask(x, np.array([len(e[0]) for e in examples]))
+        y = x if not encdec else _with_mask(y, np.array([len(e[1]) for e in examples]))
+        return x, y, weights
+
+    return Inputs(
+        train_stream=_indexed_stream(lambda rng: make_batch(3, train_length, rng), seed, _TRAIN),
+        eval_stream=_indexed_stream(
+            lambda rng: make_batch(eval_min_length, eval_max_length, rng), seed, _EVAL
+        ),
+    )

@@ -1,0 +1,204 @@
+"""TFDS: a stream of examples from a TensorFlow Datasets dataset, with or without TensorFlow.
+
+By default examples are read through tfds data sources (random access to
+array_record files), which need no TensorFlow: shuffling is a seeded
+permutation of the whole split per epoch, so streams are deterministic and
+restartable. With `use_tf=True` (TensorFlow installed, the `tf` extra) the
+dataset is read with `tfds` `as_dataset` as in Trax, for datasets prepared
+in the tfrecord format.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+
+import gin
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from trax_sl.data.inputs import StreamFn
+
+_READ_CHUNK = 64  # Examples fetched per data-source call; batched reads are much faster.
+
+
+@gin.configurable(module="trax_sl.data")
+def TFDS(  # noqa: N802
+    dataset_name: str,
+    data_dir: str | None = None,
+    tfds_preprocess_fn: Callable | None = None,
+    keys: Sequence[str] | None = None,
+    train: bool = True,
+    use_alt_eval: bool = False,
+    shuffle_train: bool = True,
+    host_id: int | None = None,
+    n_hosts: int | None = None,
+    eval_holdout_size: float = 0,
+    use_tf: bool = False,
+    seed: int = 0,
+) -> StreamFn:
+    """Returns a stream function of examples from the tfds dataset `dataset_name` (Trax's TFDS).
+
+    The stream repeats forever. Training data is split between hosts: host
+    `host_id` of `n_hosts` reads its own contiguous part of the train split;
+    evaluation data is read whole on every host, as in Trax. A dataset that is
+    not prepared in `data_dir` is prepared first (the builders of
+    `trax_sl.data` generate locally; others download).
+
+    Args:
+        dataset_name: The tfds name, with config and version if needed
+            (`'python_stdlib_chars'`, `'mnist:3.0.1'`).
+        data_dir: Where the prepared data is; tfds' default if None.
+        tfds_preprocess_fn: Applied before selecting `keys`: a stream function
+            over example dicts, or with `use_tf` a `tf.data.Dataset` function.
+        keys: The features to yield, as a tuple per example; if None, the
+            dataset's supervised keys, or else the whole example dict.
+        train: Read the train split; else the eval split (validation, or test).
+        use_alt_eval: For `glue/mnli`, evaluate on validation_mismatched.
+        shuffle_train: Shuffle training examples (a seeded permutation per epoch).
+        host_id: This host's index; `jax.process_index()` if None.
+        n_hosts: The number of hosts; `jax.process_count()` if None.
+        eval_holdout_size: A fraction of the train split, taken from its end,
+            used as evaluation data instead of the eval split.
+        use_tf: Read with TensorFlow (`tfds` `as_dataset`) instead of data sources.
+        seed: Seeds the training shuffle.
+    """
+    host_id = jax.process_index() if host_id is None else host_id
+    n_hosts = n_hosts or jax.process_count()
+    if not 0 <= host_id < n_hosts:
+        raise ValueError(f"TFDS: expected 0 <= host_id < n_hosts, got host_id={host_id}, n_hosts={n_hosts}")
+    if not 0 <= eval_holdout_size < 1:
+        raise ValueError(f"TFDS: eval_holdout_size must be in [0, 1), got {eval_holdout_size}")
+    if use_tf:
+        _require_tensorflow()
+    builder = _prepared_builder(dataset_name, data_dir, "tfrecord" if use_tf else "array_record")
+    split, (start, stop) = _split_and_range(builder, dataset_name, train, use_alt_eval, eval_holdout_size)
+    if train and n_hosts > 1:
+        start, stop = (
+            start + (stop - start) * host_id // n_hosts,
+            start + (stop - start) * (host_id + 1) // n_hosts,
+        )
+    if stop <= start:
+        raise ValueError(
+            f"TFDS: dataset {dataset_name!r} (data_dir {data_dir!r}) has no examples for split {split!r} "
+            f"on host {host_id} of {n_hosts} (examples {start}..{stop})"
+        )
+    if keys is None and builder.info.supervised_keys:
+        keys = builder.info.supervised_keys
+    if use_tf:
+        return _tf_stream(
+            builder, f"{split}[{start}:{stop}]", train and shuffle_train, seed, tfds_preprocess_fn, keys
+        )
+
+    source = builder.as_data_source(split=split)
+    shuffled = train and shuffle_train
+
+    def examples(generator=None):
+        del generator  # TFDS starts a pipeline.
+        indices = np.arange(start, stop)
+        for epoch in itertools.count():
+            order = np.random.default_rng([seed, epoch]).permutation(indices) if shuffled else indices
+            for i in range(0, len(order), _READ_CHUNK):
+                yield from _read(source, order[i : i + _READ_CHUNK])
+
+    def stream(generator=None):
+        items = examples(generator)
+        if tfds_preprocess_fn is not None:
+            items = tfds_preprocess_fn(items)
+        return (_select(example, keys) for example in items)
+
+    return stream
+
+
+def _prepared_builder(dataset_name: str, data_dir: str | None, file_format: str):
+    """The dataset's builder, prepared in `data_dir` (in `file_format` if it must be prepared here)."""
+    where = f"dataset {dataset_name!r} in data_dir {data_dir!r}" + (
+        " (tfds' default)" if data_dir is None else ""
+    )
+    try:
+        builder = tfds.builder(dataset_name, data_dir=data_dir)
+    except (tfds.core.registered.DatasetNotFoundError, ValueError, AssertionError) as e:
+        # tfds' own message lists every dataset it knows; the first line says what went wrong.
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(
+            f"TFDS: no {where}: no tfds builder of that name (and config/version) is registered and no "
+            f"prepared copy is there ({cause})"
+        ) from e
+    if not builder.is_prepared():
+        try:
+            builder.download_and_prepare(file_format=file_format)
+        except Exception as e:
+            raise RuntimeError(f"TFDS: {where} is not prepared, and preparing it failed: {e}") from e
+    prepared_as = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+    if file_format == "array_record" and prepared_as != "array_record":
+        raise ValueError(
+            f"TFDS: {where} is prepared as {prepared_as!r}, but reading without TensorFlow needs array_record: "
+            f"prepare it with file_format='array_record' or pass use_tf=True (needs TensorFlow)"
+        )
+    return builder
+
+
+def _split_and_range(builder, dataset_name: str, train: bool, use_alt_eval: bool, eval_holdout_size: float):
+    """The split to read and the example range [start, stop) in it."""
+    splits = builder.info.splits
+    if "train" not in splits:
+        raise ValueError(
+            f"TFDS: to train, dataset {dataset_name!r} needs a train split; it has {sorted(splits)}"
+        )
+    n_train = splits["train"].num_examples
+    n_holdout = int(n_train * eval_holdout_size)
+    if n_holdout > 0:
+        return "train", ((0, n_train - n_holdout) if train else (n_train - n_holdout, n_train))
+    if train:
+        return "train", (0, n_train)
+    if dataset_name.startswith("glue/mnli"):
+        split = "validation_mismatched" if use_alt_eval else "validation_matched"
+    elif "validation" in splits:
+        split = "validation"
+    elif "test" in splits:
+        split = "test"
+    else:
+        raise ValueError(
+            f"TFDS: to evaluate, dataset {dataset_name!r} needs a validation or test split (or set "
+            f"eval_holdout_size); it has {sorted(splits)}"
+        )
+    return split, (0, splits[split].num_examples)
+
+
+def _read(source, indices: np.ndarray) -> list:
+    indices = [int(i) for i in indices]
+    if hasattr(source, "__getitems__"):
+        return source.__getitems__(indices)
+    return [source[i] for i in indices]
+
+
+def _select(example, keys):
+    return example if keys is None else tuple(example[k] for k in keys)
+
+
+def _require_tensorflow():
+    try:
+        import tensorflow  # noqa: F401  (tfds' as_dataset needs it)
+    except ImportError as e:
+        raise ImportError(
+            "TFDS(use_tf=True) needs TensorFlow, which is not installed: pip install 'trax_sl[tf]', or "
+            "leave use_tf=False to read array_record data sources without it"
+        ) from e
+
+
+def _tf_stream(builder, split: str, shuffle_files: bool, seed: int, preprocess_fn, keys) -> StreamFn:
+    """Trax's path: tf.data through `as_dataset`, repeated."""
+    read_config = tfds.ReadConfig(shuffle_seed=seed)
+    dataset = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
+    if preprocess_fn is not None:
+        dataset = preprocess_fn(dataset)
+    if keys is not None:
+        dataset = dataset.map(lambda example: tuple(example[k] for k in keys))
+    dataset = dataset.repeat()
+
+    def stream(generator=None) -> Iterator:
+        del generator
+        return iter(tfds.as_numpy(dataset))
+
+    return stream
