@@ -155,6 +155,21 @@ REGISTRY: dict[str, Entry] = {
 }
 
 W = ShapeDtype((2, 8))
+IMAGE = ShapeDtype((2, 8, 5, 4))  # [batch, time, space, channels]
+REGISTRY.update(
+    {
+        # --- convolution and pooling ---
+        "Conv1d": Entry(lambda mode: tl.Conv1d(4, 3, stride=2, padding="causal", mode=mode), X),
+        "Conv": Entry(lambda mode: tl.Conv(2, (3, 3), padding=("causal", "SAME"), mode=mode), IMAGE),
+        "CausalConv": Entry(lambda mode: tl.CausalConv(3, kernel_width=3, mode=mode), X),
+        "CausalDepthwiseConv": Entry(lambda mode: tl.CausalDepthwiseConv(3, mode=mode), X),
+        "DepthwiseConv1D": Entry(lambda mode: tl.DepthwiseConv1D(3, padding="reverse_causal", mode=mode), X),
+        "Conv2D": Entry(lambda mode: tl.Conv2D(3, 3, strides=2, time_padding="causal", mode=mode), IMAGE),
+        "MaxPool": Entry(lambda mode: tl.MaxPool((2,), (2,), mode=mode), X),
+        "AvgPool": Entry(lambda mode: tl.AvgPool((2,), (2,), padding="causal", mode=mode), X),
+        "SumPool": Entry(lambda mode: tl.SumPool((2,), (1,), padding="causal", mode=mode), X),
+    }
+)
 REGISTRY.update(
     {
         # --- rnn ---
@@ -167,6 +182,8 @@ REGISTRY.update(
             contract={"streamed": (True, True, False)},
         ),
         "GeneralGRUCell": Entry(lambda mode: tl.GeneralGRUCell(lambda: tl.Dense(4), dropout_rate_c=0.0), X),
+        # Its convolutions delay one copy of the state but not the other: not streamable.
+        "ConvGRUCell": Entry(lambda mode: tl.ConvGRUCell(4), ShapeDtype((2, 8, 5, 4)), streams=False),
         # Cells: one step, no time axis; predict mode must compute what eval does.
         "LSTMCell": Entry(
             lambda mode: tl.LSTMCell(3), (ShapeDtype((2, 4)), ShapeDtype((2, 6))), streams=None

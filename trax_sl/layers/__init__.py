@@ -4,12 +4,14 @@ from trax_sl.layers import (
     activation_fns,
     base,
     combinators,
+    convolution,
     core,
     delay,
     dsp,
     initializers,
     metrics,
     normalization,
+    pooling,
     position,
     repeat,
     rnn,
@@ -78,6 +80,7 @@ from trax_sl.layers.combinators import (
     inputs_from_stack,
     outputs_onto_stack,
 )
+from trax_sl.layers.convolution import CausalConv, CausalDepthwiseConv, Conv, Conv1d, Conv2D, DepthwiseConv1D
 from trax_sl.layers.core import (
     ArgMax,
     Dense,
@@ -146,6 +149,7 @@ from trax_sl.layers.metrics import (
     WeightedSum,
 )
 from trax_sl.layers.normalization import BatchNorm, FilterResponseNorm, GroupNorm, LayerNorm, RMSNorm
+from trax_sl.layers.pooling import AvgPool, MaxPool, SumPool
 from trax_sl.layers.position import AddTimingSignal, ApplyRotaryPositionalEncoding, PositionalEncoding
 from trax_sl.layers.repeat import CheckpointGradient, GatedLinearUnit, Repeat
 from trax_sl.layers.rnn import (

@@ -59,6 +59,13 @@ class LayerError(Exception):
     form, and the original exception, which is also kept as `__cause__`.
     """
 
+    def __new__(cls, layer=None, function_name=None, inputs=None, cause=None):
+        # A wrapped ValueError/TypeError is still one, so `except ValueError` keeps working.
+        kind = cls
+        if cls is LayerError:
+            kind = next((sub for base_kind, sub in _KIND_SUBCLASSES.items() if isinstance(cause, base_kind)), cls)
+        return super().__new__(kind)
+
     def __init__(self, layer: Layer, function_name: str, inputs, cause: BaseException):
         self.path = [layer.name]
         self.function_name = function_name
@@ -93,6 +100,18 @@ class LayerError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class _LayerValueError(LayerError, ValueError):
+    pass
+
+
+class _LayerTypeError(LayerError, TypeError):
+    pass
+
+
+_LayerValueError.__name__ = _LayerTypeError.__name__ = "LayerError"
+_KIND_SUBCLASSES = {ValueError: _LayerValueError, TypeError: _LayerTypeError}
 
 
 def _safe_short_form(inputs) -> str:
@@ -141,10 +160,14 @@ def default_rng():
 
 
 def split_rng(rng, n: int):
-    """Splits rng into n keys; None (no randomness wanted) gives n Nones."""
+    """Derives n keys from rng; None (no randomness wanted) gives n Nones.
+
+    fold_in with the index, not split + unstack: eagerly (in init) the latter
+    compiles anew for every n, which dominated the first init of a model.
+    """
     if rng is None:
         return [None] * n
-    return list(jax.random.split(rng, n))
+    return [jax.random.fold_in(rng, i) for i in range(n)]
 
 
 def _is_array_like(x) -> bool:

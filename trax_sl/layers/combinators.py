@@ -134,6 +134,28 @@ class Serial(_StackLayer):
     def init_with_output_signature(self, input_signature, rng):
         return self._init_sublayers_in_series(self.sublayers, input_signature, rng)
 
+    @property
+    def supports_step(self) -> bool:
+        return super().supports_step and self._stack_latencies_agree()
+
+    def _stack_latencies_agree(self) -> bool:
+        """Whether every sublayer gets its inputs at one latency in predict mode.
+
+        A stack item that went through a layer with latency (e.g. a copy made by
+        Dup, then convolved) lags the items beside it; a layer combining them
+        would pair different times. Branch and Parallel align their branches;
+        a hand-built stack flow like that does not stream.
+        """
+        latencies = [fractions.Fraction(0)] * self.n_in
+        for layer in self.sublayers:
+            inputs = latencies[: layer.n_in]
+            if len(set(inputs)) > 1:
+                return False
+            start = inputs[0] if inputs else fractions.Fraction(0)
+            out = start * layer.output_ratio + layer.output_latency
+            latencies = [out] * layer.n_out + latencies[layer.n_in :]
+        return True
+
     # Streaming properties: each sublayer sees the input scaled by the output
     # ratios of those before it.
     def _ratios_before(self):

@@ -1,0 +1,59 @@
+"""Packaging for trax_sl: Trax-style layers on modern JAX that keep the streaming contract."""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version() -> str:
+    with open(os.path.join(_HERE, "trax_sl", "__init__.py"), encoding="utf-8") as f:
+        match = re.search(r'^__version__ = "([^"]+)"', f.read(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError("trax_sl/__init__.py defines no __version__")
+    return match.group(1)
+
+
+def _long_description() -> str:
+    with open(os.path.join(_HERE, "README.md"), encoding="utf-8") as f:
+        return f.read()
+
+
+setup(
+    name="trax_sl",
+    version=_version(),
+    description="Trax-style layer combinators on modern JAX with SequenceLayers-style streaming",
+    long_description=_long_description(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["trax_sl", "trax_sl.*"]),
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.4.35",
+        "numpy>=1.26",
+        "gin-config>=0.5",
+        "absl-py>=2.0",
+        "optax>=0.2.3",
+        "tqdm>=4.60",
+        "tensorflow-datasets>=4.9.4",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "ruff",
+            # The test suite executes the colab/ notebooks.
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+            "matplotlib",
+        ],
+        # Only for the tfds.load path of trax_sl.data; everything else runs without it.
+        "tf": ["tensorflow"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
