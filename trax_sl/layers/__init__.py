@@ -165,3 +165,23 @@ from trax_sl.layers.rnn import (
     ScanSRUCell,
 )
 from trax_sl.layers.streaming import start_stream
+
+
+def _register_with_gin() -> None:
+    """Makes every layer and initializer nameable in gin configs as `trax_sl.layers.<Name>`.
+
+    Registered without rebinding the names here, so `tl.Dense` stays the class
+    itself; configs get gin's wrapper through `@trax_sl.layers.Dense`.
+    """
+    import gin
+
+    for name, obj in sorted(globals().items()):
+        if not name[:1].isupper() or name.isupper() or not callable(obj) or name in ("Layer", "LayerError"):
+            continue
+        try:
+            gin.external_configurable(obj, name=name, module="trax_sl.layers")
+        except ValueError:  # Already registered (the metrics register themselves).
+            pass
+
+
+_register_with_gin()
