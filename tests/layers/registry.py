@@ -224,6 +224,72 @@ REGISTRY.update(
     }
 )
 
+SOURCE = ShapeDtype((2, 5, 4))
+REGISTRY.update(
+    {
+        # --- attention ---
+        "ShiftRight": Entry(lambda mode: tl.ShiftRight(1, mode=mode), IDS),
+        "DotProductSelfAttention": Entry(
+            lambda mode: tl.DotProductSelfAttention(
+                2, 2, max_past_horizon=3, max_future_horizon=1, mode=mode
+            ),
+            X,
+        ),
+        "LocalDotProductSelfAttention": Entry(
+            lambda mode: tl.LocalDotProductSelfAttention(
+                2, 2, block_size=3, max_past_horizon=2, max_future_horizon=1, mode=mode
+            ),
+            X,
+        ),
+        "CausalAttention": Entry(
+            lambda mode: tl.CausalAttention(4, n_heads=2, max_inference_length=8, mode=mode), X
+        ),
+        "DotProductCausalAttention": Entry(
+            lambda mode: tl.DotProductCausalAttention(max_inference_length=8, mode=mode), (X, X, X)
+        ),
+        "ConfigurableAttention": Entry(
+            lambda mode: tl.ConfigurableAttention(
+                tl.Dense(4),
+                tl.Dense(4),
+                tl.Dense(4),
+                tl.Dense(4),
+                tl.DotProductCausalAttention(max_inference_length=8, mode=mode),
+                n_heads=2,
+            ),
+            X,
+        ),
+        "SplitIntoHeads": Entry(lambda mode: tl.Serial(tl.SplitIntoHeads(2), tl.MergeHeads(2)), X),
+        "MergeHeads": Entry(lambda mode: tl.Serial(tl.SplitIntoHeads(2), tl.MergeHeads(2)), X),
+        # Cross attention: the source, its values and mask are given whole at every step.
+        "AttentionQKV": Entry(
+            lambda mode: tl.Serial(
+                tl.AttentionQKV(4, n_heads=2, cache_KV_in_predict=True, mode=mode), tl.Select([0], n_in=2)
+            ),
+            (X, SOURCE, SOURCE, ShapeDtype((2, 1, 1, 5), np.bool_)),
+            contract={"streamed": (True, False, False, False)},
+        ),
+        "PureAttention": Entry(
+            lambda mode: tl.Serial(tl.PureAttention(n_heads=2, mode=mode), tl.Select([0], n_in=2)),
+            (X, SOURCE, SOURCE, ShapeDtype((2, 1, 1, 5), np.bool_)),
+            contract={"streamed": (True, False, False, False)},
+        ),
+        "DotProductAttention": Entry(
+            lambda mode: tl.DotProductAttention(mode=mode),
+            (X, SOURCE, SOURCE, ShapeDtype((2, 1, 5), np.bool_)),
+            contract={"streamed": (True, False, False, False)},
+        ),
+        "PaddingMask": Entry(lambda mode: tl.PaddingMask(), ShapeDtype((2, 8)), streams=None),
+        "EncoderDecoderMask": Entry(
+            lambda mode: tl.EncoderDecoderMask(), (X, ShapeDtype((2, 1, 1, 5))), streams=None
+        ),
+        "Attention": Entry(
+            lambda mode: tl.Attention(4, n_heads=2, mode=mode),
+            (X, ShapeDtype((2, 1, 1, 8), np.bool_)),
+            streams=False,
+        ),
+    }
+)
+
 # CamelCase exports of `tl` that are not layers.
 NOT_LAYERS = {
     "Layer",

@@ -165,6 +165,22 @@ from trax_sl.layers.rnn import (
     ScanSRUCell,
 )
 from trax_sl.layers.streaming import start_stream
+from trax_sl.layers import attention, self_attention
+from trax_sl.layers.attention import (
+    Attention,
+    AttentionQKV,
+    CausalAttention,
+    ConfigurableAttention,
+    DotProductAttention,
+    DotProductCausalAttention,
+    EncoderDecoderMask,
+    MergeHeads,
+    PaddingMask,
+    PureAttention,
+    ShiftRight,
+    SplitIntoHeads,
+)
+from trax_sl.layers.self_attention import DotProductSelfAttention, LocalDotProductSelfAttention
 
 
 def _register_with_gin() -> None:
