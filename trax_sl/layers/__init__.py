@@ -2,6 +2,7 @@
 
 from trax_sl.layers import (
     activation_fns,
+    attention,
     base,
     combinators,
     convolution,
@@ -15,6 +16,7 @@ from trax_sl.layers import (
     position,
     repeat,
     rnn,
+    self_attention,
     streaming,
     test_utils,
 )
@@ -36,6 +38,20 @@ from trax_sl.layers.activation_fns import (
     Swish,
     Tanh,
     ThresholdedLinearUnit,
+)
+from trax_sl.layers.attention import (
+    Attention,
+    AttentionQKV,
+    CausalAttention,
+    ConfigurableAttention,
+    DotProductAttention,
+    DotProductCausalAttention,
+    EncoderDecoderMask,
+    MergeHeads,
+    PaddingMask,
+    PureAttention,
+    ShiftRight,
+    SplitIntoHeads,
 )
 from trax_sl.layers.base import (
     EMPTY_STATE,
@@ -164,23 +180,8 @@ from trax_sl.layers.rnn import (
     MakeZeroState,
     ScanSRUCell,
 )
-from trax_sl.layers.streaming import start_stream
-from trax_sl.layers import attention, self_attention
-from trax_sl.layers.attention import (
-    Attention,
-    AttentionQKV,
-    CausalAttention,
-    ConfigurableAttention,
-    DotProductAttention,
-    DotProductCausalAttention,
-    EncoderDecoderMask,
-    MergeHeads,
-    PaddingMask,
-    PureAttention,
-    ShiftRight,
-    SplitIntoHeads,
-)
 from trax_sl.layers.self_attention import DotProductSelfAttention, LocalDotProductSelfAttention
+from trax_sl.layers.streaming import start_stream
 
 
 def _register_with_gin() -> None:
