@@ -7,6 +7,8 @@ and carries the sequence state (buffers, caches, carries, offsets) in
 
 from __future__ import annotations
 
+import functools
+
 import jax
 
 from trax_sl import sequence as seq
@@ -67,6 +69,12 @@ def _carry_over(layer: base.Layer, trained, fresh):
     return trained if _same_signature(trained, fresh) else fresh
 
 
+@functools.lru_cache(maxsize=64)
+def _fresh_state_fn(predict_model: base.Layer, signature):
+    """A compiled init that returns only the state (XLA drops the weights), cached per model and block."""
+    return jax.jit(lambda rng: predict_model.init_tree(signature, rng)[1])
+
+
 def start_stream(model: base.Layer, block_signature, weights, state=None, rng=None):
     """Starts streaming a (trained) model: returns (predict_model, stream_state).
 
@@ -85,8 +93,7 @@ def start_stream(model: base.Layer, block_signature, weights, state=None, rng=No
     predict_model = model if model.mode == "predict" else model.with_mode("predict")
     signature = shapes.signature(block_signature)
     rng = base.default_rng() if rng is None else rng
-    # Only the state leaves the jit, so XLA drops the weight initialization.
-    fresh = jax.jit(lambda r: predict_model.init_tree(signature, r)[1])(rng)
+    fresh = _fresh_state_fn(predict_model, signature)(rng)
     if state is None:
         return predict_model, fresh
     return predict_model, _carry_over(predict_model, state, fresh)

@@ -1,0 +1,242 @@
+"""Autoregressive sampling from a predict-mode model, as one compiled loop.
+
+The model runs in predict mode (streaming: each call takes one block of
+tokens and carries its KV caches, positions and carries in its state). A
+language model that starts with `ShiftRight` has that layer's job done by
+the sampler: it feeds `start_id`, then each sampled token, to the rest of the
+model, as Trax's predict-mode no-op ShiftRight did.
+
+Sampling runs on the device inside `jax.lax.scan` (no Python work or host
+sync per token), greedy at temperature 0 and categorical otherwise, with JAX
+random keys (reproducible for a given seed). Rows stop at `eos_id`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trax_sl import shapes
+from trax_sl.layers import attention, base, combinators, streaming
+
+
+def _without_leading_shift(model: base.Layer, weights, state):
+    """(model, weights, state) with a leading ShiftRight removed (searched through first sublayers).
+
+    model is None when the model is only a ShiftRight.
+    """
+    if isinstance(model, attention.ShiftRight):
+        return None, (), ()
+    if isinstance(model, combinators.Serial) and model.sublayers:
+        first, first_weights, first_state = _without_leading_shift(model.sublayers[0], weights[0], state[0])
+        if first is not model.sublayers[0]:
+            keep = (first,) if first is not None else ()
+            return (
+                combinators.Serial(*keep, *model.sublayers[1:], name=model.name),
+                (first_weights,) * len(keep) + tuple(weights[1:]),
+                (first_state,) * len(keep) + tuple(state[1:]),
+            )
+    return model, weights, state
+
+
+def _sample(logits, rng, temperature: float):
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, logits / temperature, axis=-1).astype(jnp.int32)
+
+
+def _step(core: base.Layer, inputs, tokens, weights, state):
+    """One predict-mode call: the last-step logits `[batch, vocab]` and the new state."""
+    outputs, state = core.pure_fn(tokens if inputs is None else (inputs, tokens), weights, state, None)
+    outputs = outputs[0] if isinstance(outputs, tuple) else outputs
+    return getattr(outputs, "values", outputs)[:, -1], state
+
+
+_PREDICT_TWINS: dict[int, tuple[base.Layer, base.Layer]] = {}
+
+
+def _predict_twin(model: base.Layer) -> base.Layer:
+    """The model's predict-mode twin, made once per model (so compiled loops are reused)."""
+    if model.mode == "predict":
+        return model
+    cached = _PREDICT_TWINS.get(id(model))
+    if cached is None or cached[0] is not model:
+        cached = (model, model.with_mode("predict"))
+        _PREDICT_TWINS[id(model)] = cached
+    return cached[1]
+
+
+def _start(model, weights, state, batch_size: int, inputs):
+    """(core without ShiftRight, its weights, its fresh stream state)."""
+    predict_model = _predict_twin(model)
+    block = shapes.ShapeDtype((batch_size, 1), np.int32)
+    signature = block if inputs is None else (shapes.signature(inputs), block)
+    _, stream_state = streaming.start_stream(predict_model, signature, weights, state)
+    core, core_weights, core_state = _without_leading_shift(predict_model, weights, stream_state)
+    if core is None:
+        raise ValueError("autoregressive_sample: the model is only a ShiftRight; nothing to sample from")
+    return _cached_core(predict_model, core), core_weights, core_state
+
+
+_CORES: dict[int, tuple[base.Layer, base.Layer]] = {}
+
+
+def _cached_core(predict_model: base.Layer, core: base.Layer) -> base.Layer:
+    """One core object per predict model, so jit's cache (keyed on it) is hit on later calls."""
+    cached = _CORES.get(id(predict_model))
+    if cached is None or cached[0] is not predict_model:
+        cached = (predict_model, core)
+        _CORES[id(predict_model)] = cached
+    return cached[1]
+
+
+@functools.partial(jax.jit, static_argnames=("core", "length", "temperature", "eos_id", "min_length"))
+def _decode(core, inputs, weights, state, first_tokens, rng, length, temperature, eos_id, min_length):
+    """Feeds `first_tokens` [batch, k] (start_id + context), then samples `length` tokens."""
+    logits, state = _step(core, inputs, first_tokens, weights, state)
+    batch = first_tokens.shape[0]
+
+    def body(carry, step_rng):
+        logits, state, done, count = carry
+        if min_length > 0:  # eos is not allowed before min_length tokens.
+            blocked = (count < min_length) & (jnp.arange(logits.shape[-1]) == eos_id).reshape((1, -1))
+            logits = jnp.where(blocked, -jnp.inf, logits)
+        token = jnp.where(done, eos_id, _sample(logits, step_rng, temperature))
+        done = done | (token == eos_id)
+        next_logits, state = _step(core, inputs, token.reshape((batch, 1)), weights, state)
+        return (next_logits, state, done, count + 1), token
+
+    carry = (logits, state, jnp.zeros((batch,), jnp.bool_), jnp.zeros((), jnp.int32))
+    _, tokens = jax.lax.scan(body, carry, jax.random.split(rng, length))
+    return tokens.T
+
+
+@functools.partial(jax.jit, static_argnames=("core", "length", "temperature"))
+def _decode_chunk(core, inputs, weights, state, last_tokens, rng, length, temperature):
+    """`length` tokens without eos, with the state and last tokens to go on from."""
+
+    def body(carry, step_rng):
+        tokens, state = carry
+        logits, state = _step(core, inputs, tokens, weights, state)
+        token = _sample(logits, step_rng, temperature)
+        return (token.reshape((-1, 1)), state), token
+
+    (last, state), tokens = jax.lax.scan(body, (last_tokens, state), jax.random.split(rng, length))
+    return tokens.T, state, last
+
+
+def _prefix(batch_size: int, start_id: int, context):
+    start = np.full((batch_size, 1), start_id, np.int32)
+    if context is None:
+        return start
+    context = np.asarray(context, np.int32).reshape((batch_size, -1))
+    return np.concatenate([start, context], axis=1)
+
+
+@gin.configurable(module="trax_sl.supervised.decoding")
+def autoregressive_sample(
+    model,
+    context=None,
+    inputs=None,
+    batch_size: int = 1,
+    temperature: float = 1.0,
+    start_id: int = 0,
+    eos_id: int = 1,
+    max_length: int = 100,
+    accelerate: bool = True,
+    eval_mode: bool = False,
+    eval_min_length: int = 1,
+    rng=None,
+    weights=None,
+    state=None,
+):
+    """Samples `max_length` tokens (fewer when every row hits eos_id) from a model.
+
+    Args:
+      model: a language model (or encoder-decoder taking (inputs, targets)),
+        in any mode: its predict-mode twin is used. Its weights come from
+        `weights` or the model's interactive cache (set by init/init_from_file).
+      context: optional `[batch_size, k]` token ids fed after start_id before
+        sampling (a prompt).
+      inputs: optional encoder inputs, given whole at every step.
+      batch_size: number of rows sampled at once.
+      temperature: 0 for greedy (argmax) decoding.
+      start_id: the first token fed to the model.
+      eos_id: a row stops at this token; later positions hold eos_id.
+      max_length: number of tokens sampled.
+      accelerate: kept for Trax compatibility; the loop is always compiled.
+      eval_mode, eval_min_length: in eval mode eos is not sampled before
+        eval_min_length tokens.
+      rng: a JAX key (default PRNGKey(0)): the same key gives the same samples.
+      weights, state: override the model's cached weights and (trained) state.
+
+    Returns:
+      int32 numpy array `[batch_size, length]`, length <= max_length: cut after
+      the last row's eos.
+    """
+    del accelerate
+    core, core_weights, core_state = _start(
+        model, model.weights if weights is None else weights, state, batch_size, inputs
+    )
+    tokens = _decode(
+        core,
+        inputs,
+        core_weights,
+        core_state,
+        jnp.asarray(_prefix(batch_size, start_id, context)),
+        jax.random.PRNGKey(0) if rng is None else rng,
+        length=max_length,
+        temperature=float(temperature),
+        eos_id=eos_id,
+        min_length=eval_min_length if eval_mode else 0,
+    )
+    tokens = np.asarray(tokens)
+    ended = tokens == eos_id
+    if ended.any(axis=1).all():
+        tokens = tokens[:, : int(ended.argmax(axis=1).max()) + 1]
+    return tokens
+
+
+def autoregressive_sample_stream(
+    model,
+    inputs=None,
+    batch_size: int = 1,
+    temperature: float = 1.0,
+    start_id: int = 0,
+    accelerate: bool = True,
+    eval_mode: bool = False,
+    eval_min_length: int = 1,
+    rng=None,
+    weights=None,
+    state=None,
+    chunk_length: int = 32,
+):
+    """Yields sampled tokens `[batch_size]` one position at a time, without end.
+
+    Tokens are sampled on the device `chunk_length` at a time by the same
+    compiled loop as `autoregressive_sample` (the stream's state carries over
+    between chunks), and yielded one by one.
+    """
+    del accelerate, eval_min_length, eval_mode
+    core, core_weights, stream_state = _start(
+        model, model.weights if weights is None else weights, state, batch_size, inputs
+    )
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    last = jnp.asarray(_prefix(batch_size, start_id, None))
+    while True:
+        rng, chunk_rng = jax.random.split(rng)
+        tokens, stream_state, last = _decode_chunk(
+            core,
+            inputs,
+            core_weights,
+            stream_state,
+            last,
+            chunk_rng,
+            length=chunk_length,
+            temperature=float(temperature),
+        )
+        yield from np.asarray(tokens).T
