@@ -290,9 +290,86 @@ REGISTRY.update(
     }
 )
 
+REGISTRY["Accelerate"] = Entry(
+    lambda mode: tl.Accelerate(tl.Conv1d(4, 3, stride=2, padding="causal", mode=mode)), X
+)
+
+# --- reversible and research ---
+PAIR = (ShapeDtype((2, 4, 2)), ShapeDtype((2, 4, 2)))
+REGISTRY.update(
+    {
+        "ReversibleSerial": Entry(
+            lambda mode: tl.ReversibleSerial(
+                tl.ReversibleHalfResidual(tl.Delay(1, mode=mode), tl.Dense(2)), tl.ReversibleConcatenatePair()
+            ),
+            PAIR,
+        ),
+        "ReversibleHalfResidual": Entry(lambda mode: tl.ReversibleHalfResidual(tl.Dense(2)), PAIR),
+        "ReversibleConcatenatePair": Entry(lambda mode: tl.ReversibleConcatenatePair(), PAIR),
+        "ReversibleSelect": Entry(lambda mode: tl.ReversibleSelect([1, 0]), PAIR),
+        "ReversibleSwap": Entry(lambda mode: tl.ReversibleSwap(), PAIR),
+        "ReversiblePrintShape": Entry(lambda mode: tl.ReversiblePrintShape(n_in=2), PAIR),
+        "ReversibleReshape": Entry(
+            lambda mode: tl.ReversibleReshape((2, 8, 2, 2), (2, 8, 4)),
+            ShapeDtype((2, 8, 2, 2)),
+            streams=False,
+        ),
+        "LSHFF": Entry(lambda mode: tl.LSHFF(8, n_buckets=4, n_hashes=2, mode=mode), ShapeDtype((2, 4, 3))),
+        "AxialPositionalEncoding": Entry(
+            lambda mode: tl.AxialPositionalEncoding(shape=(3, 4), d_embs=(2, 2), mode=mode), X
+        ),
+        "SinCosPositionalEncoding": Entry(lambda mode: tl.SinCosPositionalEncoding(mode=mode), X),
+        "FixedBasePositionalEncoding": Entry(
+            lambda mode: tl.FixedBasePositionalEncoding(bases=(5, 7), n_digits=2, mode=mode), X
+        ),
+        "InfinitePositionalEncoding": Entry(
+            lambda mode: tl.InfinitePositionalEncoding(transform="diag", time_bin_length=3, mode=mode),
+            ShapeDtype((2, 8, 5)),
+        ),
+        "TimeBinPositionalEncoding": Entry(lambda mode: tl.TimeBinPositionalEncoding(3, mode=mode), X),
+        # Research attention: layer-wise only.
+        "SelfAttention": Entry(
+            lambda mode: tl.SelfAttention(n_heads=2, d_qk=4, d_v=4, causal=True, mode=mode), X, streams=False
+        ),
+        "LSHSelfAttention": Entry(
+            lambda mode: tl.LSHSelfAttention(n_heads=2, d_qk=4, d_v=4, chunk_len=4, n_buckets=2, mode=mode),
+            X,
+            streams=False,
+        ),
+        "PureLSHSelfAttention": Entry(
+            lambda mode: tl.PureLSHSelfAttention(
+                n_heads=2, d_qk=3, d_v=3, chunk_len=4, n_buckets=2, causal=True, mode=mode
+            ),
+            (ShapeDtype((4, 8, 3)), ShapeDtype((4, 8, 3))),
+            streams=False,
+        ),
+        "MixedLSHSelfAttention": Entry(
+            lambda mode: tl.MixedLSHSelfAttention(
+                n_heads=2, d_qk=3, d_v=3, causal=True, chunk_len=4, n_buckets=2, mode=mode
+            ),
+            (ShapeDtype((4, 8, 3)), ShapeDtype((4, 8, 3))),
+            streams=False,
+        ),
+        "PureLSHSelfAttentionWrapper": Entry(
+            lambda mode: tl.PureLSHSelfAttentionWrapper(
+                n_heads=2, d_qk=4, d_v=4, chunk_len=4, n_buckets=2, mode=mode
+            ),
+            X,
+            streams=False,
+        ),
+        "EncDecAttention": Entry(
+            lambda mode: tl.EncDecAttention(n_heads=2, d_qk=4, d_v=4, mode=mode),
+            (X, SOURCE, ShapeDtype((2, 5), np.bool_)),
+            streams=False,
+        ),
+    }
+)
+
 # CamelCase exports of `tl` that are not layers.
 NOT_LAYERS = {
     "Layer",
+    "ReversibleLayer",
+    "EfficientAttentionBase",
     "LayerError",
     "SHARED",
     "EMPTY_WEIGHTS",

@@ -1,6 +1,7 @@
 """Every layer, combinator and layer function: `import trax_sl.layers as tl`."""
 
 from trax_sl.layers import (
+    acceleration,
     activation_fns,
     attention,
     base,
@@ -15,10 +16,21 @@ from trax_sl.layers import (
     pooling,
     position,
     repeat,
+    research,
+    reversible,
     rnn,
     self_attention,
     streaming,
     test_utils,
+)
+from trax_sl.layers.acceleration import (
+    Accelerate,
+    for_n_devices,
+    jit_forward,
+    mean_or_pmean,
+    on_accelerator,
+    on_cpu,
+    reshape_by_device,
 )
 from trax_sl.layers.activation_fns import (
     Elu,
@@ -168,6 +180,33 @@ from trax_sl.layers.normalization import BatchNorm, FilterResponseNorm, GroupNor
 from trax_sl.layers.pooling import AvgPool, MaxPool, SumPool
 from trax_sl.layers.position import AddTimingSignal, ApplyRotaryPositionalEncoding, PositionalEncoding
 from trax_sl.layers.repeat import CheckpointGradient, GatedLinearUnit, Repeat
+from trax_sl.layers.research.efficient_attention import (
+    LSHFF,
+    EfficientAttentionBase,
+    EncDecAttention,
+    LSHSelfAttention,
+    MixedLSHSelfAttention,
+    PureLSHSelfAttention,
+    PureLSHSelfAttentionWrapper,
+    SelfAttention,
+)
+from trax_sl.layers.research.position_encodings import (
+    AxialPositionalEncoding,
+    FixedBasePositionalEncoding,
+    InfinitePositionalEncoding,
+    SinCosPositionalEncoding,
+    TimeBinPositionalEncoding,
+)
+from trax_sl.layers.reversible import (
+    ReversibleConcatenatePair,
+    ReversibleHalfResidual,
+    ReversibleLayer,
+    ReversiblePrintShape,
+    ReversibleReshape,
+    ReversibleSelect,
+    ReversibleSerial,
+    ReversibleSwap,
+)
 from trax_sl.layers.rnn import (
     GRU,
     LSTM,
@@ -183,6 +222,8 @@ from trax_sl.layers.rnn import (
 from trax_sl.layers.self_attention import DotProductSelfAttention, LocalDotProductSelfAttention
 from trax_sl.layers.streaming import start_stream
 
+_BASE_CLASSES = ("Layer", "LayerError", "ReversibleLayer", "EfficientAttentionBase")
+
 
 def _register_with_gin() -> None:
     """Makes every layer and initializer nameable in gin configs as `trax_sl.layers.<Name>`.
@@ -193,7 +234,7 @@ def _register_with_gin() -> None:
     import gin
 
     for name, obj in sorted(globals().items()):
-        if not name[:1].isupper() or name.isupper() or not callable(obj) or name in ("Layer", "LayerError"):
+        if not name[:1].isupper() or name.isupper() or not callable(obj) or name in _BASE_CLASSES:
             continue
         try:
             gin.external_configurable(obj, name=name, module="trax_sl.layers")

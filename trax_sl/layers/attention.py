@@ -26,6 +26,7 @@ import numpy as np
 from trax_sl import sequence as seq
 from trax_sl import shapes
 from trax_sl.layers import attention_core, base, combinators, convolution, core, delay
+from trax_sl.layers.position import PositionalEncoding  # noqa: F401 (Trax keeps it in attention)
 
 # --- Masks ---------------------------------------------------------------------
 

@@ -41,6 +41,11 @@ class Delay(base.Layer):
     otherwise only the step-wise output is delayed and its first `length`
     steps are invalid (output_latency = length). input_latency = length.
 
+    Layer-wise the last `length` input steps fall off the end (the length is
+    kept), so a layer that looks ahead (Lookahead, lookahead attention or
+    convolution) placed after a Delay sees different steps when more padding
+    follows: put Delay after lookahead layers, not before (as in SequenceLayers).
+
     Predict mode: the state holds the last `length` input steps and their mask.
     """
 
