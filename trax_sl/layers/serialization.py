@@ -30,6 +30,9 @@ def atomic_write(file_path: str, write_fn) -> None:
     directory = os.path.dirname(os.path.abspath(file_path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; saved weights are ordinary files.
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)

@@ -1,3 +1,13 @@
-"""Supervised training: learning-rate schedules (more modules join as they land)."""
+"""Supervised training: Loop and tasks, trainer_lib.train, schedules, checkpoints, decoding."""
 
-from trax_sl.supervised import lr_schedules
+from trax_sl.supervised import (
+    callbacks,
+    checkpoints,
+    decoding,
+    history,
+    lr_schedules,
+    trainer_lib,
+    training,
+)
+from trax_sl.supervised.trainer_lib import train
+from trax_sl.supervised.training import EvalTask, Loop, TrainTask

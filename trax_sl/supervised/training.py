@@ -1,0 +1,597 @@
+"""Supervised training: `Loop`, `TrainTask` and `EvalTask` (Trax's `training` API).
+
+A `TrainTask` is labeled data, a loss layer and an optimizer; an `EvalTask`
+labeled data and metric layers. A `Loop` initializes the model, trains it
+with one compiled step per task, runs evals, logs metrics and saves
+checkpoints::
+
+    task = training.TrainTask(inputs.train_stream(1), tl.WeightedCategoryCrossEntropy(),
+                              trax_sl.optimizers.Adam(0.01))
+    eval_task = training.EvalTask(inputs.eval_stream(1),
+                                  [tl.WeightedCategoryCrossEntropy(), tl.WeightedCategoryAccuracy()],
+                                  metric_names=['loss', 'accuracy'])
+    loop = training.Loop(model, task, eval_tasks=eval_task, output_dir='~/run')
+    loop.run(1000)
+
+Batches are tuples `(inputs, targets[, weights])` whose items may be
+`trax_sl.Sequence`s: the model gets the inputs (and sees their masks), the
+loss layer gets `(model_output, targets, weights)` (the stack semantics of
+`Serial(model, loss_layer)`), so masks and loss weights reach the loss.
+
+The step `(weights, state, opt_state, batch, rng) -> (weights, state,
+opt_state, loss, rng)` is one jitted function per task that donates its
+arrays and compiles once per batch shape (see `train_step`). The loss stays
+on the device; the host waits for it only at logging steps.
+
+Resuming: a loop whose `output_dir` holds checkpoints continues from the
+newest usable one (weights, state, optimizer state, step, rng, history and
+the batches taken from each task's data), so a run killed and started again
+ends as an uninterrupted one would; metrics.jsonl is cut back to the
+checkpoint's step so it reads the same too.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+
+import gin
+import jax
+import numpy as np
+import tqdm
+from absl import logging
+
+from trax_sl import layers as tl
+from trax_sl.supervised import checkpoints, train_step
+from trax_sl.supervised.history import History
+from trax_sl.supervised.metrics_log import MetricsLogger, Scalar
+from trax_sl.supervised.tasks import EvalTask, TrainTask
+
+__all__ = ["EvalTask", "Loop", "TrainTask"]
+
+
+class _Trainer:
+    """One training task's compiled step and its own arrays (loss weights, optimizer state)."""
+
+    def __init__(self, task: TrainTask, layer: tl.Layer, step_fn, ends_weights, ends_state, opt_state):
+        self.task = task
+        self.layer = layer  # Serial(model, loss_layer)
+        self.step_fn = step_fn
+        self.ends_weights = ends_weights
+        self.ends_state = ends_state
+        self.opt_state = opt_state
+        self.pending_losses: list = []  # Since the last logged step; device scalars or floats.
+
+
+class _Evaluator:
+    """One eval task's compiled metrics and the metric layers' own weights and state."""
+
+    def __init__(self, task: EvalTask, layer: tl.Layer, step_fn, ends_weights, ends_state):
+        self.task = task
+        self.layer = layer  # Serial(eval_model, Branch(*metrics))
+        self.step_fn = step_fn
+        self.ends_weights = ends_weights
+        self.ends_state = ends_state
+
+
+class Loop:
+    """Loop that trains a supervised model for a given number of steps, with evals and checkpoints.
+
+    Several tasks train one model, interleaved by `which_task`. Every
+    `TrainTask` gets its own jitted step (the model with its loss, gradients
+    and the optimizer update), every `EvalTask` a jitted metrics function.
+    Between steps, `loop.model.weights` and `loop.model.state` hold the
+    current values (the step donates them: copy what you keep).
+    """
+
+    def __init__(
+        self,
+        model: tl.Layer,
+        tasks: TrainTask | list[TrainTask],
+        eval_model: tl.Layer | None = None,
+        eval_tasks: EvalTask | list[EvalTask] | None = None,
+        output_dir: str | None = None,
+        checkpoint_at: Callable[[int], bool] | None = None,
+        checkpoint_low_metric: str | None = None,
+        checkpoint_high_metric: str | None = None,
+        permanent_checkpoint_at: Callable[[int], bool] | None = None,
+        eval_at: Callable[[int], bool] | None = None,
+        which_task: Callable[[int], int] | None = None,
+        n_devices: int | None = None,
+        random_seed: int | None = None,
+        loss_chunk_size: int = 0,
+        use_memory_efficient_trainer: bool = False,
+        adasum: bool = False,
+        callbacks: list[type] | None = None,
+        n_checkpoints_to_keep: int | None = 3,
+        progress_bar: bool | None = None,
+    ):
+        """Configures a training `Loop`, including a random initialization or a restored checkpoint.
+
+        Args:
+            model: The layer to train; loss and metric layers sit on top of it.
+                Its weights are used if it has any (e.g. from `init_from_file`),
+                else it is initialized from the first task's sample batch.
+            tasks: A `TrainTask` or a list of them.
+            eval_model: The layer used for evals (e.g. in 'eval' mode); `model` if None.
+            eval_tasks: An `EvalTask`, a list of them, or None for no evals.
+            output_dir: Where checkpoints, metrics.jsonl, event files and
+                config.gin go; None to write nothing.
+            checkpoint_at: Function step -> bool; by default at step 1 and
+                every `tasks[0].n_steps_per_checkpoint` steps.
+            checkpoint_low_metric: Name of an eval metric: when it reaches a new
+                low at a checkpoint step, the checkpoint `lowest_<name>` is written.
+            checkpoint_high_metric: The same for a new high (`highest_<name>`).
+            permanent_checkpoint_at: Function step -> bool for checkpoints never
+                pruned; by default every `tasks[0].n_steps_per_permanent_checkpoint`.
+            eval_at: Function step -> bool for evals and logging; by default the
+                checkpoint default (train metrics are logged even without evals).
+            which_task: Function step -> index of the task to train at that step;
+                by default tasks take turns.
+            n_devices: Devices to use (batches split among them); 1 if None.
+            random_seed: Seed of initialization and of the step's rng; random if None.
+            loss_chunk_size: Accepted for Trax configs; has no effect.
+            use_memory_efficient_trainer: Accepted for Trax configs; has no effect.
+            adasum: Accepted for Trax configs; has no effect.
+            callbacks: `callbacks.TrainingStepCallback` subclasses, each made with this loop.
+            n_checkpoints_to_keep: Step checkpoints kept (the newest; permanent
+                ones are kept besides); None keeps all.
+            progress_bar: Show a progress bar; None shows one when stderr is a terminal.
+        """
+        tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
+        if not tasks:
+            raise ValueError("Loop: tasks must hold at least one TrainTask, got none")
+        if eval_tasks is None:
+            eval_tasks = []
+        elif not isinstance(eval_tasks, (list, tuple)):
+            eval_tasks = [eval_tasks]
+        for name, value in (
+            ("loss_chunk_size", loss_chunk_size),
+            ("use_memory_efficient_trainer", use_memory_efficient_trainer),
+            ("adasum", adasum),
+        ):
+            if value:
+                logging.warning(
+                    "Loop: %s=%r has no effect in trax_sl (one jitted step per task).", name, value
+                )
+        self._tasks = tasks
+        self._eval_tasks = list(eval_tasks)
+        self._model = model
+        self._eval_model = eval_model or model
+        self._is_chief = jax.process_index() == 0
+        self._n_devices = n_devices or 1
+        self._mesh = train_step.make_mesh(self._n_devices)
+        self._output_dir = None if output_dir is None else os.path.expanduser(output_dir)
+        self._n_checkpoints_to_keep = n_checkpoints_to_keep
+        self._progress_bar = progress_bar
+        self._bar = None
+
+        default_at = _at_step_1_and_every_nth_step(tasks[0].n_steps_per_checkpoint)
+        self._checkpoint_at = checkpoint_at or default_at
+        self._permanent_checkpoint_at = permanent_checkpoint_at or _at_step_1_and_every_nth_step(
+            tasks[0].n_steps_per_permanent_checkpoint
+        )
+        self._eval_at = eval_at or default_at
+        self._which_task = which_task or (lambda step: step % len(tasks))
+        metric_names = [name for task in self._eval_tasks for name in task.metric_names]
+        for metric in (checkpoint_low_metric, checkpoint_high_metric):
+            if metric is not None and metric not in metric_names:
+                raise ValueError(
+                    f"Loop: checkpoint metric {metric!r} is not an eval metric; eval metrics are {metric_names}"
+                )
+        self._checkpoint_low_metric = checkpoint_low_metric
+        self._checkpoint_high_metric = checkpoint_high_metric
+
+        self._step = 0
+        self._history = History()
+        self._logger = MetricsLogger(self._output_dir, self._history, self._write_line, self._is_chief)
+        self._last_log_time, self._last_log_step = time.time(), 0
+
+        init_rng, self._rng = jax.random.split(jax.random.PRNGKey(_seed(random_seed)))
+        self._init_weights_and_trainers(init_rng)
+        self._evaluators = [self._init_evaluator(task) for task in self._eval_tasks]
+        self._rng = self._put(self._rng)
+
+        if self._output_dir is not None:
+            if self._is_chief:
+                os.makedirs(self._output_dir, exist_ok=True)
+                checkpoints.remove_leftovers(self._output_dir)
+            self.load_checkpoint()
+        self._sync_models()
+        self._callbacks = [callback_class(self) for callback_class in callbacks or []]
+
+    # --- Initialization -----------------------------------------------------------------------
+
+    def _init_weights_and_trainers(self, rng) -> None:
+        model = self._model
+        self._model_input_signature = train_step.input_signature(self._tasks[0].sample_batch, model.n_in)
+        self._model_weights = self._model_state = None
+        if jax.tree.leaves(model.weights):  # Given, e.g. by init_from_file: kept.
+            self._model_weights = model.weights
+            state_sig = model.weights_and_state_signature(self._model_input_signature)[1]
+            same = jax.tree.structure(model.state) == jax.tree.structure(state_sig)
+            self._model_state = model.state if same else model.init(self._model_input_signature, rng)[1]
+        self._trainers = []
+        for index, task in enumerate(self._tasks):
+            layer = tl.Serial(model, task.loss_layer)
+            signature = train_step.input_signature(task.sample_batch, layer.n_in)
+            if self._model_weights is None:
+                weights, state = layer.init(signature, rng=jax.random.fold_in(rng, index))
+                self._model_weights, self._model_state = weights[0], state[0]
+                ends_weights, ends_state = weights[1], state[1]
+            else:
+                ends_weights, ends_state = _init_ends(layer, signature, jax.random.fold_in(rng, index))
+            tx = task.optax_transformation
+            opt_state = tx.init((self._model_weights, ends_weights))
+            self._trainers.append(
+                _Trainer(
+                    task,
+                    layer,
+                    train_step.train_step(layer, tx, self._mesh),
+                    self._put(ends_weights),
+                    self._put(ends_state),
+                    self._put(opt_state),
+                )
+            )
+        self._model_weights = self._put(self._model_weights)
+        self._model_state = self._put(self._model_state)
+
+    def _init_evaluator(self, task: EvalTask) -> _Evaluator:
+        layer = tl.Serial(self._eval_model, tl.Branch(*task.metrics))
+        signature = train_step.input_signature(task.sample_batch, layer.n_in)
+        weights_sig, state_sig = layer.weights_and_state_signature(signature)
+        outputs = layer.output_signature(signature)
+        for name, leaf in zip(task.metric_names, outputs if layer.n_out > 1 else [outputs]):
+            if tuple(leaf.shape) != ():
+                raise ValueError(
+                    f"EvalTask: metric {name!r} must give a scalar, got shape {tuple(leaf.shape)}"
+                )
+        trained = (
+            ("weights", self._model_weights, weights_sig[0]),
+            ("state", self._model_state, state_sig[0]),
+        )
+        for what, ours, theirs in trained:
+            if jax.tree.structure(ours) != jax.tree.structure(theirs):
+                raise ValueError(
+                    f"Loop: the eval model's {what} tree differs from the trained model's; the eval model "
+                    f"must be the same model (e.g. in another mode)"
+                )
+        ends_weights, ends_state = _init_ends(
+            layer, signature, jax.random.PRNGKey(0), (weights_sig, state_sig)
+        )
+        return _Evaluator(
+            task,
+            layer,
+            train_step.eval_step(layer, self._mesh),
+            self._put(ends_weights),
+            self._put(ends_state),
+        )
+
+    # --- Properties -------------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        """The number of training steps done (steps are numbered from 1)."""
+        return self._step
+
+    @property
+    def history(self) -> History:
+        return self._history
+
+    @property
+    def n_devices(self) -> int:
+        return self._n_devices
+
+    @property
+    def mesh(self) -> jax.sharding.Mesh:
+        """The devices the loop runs on (batches are split on its 'data' axis)."""
+        return self._mesh
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes files (process 0)."""
+        return self._is_chief
+
+    @property
+    def model(self) -> tl.Layer:
+        return self._model
+
+    @property
+    def eval_model(self) -> tl.Layer:
+        return self._eval_model
+
+    @property
+    def tasks(self) -> list[TrainTask]:
+        return self._tasks
+
+    @property
+    def eval_tasks(self) -> list[EvalTask]:
+        return self._eval_tasks
+
+    @property
+    def output_dir(self) -> str | None:
+        return self._output_dir
+
+    def new_rng(self):
+        """Returns a new single-use random key, split off the loop's rng."""
+        rng, new = jax.random.split(self._rng)
+        self._rng = self._put(rng)
+        return new
+
+    def update_weights_and_state(self, weights=None, state=None) -> None:
+        """Replaces the trained model's weights and/or state (None leaves them)."""
+        if weights is not None:
+            self._model_weights = self._put(weights)
+        if state is not None:
+            self._model_state = self._put(state)
+        self._sync_models()
+
+    def _put(self, tree):
+        return train_step.put_replicated(tree, self._mesh)
+
+    def _sync_models(self) -> None:
+        for layer in {id(self._model): self._model, id(self._eval_model): self._eval_model}.values():
+            layer.weights, layer.state = self._model_weights, self._model_state
+
+    # --- Training -----------------------------------------------------------------------------
+
+    def run(self, n_steps: int = 1) -> None:
+        """Runs `n_steps` training steps, with evals, logging and checkpoints where due."""
+        if self._is_chief:
+            self._logger.save_gin_config(gin.operative_config_str(), self._step)
+        disable = None if self._progress_bar is None else not self._progress_bar
+        with tqdm.tqdm(total=n_steps, disable=disable, unit="step", dynamic_ncols=True) as bar:
+            self._bar = bar
+            try:
+                for _ in range(n_steps):
+                    self._step += 1
+                    task_index = self._which_task(self._step)
+                    self._run_one_step(task_index)
+                    bar.update(1)
+                    self._after_step()
+            finally:
+                self._bar = None
+        self._sync_models()
+
+    def _run_one_step(self, task_index: int) -> None:
+        step = self._step
+        for callback in self._callbacks:
+            if callback.call_at(step):
+                callback.on_step_begin(step)
+        trainer = self._trainers[task_index]
+        batch = train_step.batch_items(trainer.task.next_batch(), trainer.layer.n_in)
+        batch = train_step.put_batch(batch, self._mesh)
+        weights = (self._model_weights, trainer.ends_weights)
+        state = (self._model_state, trainer.ends_state)
+        weights, state, trainer.opt_state, loss, self._rng = trainer.step_fn(
+            weights, state, trainer.opt_state, batch, self._rng
+        )
+        self._model_weights, trainer.ends_weights = weights
+        self._model_state, trainer.ends_state = state
+        trainer.pending_losses.append(loss)
+        self._sync_models()
+        for callback in self._callbacks:
+            if callback.call_at(step):
+                callback.on_step_end(step)
+
+    def _after_step(self) -> None:
+        step = self._step
+        if self._eval_at(step):
+            scalars = self._train_scalars() + self.run_evals(log=False)
+            self._logger.log(step, scalars)
+            if self._bar is not None:
+                self._bar.set_postfix({s.key: f"{s.value:.4g}" for s in scalars if s.group == "metrics"})
+        permanent = self._permanent_checkpoint_at(step)
+        if permanent or self._checkpoint_at(step):
+            self.save_checkpoint(permanent=permanent)
+        if self._checkpoint_at(step):
+            if self._checkpoint_low_metric is not None and self._at_extreme(self._checkpoint_low_metric, min):
+                self.save_checkpoint(f"lowest_{self._checkpoint_low_metric}")
+            if self._checkpoint_high_metric is not None and self._at_extreme(
+                self._checkpoint_high_metric, max
+            ):
+                self.save_checkpoint(f"highest_{self._checkpoint_high_metric}")
+
+    def _at_extreme(self, metric: str, extreme) -> bool:
+        values = [value for _, value in self._history.get("eval", f"metrics/{metric}")]
+        return bool(values) and values[-1] == extreme(values)
+
+    def _train_scalars(self) -> list[Scalar]:
+        """The mean loss of each task since the last log, its learning rate, and the speed."""
+        now = time.time()
+        steps_per_second = (self._step - self._last_log_step) / max(now - self._last_log_time, 1e-9)
+        self._last_log_time, self._last_log_step = now, self._step
+        scalars = []
+        for index, trainer in enumerate(self._trainers):
+            if not trainer.pending_losses:
+                continue
+            prefix = self._prefix(self._tasks, index)
+            losses = np.asarray(jax.device_get(trainer.pending_losses), np.float64)
+            trainer.pending_losses = []
+            scalars.append(Scalar("train", prefix, "metrics", trainer.task.loss_name, float(losses.mean())))
+            hyperparams = getattr(trainer.opt_state, "hyperparams", {})
+            rate = hyperparams.get("learning_rate") if isinstance(hyperparams, dict) else None
+            rate = trainer.task.learning_rate(self._step) if rate is None else float(jax.device_get(rate))
+            if rate is not None:
+                scalars.append(Scalar("train", prefix, "training", "learning_rate", rate))
+        scalars.append(Scalar("train", None, "training", "steps_per_second", steps_per_second))
+        return scalars
+
+    def run_evals(self, log: bool = True) -> list[Scalar]:
+        """Runs every eval task on the current weights; returns (and if `log`, logs) the values."""
+        scalars = []
+        for index, evaluator in enumerate(self._evaluators):
+            task = evaluator.task
+            weights = (self._model_weights, evaluator.ends_weights)
+            state = (self._model_state, evaluator.ends_state)
+            values = []
+            for _ in range(task.n_eval_batches):
+                batch = train_step.put_batch(
+                    train_step.batch_items(task.next_batch(), evaluator.layer.n_in), self._mesh
+                )
+                rng = self._put(self.new_rng())
+                values.append(evaluator.step_fn(weights, state, batch, rng))
+            means = np.asarray(jax.device_get(values), np.float64).mean(axis=0)
+            prefix = self._prefix(self._eval_tasks, index)
+            scalars += [
+                Scalar("eval", prefix, "metrics", name, float(value))
+                for name, value in zip(task.metric_names, means)
+            ]
+        if log and scalars:
+            self._logger.log(self._step, scalars)
+        return scalars
+
+    @staticmethod
+    def _prefix(tasks, index: int) -> str | None:
+        if len(tasks) < 2:
+            return None
+        return tasks[index].export_prefix or str(index)
+
+    def _write_line(self, line: str) -> None:
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
+    # --- Checkpoints --------------------------------------------------------------------------
+
+    def _trainer_tree(self):
+        """The arrays a checkpoint holds besides the model's weights and state."""
+        tasks = tuple(
+            {"loss_weights": t.ends_weights, "loss_state": t.ends_state, "opt_state": t.opt_state}
+            for t in self._trainers
+        )
+        return {"rng": jax.random.key_data(self._rng), "tasks": tasks}
+
+    def save_checkpoint(self, basename: str | None = None, permanent: bool = False) -> None:
+        """Saves a checkpoint of the current step (see `checkpoints`).
+
+        Args:
+            basename: None for the step checkpoint `step_<step>` (the ones a
+                restart resumes from, pruned to `n_checkpoints_to_keep`), or the
+                name of a checkpoint of its own, replaced at each save.
+            permanent: Never prune this step checkpoint.
+        """
+        if self._output_dir is None:
+            logging.info("Did not save a checkpoint: output_dir is None.")
+            return
+        for trainer in self._trainers:  # Saved so that a resumed run logs the same mean losses.
+            trainer.pending_losses = [float(x) for x in jax.device_get(trainer.pending_losses)]
+        if not self._is_chief:
+            return
+        metadata = {
+            "train_positions": [task.data_position for task in self._tasks],
+            "eval_positions": [task.data_position for task in self._eval_tasks],
+            "pending_losses": [trainer.pending_losses for trainer in self._trainers],
+            "history": self._history.to_dict(),
+        }
+        checkpoint = checkpoints.Checkpoint(
+            self._step, self._model_weights, self._model_state, self._trainer_tree(), metadata
+        )
+        name = basename or checkpoints.step_name(self._step)
+        path = checkpoints.save(self._output_dir, name, checkpoint, self._model_input_signature, permanent)
+        logging.info("Saved checkpoint %s", path)
+        if basename is None:
+            checkpoints.prune(self._output_dir, self._n_checkpoints_to_keep)
+
+    def load_checkpoint(self, directory: str | None = None, filename: str | None = None) -> None:
+        """Restores a checkpoint: the newest usable step checkpoint, or the one named `filename`.
+
+        Args:
+            directory: The output directory holding `checkpoints/`; this loop's if None.
+            filename: A checkpoint name (`step_00000100`, `lowest_loss`, ...); if
+                None the newest usable step checkpoint, falling back to older
+                ones (with a warning) when the newest cannot be read.
+
+        Raises:
+            checkpoints.CheckpointError: If checkpoints exist but none is usable
+                (or the named one is not).
+        """
+        directory = directory or self._output_dir
+        if directory is None:
+            return
+        if filename is not None:
+            checkpoint = self._restore(os.path.join(checkpoints.checkpoints_root(directory), filename))
+        else:
+            checkpoint = checkpoints.restore_latest(directory, self._restore)
+            if checkpoint is None:
+                return
+        self._apply(checkpoint, resuming=directory == self._output_dir)
+
+    def _restore(self, path: str) -> checkpoints.Checkpoint:
+        checkpoint = checkpoints.restore(
+            path, _shapes((self._model_weights, self._model_state)), _shapes(self._trainer_tree())
+        )
+        metadata = checkpoint.metadata
+        for key, tasks in (("train_positions", self._tasks), ("eval_positions", self._eval_tasks)):
+            if len(metadata.get(key, ())) != len(tasks):
+                raise checkpoints.CheckpointError(
+                    f"{path} was saved with {len(metadata.get(key, ()))} {key.split('_')[0]} tasks, "
+                    f"this loop has {len(tasks)}"
+                )
+        return checkpoint
+
+    def _apply(self, checkpoint: checkpoints.Checkpoint, resuming: bool) -> None:
+        self._step = checkpoint.step
+        self._model_weights, self._model_state = (
+            self._put(checkpoint.model_weights),
+            self._put(checkpoint.model_state),
+        )
+        trainer_tree = checkpoint.trainer
+        self._rng = self._put(trainer_tree["rng"])
+        metadata = checkpoint.metadata
+        for trainer, saved, losses in zip(self._trainers, trainer_tree["tasks"], metadata["pending_losses"]):
+            trainer.ends_weights, trainer.ends_state = (
+                self._put(saved["loss_weights"]),
+                self._put(saved["loss_state"]),
+            )
+            trainer.opt_state = self._put(saved["opt_state"])
+            trainer.pending_losses = list(losses)
+        for task, position in zip(self._tasks, metadata["train_positions"]):
+            task.seek(position)
+        for task, position in zip(self._eval_tasks, metadata["eval_positions"]):
+            task.seek(position)
+        self._history = History.from_dict(metadata.get("history", {}))
+        self._logger.history = self._history
+        self._last_log_step = self._step
+        if resuming and self._is_chief:
+            self._logger.resume_at(self._step)
+        self._sync_models()
+        logging.info("Restored the checkpoint of step %d.", self._step)
+
+
+def _seed(random_seed: int | None) -> int:
+    """The seed to use; a random one (the same on every host) if None."""
+    if random_seed is not None:
+        return int(random_seed)
+    seed = random.SystemRandom().randrange(2**31)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        seed = int(multihost_utils.broadcast_one_to_all(np.int32(seed)))
+    return seed
+
+
+def _shapes(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+
+
+def _init_ends(layer: tl.Layer, signature, rng, signatures=None):
+    """Weights and state of `Serial(model, ends)`'s ends, initializing the model only if they have any.
+
+    `signatures` is the layer's (weights, state) signature if known already.
+    """
+    weights_sig, state_sig = signatures or layer.weights_and_state_signature(signature)
+    if not jax.tree.leaves((weights_sig[1], state_sig[1])):
+        return weights_sig[1], state_sig[1]  # Trees without leaves: nothing to initialize.
+    weights, state = layer.init(signature, rng=rng)
+    return weights[1], state[1]
+
+
+def _at_step_1_and_every_nth_step(period: int | None) -> Callable[[int], bool]:
+    """A function that is true at step 1 and at multiples of `period` (never if None)."""
+    if not period:
+        return lambda step: False
+    return lambda step: step == 1 or step % period == 0

@@ -1,0 +1,134 @@
+"""The trainer command line: runs `trainer_lib.train` from gin files (Trax's `trax.trainer`).
+
+    python -m trax_sl.trainer --config_file=F.gin [--config_file=G.gin] \\
+        [--config='train.steps=100' ...] --output_dir=D [--data_dir=...]
+
+`--config` bindings apply after the files. A run started again with the same
+`--output_dir` resumes from its newest checkpoint. Mistakes in the
+configuration (an unknown configurable or parameter, a missing file or data
+set, a required parameter left unset) end the program with one line naming
+them and exit status 1. For several processes, pass `--coordinator_address`,
+`--num_processes` and `--process_id` (`jax.distributed.initialize`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import importlib.util  # Also lets gin report a missing config file (it uses importlib.util unimported).
+import os
+import sys
+
+import gin
+import jax
+from absl import app, flags, logging
+
+# Imported for their gin configurables, so that configs can name them.
+from trax_sl import data, layers, optimizers  # noqa: F401
+from trax_sl.supervised import checkpoints, lr_schedules, trainer_lib  # noqa: F401
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("output_dir", None, "Path to the directory to save logs and checkpoints.")
+flags.DEFINE_multi_string("config_file", None, "Configuration file with parameters (.gin).")
+flags.DEFINE_multi_string("config", None, "Configuration parameters (gin string).")
+flags.DEFINE_string("model", None, "Which model to train (a name in trax_sl.models).")
+flags.DEFINE_string("data_dir", None, "Path to the directory with data (for TFDS and python_chars_inputs).")
+flags.DEFINE_integer(
+    "log_level", logging.WARNING, "absl log verbosity: 1 debug, 0 info, -1 warning, -2 error."
+)
+flags.DEFINE_boolean("disable_jit", False, "Setting to true will disable jit.")
+flags.DEFINE_boolean("progress_bar", None, "Show a progress bar (default: when stderr is a terminal).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+
+
+class ConfigError(Exception):
+    """A mistake in the run's configuration, reported in one line without a traceback."""
+
+
+def _import_configurables() -> None:
+    # trax_sl.models is being written alongside; import it once it exists.
+    if importlib.util.find_spec("trax_sl.models") is not None:
+        importlib.import_module("trax_sl.models")
+
+
+def _gin_parse_configs() -> None:
+    """Parses the gin files and bindings of the flags (after `--data_dir` and `--model`)."""
+    _import_configurables()
+    config_files = FLAGS.config_file or []
+    for path in config_files:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+    configs = list(FLAGS.config or [])
+    if FLAGS.data_dir:
+        configs.append(f"trax_sl.data.TFDS.data_dir = {FLAGS.data_dir!r}")
+        configs.append(f"trax_sl.data.python_chars_inputs.data_dir = {FLAGS.data_dir!r}")
+    if FLAGS.model:
+        configs.append(f"train.model = @trax_sl.models.{FLAGS.model}")
+    try:
+        gin.parse_config_files_and_bindings(config_files, configs)
+    except (ValueError, SyntaxError, ImportError, OSError) as e:
+        raise ConfigError(f"bad gin configuration: {_one_line(e)}") from e
+
+
+def _output_dir_or_default() -> str:
+    """The --output_dir, or ~/trax_sl/<model>_<time> (as Trax's ~/trax/...)."""
+    if FLAGS.output_dir:
+        return os.path.expanduser(FLAGS.output_dir)
+    try:
+        model_name = gin.query_parameter("train.model").configurable.name
+    except (ValueError, AttributeError):
+        model_name = "model"
+    timestamp = datetime.datetime.now().strftime("%Y%m%d_%H%M")
+    output_dir = os.path.expanduser(os.path.join("~", "trax_sl", f"{model_name}_{timestamp}"))
+    print(f"No --output_dir specified; using {output_dir}", flush=True)
+    return output_dir
+
+
+def _init_distributed() -> None:
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line, without gin's caret markers."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    return " ".join(line for line in lines if line and set(line) != {"^"})
+
+
+def _is_config_error(error: BaseException) -> bool:
+    if isinstance(error, (ConfigError, OSError, checkpoints.CheckpointError)):
+        return True
+    # gin's error for a gin.REQUIRED parameter left unset.
+    return isinstance(error, RuntimeError) and "Required bindings" in str(error)
+
+
+def main(argv) -> None:
+    """Trains as the flags say; configuration mistakes exit with status 1 and one line."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(FLAGS.log_level)
+    try:
+        _init_distributed()
+        _gin_parse_configs()
+        if FLAGS.disable_jit:
+            jax.config.update("jax_disable_jit", True)
+        kwargs = {} if FLAGS.progress_bar is None else {"progress_bar": FLAGS.progress_bar}
+        trainer_lib.train(output_dir=_output_dir_or_default(), **kwargs)
+    except Exception as e:
+        if not _is_config_error(e):
+            raise
+        kind = "" if isinstance(e, ConfigError) else f"{type(e).__name__}: "
+        print(f"trax_sl.trainer: error: {kind}{_one_line(e)}", file=sys.stderr)
+        sys.exit(1)
+    logging.info("Finished training.")
+
+
+if __name__ == "__main__":
+    app.run(main)
