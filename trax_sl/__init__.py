@@ -2,10 +2,17 @@
 
 __version__ = "0.1.0"
 
-from trax_sl import (
-    layers,
-    shapes,
-)
+from trax_sl import data, layers, models, optimizers, shapes, supervised
 from trax_sl.sequence import MaskedSequence, Sequence
 
-__all__ = ["MaskedSequence", "Sequence", "__version__", "layers", "shapes"]
+__all__ = [
+    "MaskedSequence",
+    "Sequence",
+    "__version__",
+    "data",
+    "layers",
+    "models",
+    "optimizers",
+    "shapes",
+    "supervised",
+]

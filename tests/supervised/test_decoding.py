@@ -97,3 +97,29 @@ def test_stream_yields_the_greedy_tokens(model):
     expected = decoding.autoregressive_sample(model, batch_size=2, temperature=0.0, max_length=10, eos_id=99)
     stream = decoding.autoregressive_sample_stream(model, batch_size=2, temperature=0.0, chunk_length=4)
     np.testing.assert_array_equal(np.stack([next(stream) for _ in range(10)], axis=1), expected)
+
+
+def test_encoder_decoder_decoding_feeds_the_target_path():
+    from trax_sl import models
+
+    model = models.Transformer(
+        8,
+        d_model=16,
+        d_ff=16,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        n_heads=2,
+        max_len=16,
+        dropout=0.0,
+        mode="eval",
+    )
+    source = np.array([[3, 4, 5, 6], [2, 2, 7, 1]], np.int32)
+    model.init(
+        (jax.ShapeDtypeStruct((2, 4), jnp.int32), jax.ShapeDtypeStruct((2, 6), jnp.int32)),
+        jax.random.PRNGKey(2),
+    )
+    tokens = decoding.autoregressive_sample(
+        model, inputs=source, batch_size=2, temperature=0.0, max_length=6, eos_id=99
+    )
+    logits = model((jnp.asarray(source), jnp.asarray(tokens)))[0]
+    np.testing.assert_array_equal(np.argmax(logits, axis=-1), tokens)

@@ -531,6 +531,12 @@ class _AlongAxis(Layer):
         self._masked_fn = masked_fn
         self._keeps_shape = keeps_shape
 
+    @property
+    def supports_step(self) -> bool:
+        # Negative axes count from the channels; None, 0 and 1 take in batch or time.
+        axes = self._axis if isinstance(self._axis, (tuple, list)) else (self._axis,)
+        return all(a is not None and (a < 0 or a >= 2) for a in axes)
+
     def forward(self, x, weights, state, rng):
         if not isinstance(x, seq.Sequence):
             return self._fn(x), state
@@ -566,7 +572,7 @@ def Flatten(n_axes_to_keep: int = 1) -> Layer:  # noqa: N802
             )
         return jnp.reshape(x, tuple(x.shape[:n_axes_to_keep]) + (-1,))
 
-    return Fn("Flatten", f)
+    return Fn("Flatten", f, supports_step=n_axes_to_keep >= 2)
 
 
 def log_softmax(x, axis: int = -1):

@@ -244,7 +244,7 @@ class DotProductSelfAttention(base.Layer):
             elif i == 1:
                 k_sig = out
         cache = ()
-        if self._mode == "predict":
+        if self._mode == "predict" and self._future >= 0:  # Unlimited lookahead does not stream.
             if self._past == -1 and self._cache_size is None:
                 raise ValueError(
                     f"{self.name}: max_past_horizon=-1 streams with a KV cache of cache_size "

@@ -66,6 +66,9 @@ def _carry_over(layer: base.Layer, trained, fresh):
         and len(fresh) == len(subs) == len(trained)
     ):
         return tuple(_carry_over(sub, t, f) for sub, t, f in zip(subs, trained, fresh))
+    if len(subs) == 1 and not (isinstance(fresh, tuple) and len(fresh) == 1):
+        # The state is the sublayer's own (e.g. stacked per repeat in Repeat): decide inside it.
+        return _carry_over(subs[0], trained, fresh)
     return trained if _same_signature(trained, fresh) else fresh
 
 

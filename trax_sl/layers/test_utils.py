@@ -3,7 +3,7 @@
 Public, for users' own layers too:
 
     tl.test_utils.verify_contract(lambda mode: MyLayer(..., mode=mode),
-                                  tl.Sequence(ShapeDtype((2, 16, 3)), ShapeDtype((2, 16), bool)))
+                                  trax_sl.Sequence(ShapeDtype((2, 16, 3)), ShapeDtype((2, 16), bool)))
 
 It builds the layer in 'eval' mode (layer-wise) and 'predict' mode
 (step-wise) on the same weights, and raises AssertionError naming the first
@@ -286,7 +286,8 @@ def verify_contract(
     time = next(item.shape[1] for item, s in zip(_items(x), streamed) if s)
     if time % block_size:
         _fail(name, f"the test input has {time} steps; use a multiple of block_size={block_size}")
-    weights, state = layer.init(shapes.signature(x), jax.random.PRNGKey(seed))
+    x_signature = shapes.signature(x)  # Compiled init: eager init of a model is op by op and slow.
+    weights, state = jax.jit(lambda r: layer.init_tree(x_signature, r)[:2])(jax.random.PRNGKey(seed))
 
     layer_wise = jax.jit(lambda x, w, s: layer.pure_fn(x, w, s, None)[0])
     y = layer_wise(x, weights, state)

@@ -24,22 +24,28 @@ from trax_sl import shapes
 from trax_sl.layers import attention, base, combinators, streaming
 
 
-def _without_leading_shift(model: base.Layer, weights, state):
-    """(model, weights, state) with a leading ShiftRight removed (searched through first sublayers).
+def _without_first_shift(model: base.Layer, weights, state):
+    """(model, weights, state) without the first ShiftRight met depth-first through Serials.
 
-    model is None when the model is only a ShiftRight.
+    A language model starts with it; an encoder-decoder has it on the target
+    path after the encoder. model is None when the model is only a ShiftRight;
+    it is returned unchanged when it has none.
     """
     if isinstance(model, attention.ShiftRight):
         return None, (), ()
-    if isinstance(model, combinators.Serial) and model.sublayers:
-        first, first_weights, first_state = _without_leading_shift(model.sublayers[0], weights[0], state[0])
-        if first is not model.sublayers[0]:
-            keep = (first,) if first is not None else ()
-            return (
-                combinators.Serial(*keep, *model.sublayers[1:], name=model.name),
-                (first_weights,) * len(keep) + tuple(weights[1:]),
-                (first_state,) * len(keep) + tuple(state[1:]),
-            )
+    if not isinstance(model, combinators.Serial):
+        return model, weights, state
+    for i, sub in enumerate(model.sublayers):
+        new_sub, new_weights, new_state = _without_first_shift(sub, weights[i], state[i])
+        if new_sub is sub:
+            continue
+        keep = (new_sub,) if new_sub is not None else ()
+        layers = model.sublayers[:i] + keep + model.sublayers[i + 1 :]
+        return (
+            combinators.Serial(*layers, name=model.name),
+            tuple(weights[:i]) + (new_weights,) * len(keep) + tuple(weights[i + 1 :]),
+            tuple(state[:i]) + (new_state,) * len(keep) + tuple(state[i + 1 :]),
+        )
     return model, weights, state
 
 
@@ -76,7 +82,7 @@ def _start(model, weights, state, batch_size: int, inputs):
     block = shapes.ShapeDtype((batch_size, 1), np.int32)
     signature = block if inputs is None else (shapes.signature(inputs), block)
     _, stream_state = streaming.start_stream(predict_model, signature, weights, state)
-    core, core_weights, core_state = _without_leading_shift(predict_model, weights, stream_state)
+    core, core_weights, core_state = _without_first_shift(predict_model, weights, stream_state)
     if core is None:
         raise ValueError("autoregressive_sample: the model is only a ShiftRight; nothing to sample from")
     return _cached_core(predict_model, core), core_weights, core_state

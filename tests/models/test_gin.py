@@ -1,0 +1,53 @@
+"""Models are gin configurables named `trax_sl.models.<Name>`, as in Trax."""
+
+import gin
+import jax.numpy as jnp
+import pytest
+
+from trax_sl import models
+from trax_sl.shapes import ShapeDtype
+from trax_sl.supervised import trainer_lib  # noqa: F401  (registers `train`)
+
+MODELS = [
+    "MLP",
+    "TransformerEncoder",
+    "TransformerDecoder",
+    "TransformerLM",
+    "Transformer",
+    "RNNLM",
+    "GRULM",
+    "ConformerEncoder",
+    "SequenceTransformer",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_configs_name_models(name):
+    gin.parse_config(f"train.model = @trax_sl.models.{name}")
+    reference = gin.query_parameter("train.model")
+    assert reference.configurable.name == name
+    assert reference.configurable.module == "trax_sl.models"
+    assert name in models.__all__
+
+
+def test_bindings_reach_the_model():
+    gin.parse_config(
+        [
+            "TransformerLM.vocab_size = 8",
+            "TransformerLM.d_model = 16",
+            "TransformerLM.d_ff = 32",
+            "trax_sl.models.TransformerLM.n_layers = 1",
+            "TransformerLM.n_heads = 2",
+        ]
+    )
+    model = models.TransformerLM(mode="eval")
+    weights, _ = model.weights_and_state_signature(ShapeDtype((2, 4), jnp.int32))
+    assert weights[1].shape == (8, 16)  # The embedding.
+    assert len(weights) == 8  # One decoder block: two Residuals.
