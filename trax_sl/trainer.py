@@ -7,8 +7,13 @@
 `--output_dir` resumes from its newest checkpoint. Mistakes in the
 configuration (an unknown configurable or parameter, a missing file or data
 set, a required parameter left unset) end the program with one line naming
-them and exit status 1. For several processes, pass `--coordinator_address`,
-`--num_processes` and `--process_id` (`jax.distributed.initialize`).
+them and exit status 1.
+
+Training uses every local device. For a run of several processes (hosts),
+start the same command in each: `jax.distributed.initialize` connects them
+when `--coordinator_address`, `--num_processes` or `--process_id` is given,
+when the environment sets `JAX_COORDINATOR_ADDRESS`, or with `--distributed`
+(which lets JAX detect Cloud TPU, SLURM or Open MPI by itself).
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ flags.DEFINE_boolean("progress_bar", None, "Show a progress bar (default: when s
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_boolean(
+    "distributed",
+    None,
+    "Call jax.distributed.initialize() (it detects Cloud TPU, SLURM, Open MPI); by default only when "
+    "--coordinator_address, --num_processes, --process_id or $JAX_COORDINATOR_ADDRESS is given.",
+)
 
 
 class ConfigError(Exception):
@@ -88,12 +99,24 @@ def _output_dir_or_default() -> str:
 
 
 def _init_distributed() -> None:
-    if FLAGS.coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
+    """Connects the processes of a multi-process run, if the flags or the environment say it is one."""
+    given = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed = FLAGS.distributed
+    if distributed is None:
+        distributed = any(x is not None for x in given) or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    if distributed:
+        # What is not given, jax takes from $JAX_COORDINATOR_ADDRESS or the cluster it detects.
+        try:
+            jax.distributed.initialize(
+                coordinator_address=FLAGS.coordinator_address,
+                num_processes=FLAGS.num_processes,
+                process_id=FLAGS.process_id,
+            )
+        except (ValueError, TypeError) as e:
+            raise ConfigError(
+                f"jax.distributed.initialize: {_one_line(e)} (give --coordinator_address, --num_processes "
+                f"and --process_id, or run where JAX detects the cluster: Cloud TPU, SLURM, Open MPI)"
+            ) from e
 
 
 def _one_line(error: BaseException) -> str:

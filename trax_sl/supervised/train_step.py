@@ -1,35 +1,67 @@
 """The compiled training and evaluation steps, and where their arrays live.
 
-Arrays live on a one-axis `Mesh` ('data') of the devices a loop uses:
-weights, state, optimizer state and rng replicated, batches split on their
-leading (batch) axis. Everything a step takes is put there *before* its
-first call, and its outputs come back with the same shardings, so a step
-compiles once per batch shape: calls never alternate between uncommitted
-and committed arrays, which would make jit compile again.
+Training is data parallel: arrays live on a one-axis `Mesh` ('data') of the
+devices a loop uses (by default every device of every process): weights,
+state, optimizer state and rng replicated, batches split on their leading
+(batch) axis, so each device computes on its slice of the global batch.
+The step is one `jax.jit` program over the whole mesh: the loss is the mean
+over the global batch, and the partitioner adds the one all-reduce its
+gradient needs (no pmap, no hand-written pmean to apply twice).
+
+In a multi-process run (`jax.distributed`), each process reads its own part
+of the global batch; `put_batch` assembles the global array from the parts
+(`jax.make_array_from_process_local_data`), process 0's part first.
+
+Everything a step takes is put on the mesh *before* its first call, and its
+outputs come back with the same shardings, so a step compiles once per batch
+shape: calls never alternate between uncommitted and committed arrays, which
+would make jit compile again.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import jax
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from trax_sl import shapes
 
 DATA_AXIS = "data"
 
 
-def make_mesh(n_devices: int) -> Mesh:
-    """A one-axis mesh over the first `n_devices` local devices."""
-    devices = jax.local_devices()
-    if not 1 <= n_devices <= len(devices):
+def make_mesh(n_devices: int | None = None) -> Mesh:
+    """A one-axis 'data' mesh over the first `n_devices` local devices of every process.
+
+    Devices are ordered process by process, so that each process's devices
+    hold one contiguous slice of the batch: its own part.
+
+    Args:
+        n_devices: Devices per process; None for all local devices.
+    """
+    n_local = jax.local_device_count()
+    n_devices = n_local if n_devices is None else n_devices
+    if (
+        isinstance(n_devices, bool)
+        or not isinstance(n_devices, (int, np.integer))
+        or not 1 <= n_devices <= n_local
+    ):
         raise ValueError(
-            f"n_devices must be between 1 and the {len(devices)} local device(s), got n_devices={n_devices}"
+            f"n_devices must be an int between 1 and the {n_local} local device(s) "
+            f"({jax.default_backend()}), got n_devices={n_devices!r}"
         )
-    return Mesh(np.asarray(devices[:n_devices]), (DATA_AXIS,))
+    by_process = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    devices = [
+        device
+        for _, group in itertools.groupby(by_process, key=lambda d: d.process_index)
+        for device in list(group)[:n_devices]
+    ]
+    # Auto axes: the partitioner propagates shardings from inputs and outputs (explicit axes
+    # would make the batch sharding part of every intermediate's type).
+    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -37,21 +69,38 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def put_replicated(tree, mesh: Mesh):
-    """Copies `tree` onto every device of `mesh` (fresh buffers: steps donate them)."""
+    """Copies `tree` onto every device of `mesh` (fresh buffers: steps donate them).
+
+    In a multi-process run every process must pass the same values.
+    """
     return jax.device_put(tree, replicated(mesh), may_alias=False)
 
 
 def put_batch(batch, mesh: Mesh):
-    """Puts a batch on `mesh`, split on its leading axis; checks that it divides."""
-    n_devices = mesh.devices.size
+    """Puts this process's part of a batch on `mesh`, split on its leading axis; checks that it divides.
+
+    With one process the part is the whole batch. With several, the global
+    batch is the processes' parts one after the other.
+    """
+    n_processes = len({device.process_index for device in mesh.devices.flat})
+    n_local = sum(device.process_index == jax.process_index() for device in mesh.devices.flat)
     for leaf in jax.tree.leaves(batch):
         shape = np.shape(leaf)
-        if not shape or shape[0] % n_devices:
+        if not shape:
+            raise ValueError(f"batch items must have a leading batch axis, got a scalar item {leaf!r}")
+        if shape[0] % n_local:
+            size, devices, per_process = f"the global batch size {shape[0]}", f"n_devices={n_local}", ""
+            if n_processes > 1:
+                size = f"the global batch size {shape[0] * n_processes} ({shape[0]} per process)"
+                devices = f"the {mesh.devices.size} devices (n_devices={n_local} per process)"
+                per_process = " per process"
             raise ValueError(
-                f"a batch of arrays with a leading batch axis divisible by n_devices={n_devices} is "
-                f"expected; got an item of shape {tuple(shape)}"
+                f"{size} does not divide by {devices}: each device takes an equal slice of the batch; "
+                f"use a batch size{per_process} that is a multiple of {n_local}, or an n_devices that "
+                f"divides it; got a batch item of shape {tuple(shape)}"
             )
-    return jax.device_put(batch, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, leaf), batch)
 
 
 def stack_inputs(batch: tuple, n_in: int):

@@ -21,6 +21,7 @@ import collections
 from collections.abc import Callable
 
 import gin
+import jax
 from absl import logging
 
 from trax_sl import layers as tl
@@ -46,7 +47,7 @@ def named_stream(name=gin.REQUIRED, stream=gin.REQUIRED) -> NamedStream:
 
 @gin.configurable
 def num_devices(value: int | None = None) -> int | None:
-    """Returns how many devices to use (None: the default, one device for now)."""
+    """Returns how many local devices to use (None: all of them), as Trax's `num_devices`."""
     return value
 
 
@@ -83,6 +84,10 @@ def train(
     progress_bar: bool | None = None,
 ) -> training.Loop:
     """Trains the model on the inputs; returns the `training.Loop`.
+
+    Training is data parallel over `num_devices.value` local devices (all by
+    default) of every process of the run; the batch sizes of `inputs` are per
+    process (see `training.Loop`).
 
     Args:
         output_dir: Directory for checkpoints, metrics.jsonl, event files and
@@ -131,11 +136,11 @@ def train(
         raise ValueError(
             'train: only one of ["permanent_checkpoint_frequency", "permanent_checkpoints_at"] should be set'
         )
-    n_devices = num_devices()
+    n_devices = num_devices() or jax.local_device_count()
     if callable(inputs):
         inputs = inputs()
     train_task = training.TrainTask(
-        lambda position: inputs.train_stream(n_devices or 1, position=position),
+        lambda position: inputs.train_stream(n_devices, position=position),
         loss_layer=loss_fn,
         optimizer=optimizer(),
         lr_schedule=lr_schedule_fn(),
@@ -147,7 +152,7 @@ def train(
     eval_tasks = list(additional_eval_tasks or [])
     if eval_steps and eval_frequency:
         eval_task = training.EvalTask(
-            lambda position: inputs.eval_stream(n_devices or 1, position=position),
+            lambda position: inputs.eval_stream(n_devices, position=position),
             metric_layers,
             metric_names=names,
             n_eval_batches=eval_steps,

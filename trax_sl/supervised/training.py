@@ -23,6 +23,11 @@ opt_state, loss, rng)` is one jitted function per task that donates its
 arrays and compiles once per batch shape (see `train_step`). The loss stays
 on the device; the host waits for it only at logging steps.
 
+Devices: data parallel over all local devices (`n_devices` for fewer), each
+on a slice of the global batch. With several processes (`jax.distributed`)
+each process's batches are its part of the global batch; process 0 alone
+writes files and logs, every process restores the same checkpoint files.
+
 Resuming: a loop whose `output_dir` holds checkpoints continues from the
 newest usable one (weights, state, optimizer state, step, rng, history and
 the batches taken from each task's data), so a run killed and started again
@@ -42,6 +47,7 @@ import jax
 import numpy as np
 import tqdm
 from absl import logging
+from jax.experimental import multihost_utils
 
 from trax_sl import layers as tl
 from trax_sl.supervised import checkpoints, train_step
@@ -130,7 +136,8 @@ class Loop:
                 checkpoint default (train metrics are logged even without evals).
             which_task: Function step -> index of the task to train at that step;
                 by default tasks take turns.
-            n_devices: Devices to use (batches split among them); 1 if None.
+            n_devices: Local devices to use (each takes an equal slice of the
+                batch); all of them if None. In a multi-process run, per process.
             random_seed: Seed of initialization and of the step's rng; random if None.
             loss_chunk_size: Accepted for Trax configs; has no effect.
             use_memory_efficient_trainer: Accepted for Trax configs; has no effect.
@@ -161,8 +168,8 @@ class Loop:
         self._model = model
         self._eval_model = eval_model or model
         self._is_chief = jax.process_index() == 0
-        self._n_devices = n_devices or 1
-        self._mesh = train_step.make_mesh(self._n_devices)
+        self._mesh = train_step.make_mesh(n_devices)
+        self._n_devices = jax.local_device_count() if n_devices is None else n_devices
         self._output_dir = None if output_dir is None else os.path.expanduser(output_dir)
         self._n_checkpoints_to_keep = n_checkpoints_to_keep
         self._progress_bar = progress_bar
@@ -199,6 +206,11 @@ class Loop:
                 os.makedirs(self._output_dir, exist_ok=True)
                 checkpoints.remove_leftovers(self._output_dir)
             self.load_checkpoint()
+        if jax.process_count() > 1:
+            # Processes on different steps (a stale shared file system) would hang in the first step.
+            multihost_utils.assert_equal(
+                np.int64(self._step), "Loop: the processes restored checkpoints of different steps"
+            )
         self._sync_models()
         self._callbacks = [callback_class(self) for callback_class in callbacks or []]
 
@@ -282,11 +294,12 @@ class Loop:
 
     @property
     def n_devices(self) -> int:
+        """The local devices the loop uses (per process); `mesh` holds all of them."""
         return self._n_devices
 
     @property
     def mesh(self) -> jax.sharding.Mesh:
-        """The devices the loop runs on (batches are split on its 'data' axis)."""
+        """The devices the loop runs on, of every process (batches are split on its 'data' axis)."""
         return self._mesh
 
     @property
@@ -341,7 +354,7 @@ class Loop:
         """Runs `n_steps` training steps, with evals, logging and checkpoints where due."""
         if self._is_chief:
             self._logger.save_gin_config(gin.operative_config_str(), self._step)
-        disable = None if self._progress_bar is None else not self._progress_bar
+        disable = not self._is_chief or (None if self._progress_bar is None else not self._progress_bar)
         with tqdm.tqdm(total=n_steps, disable=disable, unit="step", dynamic_ncols=True) as bar:
             self._bar = bar
             try:
@@ -450,6 +463,8 @@ class Loop:
         return tasks[index].export_prefix or str(index)
 
     def _write_line(self, line: str) -> None:
+        if not self._is_chief:
+            return
         if self._bar is not None and not self._bar.disable:
             self._bar.write(line)
         else:
@@ -568,8 +583,6 @@ def _seed(random_seed: int | None) -> int:
         return int(random_seed)
     seed = random.SystemRandom().randrange(2**31)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         seed = int(multihost_utils.broadcast_one_to_all(np.int32(seed)))
     return seed
 
