@@ -411,3 +411,12 @@ def test_caller_of_library_combinators_is_the_users_line():
     branch = tl.Branch(tl.Fn("A", lambda x: x), tl.Fn("B", lambda x: x))
     assert branch.caller == _created_at(line)
     assert all(sub.caller == _created_at(line) for sub in branch.sublayers)
+
+
+def test_serial_says_which_sublayer_runs_short_of_inputs():
+    double = tl.Fn("Double", lambda x: 2 * x)
+    model = tl.Serial(double, tl.Add())
+    with pytest.raises(
+        tl.LayerError, match=r"Add\[1\] needs 2 items but 1 would be on the stack after Double\[0\]"
+    ):
+        model(jnp.ones((2, 3)))

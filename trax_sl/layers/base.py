@@ -379,12 +379,18 @@ class Layer:
         if not isinstance(x, (tuple, list)):
             raise ValueError(  # noqa: TRY004 (an arity error, like the one below)
                 f"{self.name} takes {self._n_in} inputs from the stack, got one "
-                f"({_safe_short_form(x)}); pass a tuple of {self._n_in} items"
+                f"({_safe_short_form(x)}){self._arity_reason(1)}; pass a tuple of {self._n_in} items"
             )
         if len(x) != self._n_in:
             raise ValueError(
-                f"{self.name} takes {self._n_in} inputs from the stack, got {len(x)} ({_safe_short_form(x)})"
+                f"{self.name} takes {self._n_in} inputs from the stack, got {len(x)} "
+                f"({_safe_short_form(x)}){self._arity_reason(len(x))}"
             )
+
+    def _arity_reason(self, n_given: int) -> str:
+        """Why n_in is what it is; Serial says which sublayer would run short."""
+        del n_given
+        return ""
 
     def _check_outputs(self, outputs) -> None:
         if self._n_out == 1:

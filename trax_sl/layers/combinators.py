@@ -134,6 +134,15 @@ class Serial(_StackLayer):
     def init_with_output_signature(self, input_signature, rng):
         return self._init_sublayers_in_series(self.sublayers, input_signature, rng)
 
+    def _arity_reason(self, n_given: int) -> str:
+        depth = n_given
+        for i, sub in enumerate(self.sublayers):
+            if sub.n_in > depth:
+                after = f" after {self.sublayers[i - 1].name}[{i - 1}]" if i else ""
+                return f": {sub.name}[{i}] needs {sub.n_in} items but {depth} would be on the stack{after}"
+            depth += sub.n_out - sub.n_in
+        return ""
+
     @property
     def supports_step(self) -> bool:
         return super().supports_step and self._stack_latencies_agree()
