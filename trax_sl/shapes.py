@@ -63,6 +63,8 @@ def short_form(x) -> str:
         dtype = str(np.dtype(x.dtype)) if x.dtype is not None else "?"
         dims = ",".join(str(d) for d in x.shape)
         return f"{_DTYPE_ABBREVIATIONS.get(dtype, dtype)}[{dims}]"
+    if hasattr(type(x), "short_form"):  # Markers such as base.SHARED name themselves.
+        return x.short_form()
     return type(x).__name__
 
 

@@ -45,6 +45,9 @@ class _SharedWeights:
     def __repr__(self):
         return "SHARED"
 
+    def short_form(self) -> str:
+        return "SHARED"
+
 
 SHARED = _SharedWeights()
 jax.tree_util.register_pytree_node(_SharedWeights, lambda _: ((), None), lambda _a, _c: SHARED)
@@ -63,7 +66,9 @@ class LayerError(Exception):
         # A wrapped ValueError/TypeError is still one, so `except ValueError` keeps working.
         kind = cls
         if cls is LayerError:
-            kind = next((sub for base_kind, sub in _KIND_SUBCLASSES.items() if isinstance(cause, base_kind)), cls)
+            kind = next(
+                (sub for base_kind, sub in _KIND_SUBCLASSES.items() if isinstance(cause, base_kind)), cls
+            )
         return super().__new__(kind)
 
     def __init__(self, layer: Layer, function_name: str, inputs, cause: BaseException):
@@ -110,7 +115,8 @@ class _LayerTypeError(LayerError, TypeError):
     pass
 
 
-_LayerValueError.__name__ = _LayerTypeError.__name__ = "LayerError"
+for _kind in (_LayerValueError, _LayerTypeError):  # Tracebacks print the qualified name.
+    _kind.__name__ = _kind.__qualname__ = "LayerError"
 _KIND_SUBCLASSES = {ValueError: _LayerValueError, TypeError: _LayerTypeError}
 
 
