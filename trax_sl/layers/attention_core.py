@@ -87,7 +87,9 @@ def attend(
     Returns:
       `[..., query_time, value_depth]`.
     """
-    logits = jnp.matmul(queries * jnp.asarray(scale, queries.dtype), jnp.swapaxes(keys, -1, -2))
+    # einsum contracts the keys' last axis in place; matmul with swapaxes made XLA:CPU copy
+    # the transposed keys (a whole KV cache per layer per decoding step).
+    logits = jnp.einsum("...qd,...kd->...qk", queries * jnp.asarray(scale, queries.dtype), keys)
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if soft_cap:
         logits = soft_cap * jnp.tanh(logits / soft_cap)
@@ -102,7 +104,7 @@ def attend(
     if zero_fully_masked:
         seen = jnp.any(jnp.broadcast_to(visible, probabilities.shape), axis=-1, keepdims=True)
         probabilities = jnp.where(seen, probabilities, 0.0)
-    return jnp.matmul(probabilities.astype(values.dtype), values)
+    return jnp.einsum("...qk,...kd->...qd", probabilities.astype(values.dtype), values)
 
 
 def multihead_attention(queries, keys, values, visible, **attend_kwargs):
@@ -280,30 +282,33 @@ def self_attention_step(
     k, v, valid = _valid_keys_and_values(keys, values)
     time = queries.shape[1]
     length = cache.keys.shape[1]
-    if past == -1:
-        slot_valid = jnp.arange(length).reshape((1, -1)) < cache.slots.reshape((-1, 1))
-    else:
-        slot_valid = cache.slots
-    memory_k = jnp.concatenate([cache.keys, k], axis=1)
-    memory_v = jnp.concatenate([cache.values, v], axis=1)
-    memory_valid = jnp.concatenate([slot_valid, valid], axis=1)
 
     q_all = jnp.concatenate([cache.queries, queries.values], axis=1)
     q_mask_all = jnp.concatenate([cache.queries_mask, queries.mask], axis=1)
     q, q_mask = q_all[:, :time], q_mask_all[:, :time]
 
-    # The cache holds the `length` steps before the block, the queries are F
-    # steps back; the global cache's slots all lie in every query's past.
+    if past == -1:
+        # Write the block first, then attend over the cache alone: no concatenated copy of
+        # the whole cache per step, and the scatter updates the cache in place.
+        new_keys, new_values, slots = _write_global(cache, k, v, valid)
+        # Query j (F steps back) sees the row's valid steps up to block step j.
+        seen = cache.slots.reshape((-1, 1)) + jnp.cumsum(valid.astype(jnp.int32), axis=1)
+        visible = (np.arange(length).reshape((1, 1, -1)) < seen[:, :, None])[:, None]
+        out = attend_fn(q, new_keys, new_values, visible)
+        q_mask = q_mask & (seen <= length)
+        new_cache = StreamCache(new_keys, new_values, slots, q_all[:, time:], q_mask_all[:, time:])
+        return seq.Sequence(out, q_mask), new_cache
+
+    memory_k = jnp.concatenate([cache.keys, k], axis=1)
+    memory_v = jnp.concatenate([cache.values, v], axis=1)
+    memory_valid = jnp.concatenate([cache.slots, valid], axis=1)
+
+    # The cache holds the `length` steps before the block, the queries are F steps back.
     vis = visibility(length - future + np.arange(time), np.arange(length + time), past, future)
     visible = memory_valid[:, None, None, :] & vis[None, None]
     out = attend_fn(q, memory_k, memory_v, visible)
 
-    if past == -1:
-        seen = cache.slots.reshape((-1, 1)) + jnp.cumsum(valid.astype(jnp.int32), axis=1)
-        q_mask = q_mask & (seen <= length)  # The keys of query j go up to block step j.
-        new_keys, new_values, slots = _write_global(cache, k, v, valid)
-    else:
-        new_keys, new_values, slots = memory_k[:, time:], memory_v[:, time:], memory_valid[:, time:]
+    new_keys, new_values, slots = memory_k[:, time:], memory_v[:, time:], memory_valid[:, time:]
     new_cache = StreamCache(new_keys, new_values, slots, q_all[:, time:], q_mask_all[:, time:])
     return seq.Sequence(out, q_mask), new_cache
 
