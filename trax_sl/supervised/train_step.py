@@ -20,6 +20,7 @@ would make jit compile again.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 
@@ -99,8 +100,15 @@ def put_batch(batch, mesh: Mesh):
                 f"use a batch size{per_process} that is a multiple of {n_local}, or an n_devices that "
                 f"divides it; got a batch item of shape {tuple(shape)}"
             )
-    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    sharding = _batch_sharding(mesh)
+    if n_processes == 1:  # One transfer for the whole batch: the cheapest host work per step.
+        return jax.device_put(batch, sharding)
     return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, leaf), batch)
+
+
+@functools.lru_cache(maxsize=8)
+def _batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
 def stack_inputs(batch: tuple, n_in: int):
