@@ -99,7 +99,7 @@ def _run_sharded(layer: Accelerate, x, weights, state, rng):
 _run_sharded_jit = jax.jit(_run_sharded, static_argnums=0)
 
 
-class Accelerate(base.Layer):
+class Accelerate(base.WrapsOneLayer):
     """Accelerates a layer, running it data parallel on several devices.
 
     By default it uses all local devices: the input is split on its first
@@ -129,8 +129,6 @@ class Accelerate(base.Layer):
     Predict mode: the state is the layer's; streams like the layer.
     """
 
-    handles_sequences = True
-
     def __init__(self, layer: base.Layer, n_devices: int | None = None):
         """Wraps `layer`.
 
@@ -147,41 +145,10 @@ class Accelerate(base.Layer):
         self._n_devices = n_devices
 
     @property
-    def sublayer(self) -> base.Layer:
-        """Returns the unique sublayer managed by this layer."""
-        return self._sublayers[0]
-
-    @property
     def n_devices(self) -> int:
         return self._n_devices
 
-    # --- Streaming properties: the sublayer's ---------------------------------
-
-    @property
-    def block_size(self) -> int:
-        return self.sublayer.block_size
-
-    @property
-    def output_ratio(self):
-        return self.sublayer.output_ratio
-
-    @property
-    def input_latency(self) -> int:
-        return self.sublayer.input_latency
-
-    @property
-    def output_latency(self) -> int:
-        return self.sublayer.output_latency
-
-    @property
-    def receptive_field(self):
-        return self.sublayer.receptive_field
-
     # --- Computation -----------------------------------------------------------
-
-    def init_with_output_signature(self, input_signature, rng):
-        weights, state, out = base.init_sublayer(0, self.sublayer, input_signature, rng)
-        return (weights,), (state,), out
 
     def forward(self, x, weights, state, rng):
         if _has_shared(weights):

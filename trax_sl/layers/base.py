@@ -611,6 +611,45 @@ class Layer:
         return weights, state
 
 
+class WrapsOneLayer(Layer):
+    """A layer around one sublayer whose streaming properties are the sublayer's.
+
+    For wrappers that change how the sublayer runs (rematerialised, on
+    several devices), not what it computes over time.
+    """
+
+    handles_sequences = True
+
+    @property
+    def sublayer(self) -> Layer:
+        """Returns the unique sublayer managed by this layer."""
+        return self._sublayers[0]
+
+    @property
+    def block_size(self) -> int:
+        return self.sublayer.block_size
+
+    @property
+    def output_ratio(self) -> fractions.Fraction:
+        return self.sublayer.output_ratio
+
+    @property
+    def input_latency(self) -> int:
+        return self.sublayer.input_latency
+
+    @property
+    def output_latency(self) -> int:
+        return self.sublayer.output_latency
+
+    @property
+    def receptive_field(self) -> tuple[float, float]:
+        return self.sublayer.receptive_field
+
+    def init_with_output_signature(self, input_signature, rng):
+        weights, state, out = init_sublayer(0, self.sublayer, input_signature, rng)
+        return (weights,), (state,), out
+
+
 def call_sublayer(index: int, layer: Layer, x, weights, state, rng):
     """What combinators use to run sublayer `index`: errors name the index."""
     try:

@@ -102,7 +102,7 @@ class Repeat(base.Layer):
         return y, new_state
 
 
-class CheckpointGradient(base.Layer):
+class CheckpointGradient(base.WrapsOneLayer):
     """Runs `layer` and recomputes its activations in the backward pass.
 
     Saves memory in training (rematerialisation, `jax.checkpoint`); the values
@@ -111,41 +111,11 @@ class CheckpointGradient(base.Layer):
     Predict mode: the state is the layer's.
     """
 
-    handles_sequences = True
-
     def __init__(self, layer: base.Layer):
         super().__init__(
             n_in=layer.n_in, n_out=layer.n_out, name="CheckpointGradient", sublayers_to_print=[layer]
         )
         self._sublayers = (layer,)
-
-    @property
-    def sublayer(self) -> base.Layer:
-        return self._sublayers[0]
-
-    @property
-    def block_size(self) -> int:
-        return self.sublayer.block_size
-
-    @property
-    def output_ratio(self):
-        return self.sublayer.output_ratio
-
-    @property
-    def input_latency(self) -> int:
-        return self.sublayer.input_latency
-
-    @property
-    def output_latency(self) -> int:
-        return self.sublayer.output_latency
-
-    @property
-    def receptive_field(self) -> tuple[int, int]:
-        return self.sublayer.receptive_field
-
-    def init_with_output_signature(self, input_signature, rng):
-        w, s, out = base.init_sublayer(0, self.sublayer, input_signature, rng)
-        return (w,), (s,), out
 
     def forward(self, x, weights, state, rng):
         run = jax.checkpoint(lambda x, w, s, r: base.call_sublayer(0, self.sublayer, x, w, s, r))
