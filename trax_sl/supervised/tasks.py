@@ -92,8 +92,43 @@ def _to_optax(optimizer, lr_schedule) -> optax.GradientTransformation:
     return optimizer.to_optax(lr_schedule, step_offset=1)
 
 
+class _LabeledDataTask:
+    """What train and eval tasks share: resumable labeled data, a sample batch, an export prefix."""
+
+    def _init_data(self, labeled_data, task_name: str, sample_batch, export_prefix) -> None:
+        self._batches = _Batches(labeled_data, task_name)
+        self._labeled_data = labeled_data
+        self._sample_batch = self._batches.sample() if sample_batch is None else sample_batch
+        self._export_prefix = export_prefix
+
+    @property
+    def labeled_data(self):
+        return self._labeled_data
+
+    @property
+    def sample_batch(self):
+        return self._sample_batch
+
+    def next_batch(self):
+        """Returns one batch of labeled data: a tuple of input(s) plus label."""
+        return self._batches.next()
+
+    @property
+    def data_position(self) -> int:
+        """How many batches `next_batch` has returned (what checkpoints save)."""
+        return self._batches.position
+
+    def seek(self, position: int) -> None:
+        """Makes `next_batch` continue after the first `position` batches (a resumed Loop calls it)."""
+        self._batches.seek(position)
+
+    @property
+    def export_prefix(self) -> str | None:
+        return self._export_prefix
+
+
 @gin.configurable(module="trax_sl.supervised.training")
-class TrainTask:
+class TrainTask(_LabeledDataTask):
     """A supervised task (labeled data + feedback mechanism) for training."""
 
     def __init__(
@@ -127,42 +162,14 @@ class TrainTask:
                 first batch of `labeled_data` (taken from an iterator, as in Trax).
             export_prefix: Name of this task in logs when there are several.
         """
-        self._batches = _Batches(labeled_data, "TrainTask")
-        self._labeled_data = labeled_data
+        self._init_data(labeled_data, "TrainTask", sample_batch, export_prefix)
         self._loss_layer = loss_layer
         self._optimizer = optimizer
         self._lr_schedule = lr_schedule
         self._tx = _to_optax(optimizer, lr_schedule)
-        self._sample_batch = self._batches.sample() if sample_batch is None else sample_batch
         self._n_steps_per_checkpoint = n_steps_per_checkpoint
         self._n_steps_per_permanent_checkpoint = n_steps_per_permanent_checkpoint
         self._loss_name = loss_name or loss_layer.name
-        self._export_prefix = export_prefix
-
-    @property
-    def labeled_data(self):
-        return self._labeled_data
-
-    @property
-    def sample_batch(self):
-        return self._sample_batch
-
-    def next_batch(self):
-        """Returns one batch of labeled data: a tuple of input(s) plus label."""
-        return self._batches.next()
-
-    @property
-    def data_position(self) -> int:
-        """How many batches `next_batch` has returned (what checkpoints save)."""
-        return self._batches.position
-
-    def seek(self, position: int) -> None:
-        """Makes `next_batch` continue after the first `position` batches (a resumed Loop calls it)."""
-        self._batches.seek(position)
-
-    @property
-    def export_prefix(self) -> str | None:
-        return self._export_prefix
 
     @property
     def loss_layer(self) -> tl.Layer:
@@ -197,7 +204,7 @@ class TrainTask:
 
 
 @gin.configurable(module="trax_sl.supervised.training")
-class EvalTask:
+class EvalTask(_LabeledDataTask):
     """Labeled data plus scalar functions for (periodically) measuring a model.
 
     The value of each metric is its average over `n_eval_batches` batches.
@@ -223,8 +230,7 @@ class EvalTask:
             sample_batch: Batch to initialize from; the first of `labeled_data` if None.
             export_prefix: Name of this task in logs when there are several.
         """
-        self._batches = _Batches(labeled_data, "EvalTask")
-        self._labeled_data = labeled_data
+        self._init_data(labeled_data, "EvalTask", sample_batch, export_prefix)
         self._metrics = list(metrics)
         self._metric_names = list(metric_names or [m.name for m in self._metrics])
         if len(self._metrics) != len(self._metric_names):
@@ -237,33 +243,6 @@ class EvalTask:
         if n_eval_batches < 1:
             raise ValueError(f"EvalTask: n_eval_batches must be >= 1, got {n_eval_batches}")
         self._n_eval_batches = n_eval_batches
-        self._sample_batch = self._batches.sample() if sample_batch is None else sample_batch
-        self._export_prefix = export_prefix
-
-    @property
-    def labeled_data(self):
-        return self._labeled_data
-
-    @property
-    def sample_batch(self):
-        return self._sample_batch
-
-    def next_batch(self):
-        """Returns one batch of labeled data: a tuple of input(s) plus label."""
-        return self._batches.next()
-
-    @property
-    def data_position(self) -> int:
-        """How many batches `next_batch` has returned (what checkpoints save)."""
-        return self._batches.position
-
-    def seek(self, position: int) -> None:
-        """Makes `next_batch` continue after the first `position` batches (a resumed Loop calls it)."""
-        self._batches.seek(position)
-
-    @property
-    def export_prefix(self) -> str | None:
-        return self._export_prefix
 
     @property
     def metrics(self) -> list[tl.Layer]:
