@@ -134,6 +134,10 @@ class Sequence:
     def channel_spec(self) -> shapes.ShapeDtype:
         return shapes.ShapeDtype(self.channel_shape, self.dtype)
 
+    def short_form(self) -> str:
+        """`Sequence(f32[8,16,32])`: the short form error messages print."""
+        return f"Sequence({shapes.short_form(self.values)})"
+
     def __repr__(self) -> str:
         if isinstance(self.values, (np.ndarray, jax.Array)) and not isinstance(self.values, jax.core.Tracer):
             return f"{type(self).__name__}(values={self.values!r}, mask={self.mask!r})"
@@ -150,3 +154,20 @@ class MaskedSequence(Sequence):
 
 def is_sequence(x) -> bool:
     return isinstance(x, Sequence)
+
+
+def as_sequence(x) -> tuple[Sequence, bool]:
+    """(x as a Sequence, whether x was one): a plain array is an all-valid Sequence."""
+    if isinstance(x, Sequence):
+        return x, True
+    return Sequence.from_values(x), False
+
+
+def like_input(y: Sequence, was_sequence: bool):
+    """The output kind follows the input kind: `y`, or its values when the input was an array."""
+    return y if was_sequence else y.values
+
+
+def values_of(x):
+    """The values of a Sequence (or of a Sequence signature); anything else as it is."""
+    return x.values if isinstance(x, Sequence) else x

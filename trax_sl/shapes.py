@@ -52,19 +52,19 @@ _DTYPE_ABBREVIATIONS = {
 
 
 def short_form(x) -> str:
-    """Returns `f32[8,16]` for an array or signature; recurses into tuples."""
-    from trax_sl import sequence  # Sequence imports shapes; keep the cycle lazy.
+    """Returns `f32[8,16]` for an array or signature; recurses into tuples.
 
-    if isinstance(x, sequence.Sequence):
-        return f"Sequence({short_form(x.values)})"
+    Objects that name themselves (a `short_form()` method: Sequences, markers
+    such as base.SHARED) come first, since a Sequence also has a shape.
+    """
+    if hasattr(type(x), "short_form"):
+        return x.short_form()
     if isinstance(x, (tuple, list)):
         return "(" + ", ".join(short_form(item) for item in x) + ")"
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         dtype = str(np.dtype(x.dtype)) if x.dtype is not None else "?"
         dims = ",".join(str(d) for d in x.shape)
         return f"{_DTYPE_ABBREVIATIONS.get(dtype, dtype)}[{dims}]"
-    if hasattr(type(x), "short_form"):  # Markers such as base.SHARED name themselves.
-        return x.short_form()
     return type(x).__name__
 
 
@@ -72,14 +72,14 @@ def signature(obj):
     """Returns the ShapeDtype tree of `obj`: arrays, tuples/lists and Sequences.
 
     The structure is kept (a Sequence of arrays becomes a Sequence of
-    ShapeDtypes), so the result can be passed to `Layer.init`.
+    ShapeDtypes: any pytree node class is rebuilt around the signatures of its
+    children), so the result can be passed to `Layer.init`.
     """
-    from trax_sl import sequence
-
     if isinstance(obj, ShapeDtype):
         return obj
-    if isinstance(obj, sequence.Sequence):
-        return type(obj)(signature(obj.values), signature(obj.mask))
+    if hasattr(type(obj), "tree_flatten") and hasattr(type(obj), "tree_unflatten"):
+        children, aux = obj.tree_flatten()
+        return type(obj).tree_unflatten(aux, [signature(child) for child in children])
     if isinstance(obj, (tuple, list)):
         return tuple(signature(item) for item in obj)
     if hasattr(obj, "shape") and hasattr(obj, "dtype"):

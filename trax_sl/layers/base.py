@@ -17,14 +17,14 @@ import threading
 import jax
 import numpy as np
 
+from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl import shapes
 from trax_sl.layers import serialization, streaming
 from trax_sl.layers.sharding import shard, unshard, unshard_in_pmap  # noqa: F401  (Trax's base API)
 
 EMPTY_WEIGHTS = ()
 EMPTY_STATE = ()
-MODES = ("train", "eval", "predict")
+MODES = checks.MODES
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -174,6 +174,16 @@ def split_rng(rng, n: int):
     if rng is None:
         return [None] * n
     return [jax.random.fold_in(rng, i) for i in range(n)]
+
+
+def as_items(x, n: int) -> tuple:
+    """Layer-packaged stack items (one bare item, several a tuple, none `()`) as a tuple."""
+    return (x,) if n == 1 else tuple(x)
+
+
+def from_items(items, n: int):
+    """A tuple of n stack items packaged as layers take and give them: one bare, several a tuple."""
+    return items[0] if n == 1 else tuple(items)
 
 
 def _is_array_like(x) -> bool:
