@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from trax_sl import shapes
+
 MODES = ("train", "eval", "predict")
 
 
@@ -29,3 +31,22 @@ def check_rate(where: str, **values) -> None:
     for key, value in values.items():
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{where}: {key} must be in [0, 1), got {key}={value!r}")
+
+
+def positive_ints(where: str, key: str, value, n: int) -> tuple[int, ...]:
+    """An int (for each of n axes) or a sequence of n ints, each >= 1, as a tuple of n ints."""
+    values = (value,) * n if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(values) != n:
+        raise ValueError(f"{where}: {key} must have {n} entries (one per windowed axis), got {key}={value!r}")
+    for v in values:
+        check_positive(where, **{key: v})
+    return tuple(int(v) for v in values)
+
+
+def check_rank(where: str, x, rank: int) -> None:
+    """Raises ValueError unless `x` (an array, Sequence or signature) has rank `rank`."""
+    if len(x.shape) != rank:
+        raise ValueError(
+            f"{where}: expected inputs of rank {rank} ([batch, time, ..., channels]), "
+            f"got {shapes.short_form(x)}"
+        )

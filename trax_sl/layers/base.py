@@ -19,6 +19,7 @@ import numpy as np
 
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
+from trax_sl.layers import rng as rng_lib
 from trax_sl.layers import serialization, streaming
 from trax_sl.layers.sharding import shard, unshard, unshard_in_pmap  # noqa: F401  (Trax's base API)
 
@@ -154,26 +155,8 @@ class _Scope(threading.local):
 
 
 _scope = _Scope()
-_default_rng = None
-
-
-def default_rng():
-    """The fixed key used when `layer(x)` or `init` gets no rng."""
-    global _default_rng
-    if _default_rng is None:
-        _default_rng = jax.random.PRNGKey(0)
-    return _default_rng
-
-
-def split_rng(rng, n: int):
-    """Derives n keys from rng; None (no randomness wanted) gives n Nones.
-
-    fold_in with the index, not split + unstack: eagerly (in init) the latter
-    compiles anew for every n, which dominated the first init of a model.
-    """
-    if rng is None:
-        return [None] * n
-    return [jax.random.fold_in(rng, i) for i in range(n)]
+default_rng = rng_lib.default_rng
+split_rng = rng_lib.split_rng
 
 
 def as_items(x, n: int) -> tuple:
@@ -253,7 +236,8 @@ class Layer:
     back automatically; layers that mix time steps set
     `handles_sequences = True` and see Sequences themselves.
 
-    Subclasses override `init_weights_and_state` and `forward`, nothing more.
+    Subclasses override `init_weights_and_state` and `forward`, and a layer
+    that does not stream pointwise in time describes how in `streaming_spec`.
     """
 
     handles_sequences = False
@@ -313,37 +297,58 @@ class Layer:
         body = "\n".join("  " + line for sub in subs for line in repr(sub).split("\n"))
         return f"{self.name}[\n{body}\n]"
 
-    # --- Streaming properties (see DESIGN §5); pointwise layers keep these. ---
+    # --- Streaming properties (see DESIGN §5) -----------------------------------
+
+    @property
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        """How this layer streams: the one property a streaming layer overrides.
+
+        The default is a layer pointwise in time that steps when every
+        sublayer does. Combinators compose their sublayers' specs
+        (`streaming.serial`, `streaming.parallel`); wrappers inherit theirs.
+        """
+        if all(sub.supports_step for sub in self.sublayers):
+            return streaming.POINTWISE
+        return streaming.NOT_STREAMING
+
+    def _spec(self) -> streaming.StreamingSpec:
+        # Memoised: a spec is a function of the constructor arguments, and
+        # composing specs reads every property of every sublayer (uncached,
+        # nested combinators would recompute their subtrees once per property).
+        spec = self.__dict__.get("_streaming_spec_memo")
+        if spec is None:
+            spec = self._streaming_spec_memo = self.streaming_spec
+        return spec
 
     @property
     def block_size(self) -> int:
         """Time steps of input per predict-mode step (blocks are multiples)."""
-        return 1
+        return self._spec().block_size
 
     @property
     def output_ratio(self) -> fractions.Fraction:
         """Output steps per input step."""
-        return fractions.Fraction(1)
+        return self._spec().output_ratio
 
     @property
     def input_latency(self) -> int:
         """Invalid input steps to feed after the end to flush the outputs."""
-        return 0
+        return self._spec().input_latency
 
     @property
     def output_latency(self) -> int:
         """Leading step-wise outputs to drop to line up with layer-wise ones."""
-        return 0
+        return self._spec().output_latency
 
     @property
     def receptive_field(self) -> tuple[float, float]:
         """(past, future): input steps before and after that an output sees (math.inf: unbounded)."""
-        return (0, 0)
+        return self._spec().receptive_field
 
     @property
     def supports_step(self) -> bool:
         """Whether predict mode keeps the streaming contract for this layer."""
-        return all(sub.supports_step for sub in self.sublayers)
+        return self._spec().supports_step
 
     # --- The two override points --------------------------------------------
 
@@ -579,6 +584,7 @@ class Layer:
                 new = copy.copy(layer)
                 new._mode = mode
                 new._jitted_pure_fn = None
+                new._streaming_spec_memo = None
                 memo[id(layer)] = new
                 new._sublayers = tuple(twin(sub) for sub in layer._sublayers)
                 if new._sublayers_to_print is not None:
@@ -636,24 +642,8 @@ class WrapsOneLayer(Layer):
         return self._sublayers[0]
 
     @property
-    def block_size(self) -> int:
-        return self.sublayer.block_size
-
-    @property
-    def output_ratio(self) -> fractions.Fraction:
-        return self.sublayer.output_ratio
-
-    @property
-    def input_latency(self) -> int:
-        return self.sublayer.input_latency
-
-    @property
-    def output_latency(self) -> int:
-        return self.sublayer.output_latency
-
-    @property
-    def receptive_field(self) -> tuple[float, float]:
-        return self.sublayer.receptive_field
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        return streaming.spec.of(self.sublayer)
 
     def init_with_output_signature(self, input_signature, rng):
         weights, state, out = init_sublayer(0, self.sublayer, input_signature, rng)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from trax_sl import sequence as seq
 from trax_sl import shapes
-from trax_sl.layers import base
+from trax_sl.layers import base, streaming
 from trax_sl.layers.base import Fn, Layer
 
 # --- Stack helpers -----------------------------------------------------------
@@ -62,15 +62,6 @@ def _ensure_flat(layers) -> tuple[Layer, ...]:
         if not isinstance(obj, Layer):
             raise TypeError(f"expected Layer instances, got {type(obj).__name__}: {obj!r:.80}")
     return flat
-
-
-def _lcm(a: int, b: int) -> int:
-    return a * b // math.gcd(a, b)
-
-
-def _ceil(x):
-    """Rounds latencies and fields up; an unbounded field (math.inf) stays unbounded."""
-    return x if isinstance(x, float) and math.isinf(x) else math.ceil(x)
 
 
 class _StackLayer(Layer):
@@ -144,8 +135,9 @@ class Serial(_StackLayer):
         return ""
 
     @property
-    def supports_step(self) -> bool:
-        return super().supports_step and self._stack_latencies_agree()
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        spec = streaming.serial(streaming.spec.of(layer) for layer in self.sublayers)
+        return spec if self._stack_latencies_agree() else spec.not_streaming()
 
     def _stack_latencies_agree(self) -> bool:
         """Whether every sublayer gets its inputs at one latency in predict mode.
@@ -164,50 +156,6 @@ class Serial(_StackLayer):
             out = start * layer.output_ratio + layer.output_latency
             latencies = [out] * layer.n_out + latencies[layer.n_in :]
         return True
-
-    # Streaming properties: each sublayer sees the input scaled by the output
-    # ratios of those before it.
-    def _ratios_before(self):
-        ratio = fractions.Fraction(1)
-        for layer in self.sublayers:
-            yield layer, ratio
-            ratio *= layer.output_ratio
-
-    @property
-    def block_size(self) -> int:
-        block = 1
-        for layer, ratio in self._ratios_before():
-            # Smallest b with b * ratio a multiple of layer.block_size.
-            needed = layer.block_size * ratio.denominator
-            block = _lcm(block, needed // math.gcd(needed, ratio.numerator))
-        return block
-
-    @property
-    def output_ratio(self) -> fractions.Fraction:
-        ratio = fractions.Fraction(1)
-        for layer in self.sublayers:
-            ratio *= layer.output_ratio
-        return ratio
-
-    @property
-    def input_latency(self) -> int:
-        return sum(_ceil(layer.input_latency / ratio) for layer, ratio in self._ratios_before())
-
-    @property
-    def output_latency(self) -> int:
-        latency = fractions.Fraction(0)
-        for layer in self.sublayers:
-            latency = latency * layer.output_ratio + layer.output_latency
-        return _ceil(latency)
-
-    @property
-    def receptive_field(self) -> tuple[int, int]:
-        past = future = fractions.Fraction(0)
-        for layer, ratio in self._ratios_before():
-            layer_past, layer_future = layer.receptive_field
-            past += layer_past / ratio
-            future += layer_future / ratio
-        return _ceil(past), _ceil(future)
 
 
 def _no_op_for_none(layer):
@@ -310,31 +258,10 @@ class Parallel(_StackLayer):
         return tuple(weights), tuple(states), _from_items(tuple(outputs), self.n_out)
 
     @property
-    def block_size(self) -> int:
-        return math.lcm(*(layer.block_size for layer in self.sublayers)) if self.sublayers else 1
-
-    @property
-    def output_ratio(self) -> fractions.Fraction:
-        ratios = {layer.output_ratio for layer in self.sublayers}
-        if len(ratios) > 1:
-            raise ValueError(
-                f"{self.name}: branches must agree on output_ratio to stream together, got "
-                + ", ".join(f"{layer.name}: {layer.output_ratio}" for layer in self.sublayers)
-            )
-        return ratios.pop() if ratios else fractions.Fraction(1)
-
-    @property
-    def input_latency(self) -> int:
-        return max((layer.input_latency for layer in self.sublayers), default=0)
-
-    @property
-    def output_latency(self) -> int:
-        return max((layer.output_latency for layer in self.sublayers), default=0)
-
-    @property
-    def receptive_field(self) -> tuple[int, int]:
-        fields = [layer.receptive_field for layer in self.sublayers] or [(0, 0)]
-        return max(p for p, _ in fields), max(f for _, f in fields)
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        return streaming.parallel(
+            ((layer.name, streaming.spec.of(layer)) for layer in self.sublayers), where=self.name
+        )
 
 
 # --- Stack manipulation ----------------------------------------------------------
@@ -568,9 +495,7 @@ class Scan(_StackLayer):
     def sublayer(self) -> Layer:
         return self._sublayers[0]
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     def forward(self, inputs, weights, state, rng):
         layer = self.sublayer
@@ -650,9 +575,7 @@ class Cond(_StackLayer):
         super().__init__(n_in=cond.n_in + true.n_in, n_out=true.n_out, name=name or "Cond")
         self._sublayers = (cond, true, false)
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     def forward(self, xs, weights, state, rng):
         cond, true, false = self.sublayers
@@ -734,9 +657,7 @@ class Cache(_StackLayer):
     def sublayer(self) -> Layer:
         return self._sublayers[0]
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     def forward(self, inputs, weights, state, rng):
         is_cached, cached, layer_state = state
@@ -774,9 +695,7 @@ class BatchLeadingAxes(_StackLayer):
     def sublayer(self) -> Layer:
         return self._sublayers[0]
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     def _batched_shape(self, shape):
         return (-1,) + tuple(shape[len(shape) - self._n_keep :])

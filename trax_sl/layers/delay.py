@@ -1,11 +1,11 @@
-"""Shifting sequences in time: Delay, Lookahead (SequenceLayers) and ShiftRight (Trax)."""
+"""Shifting sequences in time: SequenceLayers' Delay and Lookahead (Trax's ShiftRight is in attention.py)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 from trax_sl import sequence as seq
-from trax_sl.layers import base
+from trax_sl.layers import base, streaming
 
 
 def as_sequence(x) -> tuple[seq.Sequence, bool]:
@@ -59,21 +59,17 @@ class Delay(base.Layer):
         self._mode = mode
 
     @property
-    def input_latency(self) -> int:
-        return self._length
-
-    @property
-    def output_latency(self) -> int:
-        return 0 if self._delay_layer_output else self._length
-
-    @property
-    def receptive_field(self) -> tuple[int, int]:
-        return (self._length, -self._length) if self._delay_layer_output else (0, 0)
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        if self._delay_layer_output:
+            return streaming.StreamingSpec(
+                input_latency=self._length, receptive_field=(self._length, -self._length)
+            )
+        return streaming.StreamingSpec(input_latency=self._length, output_latency=self._length)
 
     def init_weights_and_state(self, input_signature, rng):
         if self._mode != "predict":
             return (), ()
-        values = input_signature.values if isinstance(input_signature, seq.Sequence) else input_signature
+        values = seq.values_of(input_signature)
         shape = (values.shape[0], self._length) + tuple(values.shape[2:])
         valid = self._delay_layer_output
         buffer = seq.Sequence(jnp.zeros(shape, values.dtype), jnp.full(shape[:2], valid, dtype=jnp.bool_))
@@ -111,17 +107,15 @@ class Lookahead(base.Layer):
         self._mode = mode
 
     @property
-    def output_latency(self) -> int:
-        return self._length
-
-    @property
-    def receptive_field(self) -> tuple[int, int]:
-        return (-self._length, self._length)
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        return streaming.StreamingSpec(
+            output_latency=self._length, receptive_field=(-self._length, self._length)
+        )
 
     def init_weights_and_state(self, input_signature, rng):
         if self._mode != "predict":
             return (), ()
-        values = input_signature.values if isinstance(input_signature, seq.Sequence) else input_signature
+        values = seq.values_of(input_signature)
         return (), jnp.zeros((values.shape[0],), jnp.int32)
 
     def forward(self, x, weights, state, rng):

@@ -21,24 +21,12 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl import checks
 from trax_sl import sequence as seq
-from trax_sl.layers import base, combinators
-from trax_sl.layers.delay import as_sequence, like_input
+from trax_sl.layers import base, combinators, streaming
 
-PADDINGS = (
-    "valid",
-    "same",
-    "causal_valid",
-    "reverse_causal_valid",
-    "causal",
-    "reverse_causal",
-    "semicausal",
-    "semicausal_full",
-)
+PADDINGS = streaming.window.PADDINGS + (streaming.window.SEMICAUSAL_FULL,)
 FFT_PADDINGS = ("center", "right")
-# Output steps of these paddings are valid when every input step of the frame is;
-# 'semicausal_full' when any is; the others when the frame's own step is.
-_AND_MASK_PADDINGS = ("valid", "causal_valid", "reverse_causal_valid")
 
 
 # --- Array functions (ports of tf.signal, as SequenceLayers' signal.py) ---------------
@@ -162,18 +150,7 @@ def _fit_length(values, length: int, padding: str):
     return values[:, :, start : start + length]
 
 
-# --- Framing (shared by Frame and STFT) -------------------------------------------
-
-
-def _check_mode(name: str, mode: str) -> None:
-    if mode not in base.MODES:
-        raise ValueError(f"{name}: mode must be one of {base.MODES}, got mode={mode!r}")
-
-
-def _check_positive(name: str, **values) -> None:
-    for key, value in values.items():
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: {key} must be an integer >= 1, got {key}={value!r}")
+# --- Framing (shared by Frame and STFT): the shared time window of streaming/window.py ---------
 
 
 def _check_fft_padding(name: str, fft_padding: str) -> None:
@@ -183,148 +160,56 @@ def _check_fft_padding(name: str, fft_padding: str) -> None:
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Framing:
-    """Frames of `frame_length` samples every `frame_step`, with a time padding (SequenceLayers' Frame)."""
+def _framing_window(
+    name: str, frame_length: int, frame_step: int, padding, argument: str = "padding"
+) -> streaming.TimeWindow:
+    """The time window of frames of `frame_length` samples every `frame_step` (SequenceLayers' Frame).
 
-    name: str
-    frame_length: int
-    frame_step: int
-    padding: str | tuple[int, int]
-    argument: str = "padding"  # The constructor argument that set `padding`, for error messages.
-
-    def __post_init__(self):
-        _check_positive(self.name, frame_length=self.frame_length, frame_step=self.frame_step)
-        if isinstance(self.padding, str):
-            if self.padding not in PADDINGS:
-                raise ValueError(
-                    f"{self.name}: {self.argument} must be one of {PADDINGS} or a (past, future) "
-                    f"pair, got {self.argument}={self.padding!r}"
-                )
-        else:
-            pads = tuple(int(p) for p in self.padding)
-            if len(pads) != 2 or min(pads) < 0 or sum(pads) != self.frame_length - 1:
-                raise ValueError(
-                    f"{self.name}: an explicit {self.argument} must be two numbers >= 0 that sum to "
-                    f"frame_length - 1 = {self.frame_length - 1}, got {self.argument}={self.padding!r}"
-                )
-            object.__setattr__(self, "padding", pads)
-
-    @property
-    def pads(self) -> tuple[int, int]:
-        """(past, future) samples of padding layer-wise."""
-        fl, fs = self.frame_length, self.frame_step
-        if not isinstance(self.padding, str):
-            return self.padding
-        return {
-            "valid": (0, 0),
-            "same": ((fl - 1) // 2, fl - 1 - (fl - 1) // 2),
-            "causal_valid": (fl - 1, 0),
-            "causal": (fl - 1, 0),
-            "reverse_causal_valid": (0, fl - 1),
-            "reverse_causal": (0, fl - 1),
-            "semicausal": (max(fl - fs, 0), fl - 1 - max(fl - fs, 0)),
-            "semicausal_full": (max(fl - fs, 0), fl - 1),
-        }[self.padding]
-
-    @property
-    def streams(self) -> bool:
-        # A frame per frame_step samples in and out needs frame_length - 1 samples of padding in all.
-        return self.padding not in ("valid", "semicausal_full")
-
-    @property
-    def buffer_width(self) -> int:
-        """Past samples the predict-mode state keeps (where layer-wise padding or earlier samples sit)."""
-        past, future = self.pads
-        return past + self.frame_step * (future // self.frame_step)
-
-    @property
-    def pad_valid(self) -> bool:
-        # 'causal_valid' treats the front padding as valid samples; the others as invalid. The
-        # predict-mode buffer starts the same way, so the first output_latency outputs are invalid.
-        return self.padding == "causal_valid"
-
-    @property
-    def input_latency(self) -> int:
-        return self.pads[1] if self.streams else 0
-
-    @property
-    def output_latency(self) -> int:
-        return self.pads[1] // self.frame_step if self.streams else 0
-
-    @property
-    def receptive_field(self) -> tuple[int, int]:
-        past = self.pads[0]
-        return past, self.frame_length - 1 - past
-
-    def initial_state(self, input_signature):
-        values = input_signature.values if isinstance(input_signature, seq.Sequence) else input_signature
-        width = self.buffer_width
-        if not width:
-            return ()
-        shape = (values.shape[0], width) + tuple(values.shape[2:])
-        return seq.Sequence(jnp.zeros(shape, values.dtype), jnp.full(shape[:2], self.pad_valid))
-
-    def __call__(self, x: seq.Sequence, state, mode: str):
-        """(frames `[batch, frames, frame_length, ...]` as a Sequence, new state)."""
-        x = x.mask_invalid()
-        if mode == "predict":
-            padded = seq.Sequence.concatenate_sequences([state, x]) if isinstance(state, seq.Sequence) else x
-            width = self.buffer_width
-            state = padded[:, padded.shape[1] - width :] if width else ()
-        else:
-            padded = x.pad_time(*self.pads, valid=self.pad_valid)
-        fl, fs = self.frame_length, self.frame_step
-        num_frames = max(0, (padded.shape[1] - fl) // fs + 1)
-        values = _frames(padded.values, fl, fs, num_frames)
-        if self.padding in _AND_MASK_PADDINGS:
-            mask = jnp.all(_frames(padded.mask, fl, fs, num_frames), axis=2)
-        elif self.padding == "semicausal_full":
-            mask = jnp.any(_frames(padded.mask, fl, fs, num_frames), axis=2)
-        else:
-            # The frame's own step sits `past` samples into it.
-            past = self.pads[0]
-            mask = padded.mask[:, past : past + fs * num_frames : fs]
-        return seq.Sequence(values, mask), state
+    `argument` names the constructor argument that set `padding`, for error messages.
+    """
+    checks.check_positive(name, frame_length=frame_length, frame_step=frame_step)
+    if isinstance(padding, str):
+        if padding not in PADDINGS:
+            raise ValueError(
+                f"{name}: {argument} must be one of {PADDINGS} or a (past, future) "
+                f"pair, got {argument}={padding!r}"
+            )
+    else:
+        pads = tuple(int(p) for p in padding)
+        if len(pads) != 2 or min(pads) < 0 or sum(pads) != frame_length - 1:
+            raise ValueError(
+                f"{name}: an explicit {argument} must be two numbers >= 0 that sum to "
+                f"frame_length - 1 = {frame_length - 1}, got {argument}={padding!r}"
+            )
+        padding = pads
+    return streaming.TimeWindow(frame_length, frame_step, 1, padding)
 
 
-class _FramingLayer(base.Layer):
-    """Streaming properties and state of a layer built on a _Framing."""
+def _frame(window: streaming.TimeWindow, x: seq.Sequence, state, mode: str):
+    """(frames `[batch, frames, frame_length, ...]` as a Sequence, new state), in either mode."""
+    padded, front, state = window.stream(x.mask_invalid(), state, mode, 0)
+    num_frames = max(0, (padded.shape[1] - window.size) // window.stride + 1)
+    values = _frames(padded.values, window.size, window.stride, num_frames)
+    return seq.Sequence(values, window.output_mask(padded.mask, num_frames, front)), state
+
+
+class _Framed(base.Layer):
+    """A layer that frames its input first: its streaming properties and state are its window's."""
 
     handles_sequences = True
-    _framing: _Framing
+    _window: streaming.TimeWindow
 
     @property
-    def block_size(self) -> int:
-        return self._framing.frame_step
-
-    @property
-    def output_ratio(self) -> fractions.Fraction:
-        return fractions.Fraction(1, self._framing.frame_step)
-
-    @property
-    def input_latency(self) -> int:
-        return self._framing.input_latency
-
-    @property
-    def output_latency(self) -> int:
-        return self._framing.output_latency
-
-    @property
-    def receptive_field(self) -> tuple[int, int]:
-        return self._framing.receptive_field
-
-    @property
-    def supports_step(self) -> bool:
-        return self._framing.streams
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        return self._window.spec()
 
     def init_weights_and_state(self, input_signature, rng):
         if self._mode != "predict":
             return (), ()
-        return (), self._framing.initial_state(input_signature)
+        return (), self._window.initial_state(seq.values_of(input_signature), 0)
 
 
-class Frame(_FramingLayer):
+class Frame(_Framed):
     """Overlapping frames of a sequence: `[batch, time, ...]` -> `[batch, frames, frame_length, ...]`.
 
     n_in=1, n_out=1. Frame i holds the (masked) samples `[i * frame_step - past,
@@ -336,8 +221,11 @@ class Frame(_FramingLayer):
     'causal_valid', 'reverse_causal_valid'; the OR for 'semicausal_full'.
 
     Streams (block_size = frame_step, output_ratio = 1/frame_step) with every
-    padding but 'valid' and 'semicausal_full'; input_latency = future padding,
-    output_latency = future padding // frame_step.
+    padding but 'semicausal_full' and 'valid' (unless frame_length <=
+    frame_step), with the latencies of the shared time window
+    (streaming/window.py, SequenceLayers' rules): input_latency = future
+    padding (none for 'causal' and 'semicausal'), output_latency = future
+    padding // frame_step.
 
     Predict mode: the state holds the last `past + frame_step * (future // frame_step)`
     input samples and their mask (none for frame_length 1).
@@ -350,15 +238,15 @@ class Frame(_FramingLayer):
         padding: str | tuple[int, int] = "reverse_causal_valid",
         mode: str = "train",
     ):
-        _check_mode("Frame", mode)
+        checks.check_mode("Frame", mode)
         super().__init__(name=f"Frame_{frame_length}_{frame_step}")
-        self._framing = _Framing("Frame", frame_length, frame_step, padding)
+        self._window = _framing_window("Frame", frame_length, frame_step, padding)
         self._mode = mode
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
-        y, state = self._framing(x, state, self._mode)
-        return like_input(y, was_sequence), state
+        x, was_sequence = seq.as_sequence(x)
+        y, state = _frame(self._window, x, state, self._mode)
+        return seq.like_input(y, was_sequence), state
 
 
 def _window(name: str, window_fn, frame_length: int, dtype=None) -> np.ndarray | None:
@@ -379,7 +267,7 @@ def _along_axis_2(vector, ndim: int):
     return jnp.reshape(vector, (1, 1, -1) + (1,) * (ndim - 3))
 
 
-class STFT(_FramingLayer):
+class STFT(_Framed):
     """Short-time Fourier transform: `[batch, time, ...]` -> `[batch, frames, fft_length // 2 + 1, ...]`.
 
     n_in=1, n_out=1. Frames the waveform as `Frame(frame_length, frame_step,
@@ -407,11 +295,11 @@ class STFT(_FramingLayer):
         output_magnitude: bool = False,
         mode: str = "train",
     ):
-        _check_mode("STFT", mode)
-        _check_positive("STFT", fft_length=fft_length)
+        checks.check_mode("STFT", mode)
+        checks.check_positive("STFT", fft_length=fft_length)
         _check_fft_padding("STFT", fft_padding)
         super().__init__(name="STFT")
-        self._framing = _Framing("STFT", frame_length, frame_step, time_padding, "time_padding")
+        self._window = _framing_window("STFT", frame_length, frame_step, time_padding, "time_padding")
         self._fft_length = fft_length
         self._window_fn = window_fn
         self._fft_padding = fft_padding
@@ -420,9 +308,12 @@ class STFT(_FramingLayer):
         _window("STFT", window_fn, frame_length)
 
     @property
-    def receptive_field(self) -> tuple[int, int]:
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        return dataclasses.replace(self._window.spec(), receptive_field=self._seen_field())
+
+    def _seen_field(self) -> tuple[int, int]:
         # As SequenceLayers: samples that the window zeroes or the FFT trims are not seen.
-        fl = self._framing.frame_length
+        fl = self._window.size
         seen = np.ones(fl, bool) if self._window_fn is None else _window(self.name, self._window_fn, fl) > 0
         if self._fft_length < fl:
             start = (fl - self._fft_length) // 2 if self._fft_padding == "center" else 0
@@ -430,25 +321,25 @@ class STFT(_FramingLayer):
             kept[start : start + self._fft_length] = True
             seen = seen & kept
         if not seen.any():
-            return self._framing.receptive_field
-        past = self._framing.pads[0]
+            return self._window.receptive_field
+        past = self._window.pads()[0]
         offsets = np.flatnonzero(seen)
         return past - int(offsets[0]), int(offsets[-1]) - past
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
-        frames, state = self._framing(x, state, self._mode)
+        x, was_sequence = seq.as_sequence(x)
+        frames, state = _frame(self._window, x, state, self._mode)
         values = frames.values
         if not (values.dtype == jnp.float32 or values.dtype == jnp.float64):
             values = values.astype(jnp.float32)  # The FFT runs in float32 at least.
-        window = _window(self.name, self._window_fn, self._framing.frame_length)
+        window = _window(self.name, self._window_fn, self._window.size)
         if window is not None:
             values = values * _along_axis_2(jnp.asarray(window, values.dtype), values.ndim)
         values = _fit_length(values, self._fft_length, self._fft_padding)
         spectrum = jnp.fft.rfft(values, n=self._fft_length, axis=2)
         if self._output_magnitude:
             spectrum = jnp.abs(spectrum)
-        return like_input(seq.Sequence(spectrum, frames.mask), was_sequence), state
+        return seq.like_input(seq.Sequence(spectrum, frames.mask), was_sequence), state
 
 
 class InverseSTFT(base.Layer):
@@ -484,8 +375,8 @@ class InverseSTFT(base.Layer):
         fft_padding: str = "right",
         mode: str = "train",
     ):
-        _check_mode("InverseSTFT", mode)
-        _check_positive(
+        checks.check_mode("InverseSTFT", mode)
+        checks.check_positive(
             "InverseSTFT", frame_length=frame_length, frame_step=frame_step, fft_length=fft_length
         )
         _check_fft_padding("InverseSTFT", fft_padding)
@@ -508,31 +399,27 @@ class InverseSTFT(base.Layer):
         self._mode = mode
 
     @property
-    def output_ratio(self) -> fractions.Fraction:
-        return fractions.Fraction(self._frame_step)
-
-    @property
-    def receptive_field(self) -> tuple[int, int]:
+    def streaming_spec(self) -> streaming.StreamingSpec:
         # An output sample sees the frames that overlap it: its own and the earlier ones.
-        return math.ceil(self._frame_length / self._frame_step) - 1, 0
-
-    @property
-    def supports_step(self) -> bool:
-        return self._time_padding == "causal"
+        spec = streaming.StreamingSpec(
+            output_ratio=fractions.Fraction(self._frame_step),
+            receptive_field=(math.ceil(self._frame_length / self._frame_step) - 1, 0),
+        )
+        return spec if self._time_padding == "causal" else spec.not_streaming()
 
     def _tail_shape(self, signature) -> tuple[int, ...]:
-        values = signature.values if isinstance(signature, seq.Sequence) else signature
+        values = seq.values_of(signature)
         return (values.shape[0], self._frame_length - self._frame_step) + tuple(values.shape[3:])
 
     def init_weights_and_state(self, input_signature, rng):
         if self._mode != "predict":
             return (), ()
-        values = input_signature.values if isinstance(input_signature, seq.Sequence) else input_signature
+        values = seq.values_of(input_signature)
         real = jnp.finfo(values.dtype).dtype
         return (), jnp.zeros(self._tail_shape(input_signature), real)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         if x.ndim < 3:
             raise ValueError(f"InverseSTFT expects [batch, frames, bins, ...] input, got shape {x.shape}")
         x = x.mask_invalid()
@@ -546,7 +433,7 @@ class InverseSTFT(base.Layer):
         if self._time_padding == "valid":
             invalid = (~x.mask).astype(jnp.float32).reshape(x.mask.shape + (1,))
             overlaps = _overlap_add(jnp.broadcast_to(invalid, x.mask.shape + (self._frame_length,)), fs)
-            return like_input(seq.Sequence(signal, overlaps == 0), was_sequence), state
+            return seq.like_input(seq.Sequence(signal, overlaps == 0), was_sequence), state
         # Causal: the samples that earlier frames (the state, zeros layer-wise) still add to come first.
         tail = jnp.zeros(self._tail_shape(x), signal.dtype) if self._mode != "predict" else state
         widths = [(0, 0), (0, signal.shape[1] - tail.shape[1])] + [(0, 0)] * (signal.ndim - 2)
@@ -554,7 +441,7 @@ class InverseSTFT(base.Layer):
         done = x.shape[1] * fs
         mask = jnp.repeat(x.mask, fs, axis=1)
         new_state = signal[:, done:] if self._mode == "predict" else state
-        return like_input(seq.Sequence(signal[:, :done], mask), was_sequence), new_state
+        return seq.like_input(seq.Sequence(signal[:, :done], mask), was_sequence), new_state
 
 
 class LinearToMelSpectrogram(base.Layer):

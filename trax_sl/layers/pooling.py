@@ -3,7 +3,7 @@
 Windows cover every axis but the first and the last: `[batch, time, channels]`
 inputs take a `pool_size` of one entry (time), `[batch, time, width,
 channels]` two. Time (axis 1) pads and streams as a convolution's time axis
-does (see convolution.py: paddings, masks, latencies): 'VALID' and 'SAME'
+does (see streaming/window.py: paddings, masks, latencies): 'VALID' and 'SAME'
 are Trax's (lax's rules), and SequenceLayers' streaming modes ('causal',
 'reverse_causal', 'semicausal', 'causal_valid', 'reverse_causal_valid') are
 accepted too, for every windowed axis or one per axis.
@@ -21,16 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl import checks
 from trax_sl import sequence as seq
-from trax_sl.layers.convolution import (
-    TimeWindow,
-    Windowed,
-    as_tuple,
-    check_rank,
-    explicit_padding,
-    normalize_padding,
-)
-from trax_sl.layers.delay import as_sequence, like_input
+from trax_sl.layers import base, streaming
 
 
 def _lowest(dtype):
@@ -40,25 +33,33 @@ def _lowest(dtype):
     return False if dtype == np.bool_ else np.iinfo(dtype).min
 
 
-class _Pool(Windowed):
+class _Pool(base.Layer):
     """A windowed reduction along every axis but the first and the last; see the module docstring."""
 
     _kind = ""
+    handles_sequences = True
 
     def __init__(self, pool_size=(2, 2), strides=None, padding="VALID", *, mode: str = "train"):
         layer_name = self._kind + "Pool"
         if isinstance(pool_size, (int, np.integer)):
             pool_size = (pool_size,)
         n = len(tuple(pool_size))
-        self._pool_size = as_tuple(layer_name, "pool_size", pool_size, n)
-        self._strides = as_tuple(layer_name, "strides", (1,) * n if strides is None else strides, n)
-        self._paddings = normalize_padding(layer_name, padding, n, trax_same=True)
+        self._pool_size = checks.positive_ints(layer_name, "pool_size", pool_size, n)
+        self._strides = checks.positive_ints(
+            layer_name, "strides", (1,) * n if strides is None else strides, n
+        )
+        self._paddings = streaming.window.normalize_padding(layer_name, padding, n, trax_same=True)
         super().__init__(name=f"{layer_name}{self._pool_size}".replace(" ", ""))
         self._mode = mode
 
     @property
-    def window(self) -> TimeWindow:
-        return TimeWindow(self._pool_size[0], self._strides[0], 1, self._paddings[0])
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        return self.window.spec()
+
+    @property
+    def window(self) -> streaming.TimeWindow:
+        """The window along time (the first windowed axis)."""
+        return streaming.TimeWindow(self._pool_size[0], self._strides[0], 1, self._paddings[0])
 
     # --- The computation. ----------------------------------------------------------------
 
@@ -82,14 +83,15 @@ class _Pool(Windowed):
     def init_weights_and_state(self, input_signature, rng):
         if self._mode != "predict" or not self.supports_step:
             return (), ()
-        values = input_signature.values if isinstance(input_signature, seq.Sequence) else input_signature
-        check_rank(self.name, values, len(self._pool_size) + 2)
+        values = seq.values_of(input_signature)
+        checks.check_rank(self.name, values, len(self._pool_size) + 2)
         return (), self.window.initial_state(values, self._pad_value(values.dtype))
 
     def forward(self, x, weights, state, rng):
-        self.check_streams()
-        x, was_sequence = as_sequence(x)
-        check_rank(self.name, x, len(self._pool_size) + 2)
+        if self._mode == "predict":
+            streaming.check_steps(self)
+        x, was_sequence = seq.as_sequence(x)
+        checks.check_rank(self.name, x, len(self._pool_size) + 2)
         pad_value = self._pad_value(x.dtype)
         valid = seq.expand_mask(x.mask, x.ndim)
         x = seq.Sequence(jnp.where(valid, x.values, jnp.asarray(pad_value, x.dtype)), x.mask)
@@ -99,7 +101,7 @@ class _Pool(Windowed):
         if self._mode != "predict" and self.window.front_valid:
             real = jnp.pad(x.mask, [(0, 0), (front, stream.shape[1] - front - x.shape[1])])
         other_pads = [
-            explicit_padding(p, k, s, 1, length)
+            streaming.window.explicit_padding(p, k, s, 1, length)
             for p, k, s, length in zip(
                 self._paddings[1:], self._pool_size[1:], self._strides[1:], x.shape[2:]
             )
@@ -107,7 +109,7 @@ class _Pool(Windowed):
         y = self._pool(stream.values, real, other_pads)
         mask = self.window.output_mask(stream.mask, y.shape[1], front)
         y = jnp.where(seq.expand_mask(mask, y.ndim), y, jnp.zeros((), y.dtype))
-        return like_input(seq.Sequence(y, mask), was_sequence), state
+        return seq.like_input(seq.Sequence(y, mask), was_sequence), state
 
 
 class MaxPool(_Pool):
@@ -155,13 +157,13 @@ class AvgPool(_Pool):
     _kind = "Avg"
 
     @property
-    def supports_step(self) -> bool:
-        return self.window.streams and not self.window.front_valid
-
-    def _why_not_streaming(self) -> str:
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        spec = self.window.spec()
         if self.window.front_valid:
-            return "its 'causal_valid' front padding counts as valid for the mask but not in the mean"
-        return super()._why_not_streaming()
+            return spec.not_streaming(
+                "its 'causal_valid' front padding counts as valid for the mask but not in the mean"
+            )
+        return spec
 
     def _pool(self, values, real_mask, other_pads):
         if not jnp.issubdtype(values.dtype, jnp.inexact):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from trax_sl import shapes
-from trax_sl.layers import base
+from trax_sl.layers import base, streaming
 
 
 class Repeat(base.Layer):
@@ -44,27 +44,10 @@ class Repeat(base.Layer):
     def n_repeats(self) -> int:
         return self._n_repeats
 
-    # The body must keep its output ratio at 1 to feed itself; latencies add up.
     @property
-    def block_size(self) -> int:
-        return self.sublayer.block_size
-
-    @property
-    def output_ratio(self):
-        return self.sublayer.output_ratio
-
-    @property
-    def input_latency(self) -> int:
-        return self._n_repeats * self.sublayer.input_latency
-
-    @property
-    def output_latency(self) -> int:
-        return self._n_repeats * self.sublayer.output_latency
-
-    @property
-    def receptive_field(self) -> tuple[int, int]:
-        past, future = self.sublayer.receptive_field
-        return self._n_repeats * past, self._n_repeats * future
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        # The body keeps its output ratio at 1 to feed itself: n_repeats copies in series.
+        return streaming.serial([streaming.spec.of(self.sublayer)] * self._n_repeats)
 
     def init_with_output_signature(self, input_signature, rng):
         layer = self.sublayer

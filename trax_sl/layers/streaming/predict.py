@@ -1,8 +1,10 @@
-"""Predict mode: checking blocks and starting a stream from trained weights.
+"""Predict mode: the one check of a layer and its block, and starting a stream from trained weights.
 
 In predict mode a model's `pure_fn` consumes one block of time steps per call
 and carries the sequence state (buffers, caches, carries, offsets) in
-`state`. See DESIGN §5.
+`state`. See DESIGN §5. Layers are duck-typed here (name, sublayers, the
+streaming properties, `with_mode`, `init_tree`): this module sits below the
+Layer class and imports no layer.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import jax
 
 from trax_sl import sequence as seq
 from trax_sl import shapes
-from trax_sl.layers import base
+from trax_sl.layers import rng as rng_lib
 
 
 def time_items(x) -> list:
@@ -22,17 +24,27 @@ def time_items(x) -> list:
     return [item for item in items if isinstance(item, seq.Sequence) or len(getattr(item, "shape", ())) >= 2]
 
 
-def check_predict_mode(layer: base.Layer, x) -> None:
+def check_predict_mode(layer, x) -> None:
     """Raises ValueError for a layer that cannot stream or a block it cannot take."""
-    if not layer.supports_step and all(sub.supports_step for sub in layer.sublayers):
-        raise ValueError(
-            f"{layer.name} does not stream (supports_step is False), so it cannot run in "
-            f"predict mode; run it layer-wise in 'eval' mode"
-        )
+    check_steps(layer)
     check_block(layer, x)
 
 
-def check_block(layer: base.Layer, x) -> None:
+def check_steps(layer) -> None:
+    """Raises ValueError when `layer` does not step, naming why when its spec says.
+
+    The refusal is raised by the innermost layer that does not step (its
+    sublayers all do), so the message names the culprit, not its parents.
+    """
+    if not layer.supports_step and all(sub.supports_step for sub in layer.sublayers):
+        why = layer.streaming_spec.why_not or "supports_step is False"
+        raise ValueError(
+            f"{layer.name} does not stream ({why}), so it cannot run in predict mode; "
+            f"run it layer-wise in 'eval' mode"
+        )
+
+
+def check_block(layer, x) -> None:
     """Raises ValueError when a predict-mode block is not a multiple of block_size."""
     block_size = layer.block_size
     if block_size == 1:
@@ -56,7 +68,7 @@ def _same_signature(a, b) -> bool:
     )
 
 
-def _carry_over(layer: base.Layer, trained, fresh):
+def _carry_over(layer, trained, fresh):
     """Trained state where a layer keeps it in every mode, fresh stream state elsewhere."""
     subs = layer.sublayers
     if (
@@ -73,12 +85,12 @@ def _carry_over(layer: base.Layer, trained, fresh):
 
 
 @functools.lru_cache(maxsize=64)
-def _fresh_state_fn(predict_model: base.Layer, signature):
+def _fresh_state_fn(predict_model, signature):
     """A compiled init that returns only the state (XLA drops the weights), cached per model and block."""
     return jax.jit(lambda rng: predict_model.init_tree(signature, rng)[1])
 
 
-def start_stream(model: base.Layer, block_signature, weights, state=None, rng=None):
+def start_stream(model, block_signature, weights, state=None, rng=None):
     """Starts streaming a (trained) model: returns (predict_model, stream_state).
 
     `predict_model` is `model.with_mode('predict')` (or model itself when it is
@@ -95,7 +107,7 @@ def start_stream(model: base.Layer, block_signature, weights, state=None, rng=No
     """
     predict_model = model if model.mode == "predict" else model.with_mode("predict")
     signature = shapes.signature(block_signature)
-    rng = base.default_rng() if rng is None else rng
+    rng = rng_lib.default_rng() if rng is None else rng
     fresh = _fresh_state_fn(predict_model, signature)(rng)
     if state is None:
         return predict_model, fresh

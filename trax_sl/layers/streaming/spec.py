@@ -1,0 +1,135 @@
+"""How a layer streams, in one value, and how those values compose.
+
+A `StreamingSpec` holds the five streaming properties of DESIGN §5 and
+whether the layer steps at all. Layers describe themselves with one (the
+`streaming_spec` property); combinators compose their sublayers' specs with
+`serial` and `parallel` instead of restating the algebra, and wrappers
+inherit their sublayer's. Everything here is plain Python: no layer, array
+or JAX import, so every floor of the package can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import math
+from collections.abc import Iterable
+
+
+def ceil_latency(x):
+    """Rounds a latency or field up to whole steps; an unbounded one (math.inf) stays unbounded."""
+    return x if isinstance(x, float) and math.isinf(x) else math.ceil(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamingSpec:
+    """The streaming properties of a layer (DESIGN §5).
+
+    Attributes:
+      block_size: input time steps per predict-mode step (blocks are multiples).
+      output_ratio: output steps per input step.
+      input_latency: invalid input steps to feed after the end to flush the outputs.
+      output_latency: leading step-wise outputs to drop to line up with layer-wise ones.
+      receptive_field: (past, future) input steps an output sees (math.inf: unbounded).
+      supports_step: whether predict mode keeps the streaming contract.
+      why_not: when it does not step, why (said by the predict-mode refusal).
+    """
+
+    block_size: int = 1
+    output_ratio: fractions.Fraction = fractions.Fraction(1)
+    input_latency: int = 0
+    output_latency: int = 0
+    receptive_field: tuple = (0, 0)
+    supports_step: bool = True
+    why_not: str = ""
+
+    def not_streaming(self, why: str = "") -> StreamingSpec:
+        """The same properties, for a layer that does not step (and why)."""
+        return dataclasses.replace(self, supports_step=False, why_not=why or self.why_not)
+
+
+POINTWISE = StreamingSpec()
+"""A layer that maps each time step on its own: block 1, ratio 1, no latency."""
+
+NOT_STREAMING = StreamingSpec(supports_step=False)
+"""A layer that needs the whole sequence (a reduction over time, a bidirectional pass)."""
+
+
+def of(layer) -> StreamingSpec:
+    """The spec a layer's public properties give.
+
+    Read through the properties (not `layer.streaming_spec`) so that a user's
+    layer which overrides one property (say `output_latency`) is composed as
+    it says.
+    """
+    return StreamingSpec(
+        block_size=layer.block_size,
+        output_ratio=layer.output_ratio,
+        input_latency=layer.input_latency,
+        output_latency=layer.output_latency,
+        receptive_field=layer.receptive_field,
+        supports_step=layer.supports_step,
+    )
+
+
+def serial(specs: Iterable[StreamingSpec]) -> StreamingSpec:
+    """The spec of layers applied one after another.
+
+    Each layer sees the input time scaled by the output ratios of those before
+    it: its block size, input latency and receptive field count in its own
+    steps and are converted to the input's.
+    """
+    block, ratio = 1, fractions.Fraction(1)
+    input_latency = 0
+    output_latency = fractions.Fraction(0)
+    past = future = fractions.Fraction(0)
+    steps = True
+    for spec in specs:
+        # Smallest b with b * ratio a multiple of spec.block_size.
+        needed = spec.block_size * ratio.denominator
+        block = math.lcm(block, needed // math.gcd(needed, ratio.numerator))
+        input_latency += ceil_latency(spec.input_latency / ratio)
+        output_latency = output_latency * spec.output_ratio + spec.output_latency
+        spec_past, spec_future = spec.receptive_field
+        past += spec_past / ratio
+        future += spec_future / ratio
+        ratio *= spec.output_ratio
+        steps = steps and spec.supports_step
+    return StreamingSpec(
+        block_size=block,
+        output_ratio=ratio,
+        input_latency=input_latency,
+        output_latency=ceil_latency(output_latency),
+        receptive_field=(ceil_latency(past), ceil_latency(future)),
+        supports_step=steps,
+    )
+
+
+def parallel(named_specs: Iterable[tuple[str, StreamingSpec]], where: str) -> StreamingSpec:
+    """The spec of branches run side by side on the same time axis.
+
+    Raises:
+      ValueError: the branches' output ratios disagree, so no step could
+        give all of them whole outputs (`where` names the combinator).
+    """
+    named_specs = list(named_specs)
+    if not named_specs:
+        return POINTWISE
+    specs = [spec for _, spec in named_specs]
+    ratios = {spec.output_ratio for spec in specs}
+    if len(ratios) > 1:
+        raise ValueError(
+            f"{where}: branches must agree on output_ratio to stream together, got "
+            + ", ".join(f"{name}: {spec.output_ratio}" for name, spec in named_specs)
+        )
+    return StreamingSpec(
+        block_size=math.lcm(*(spec.block_size for spec in specs)),
+        output_ratio=ratios.pop(),
+        input_latency=max(spec.input_latency for spec in specs),
+        output_latency=max(spec.output_latency for spec in specs),
+        receptive_field=(
+            max(spec.receptive_field[0] for spec in specs),
+            max(spec.receptive_field[1] for spec in specs),
+        ),
+        supports_step=all(spec.supports_step for spec in specs),
+    )
