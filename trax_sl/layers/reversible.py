@@ -243,7 +243,7 @@ class ReversibleSerial(ReversibleLayer, combinators.Serial):
     def __init__(self, *layers, mode: str | None = None):
         super().__init__(*layers, name="ReversibleSerial")
         # Like Trax, modes are usually given to the sublayers; by default this follows them.
-        self._mode = combinators._built_mode(self.sublayers) if mode is None else mode
+        self._mode = combinators.built_mode(self.sublayers) if mode is None else mode
         for i, layer in enumerate(self.sublayers):
             if not isinstance(layer, ReversibleLayer):
                 raise ValueError(  # noqa: TRY004 (Trax raises ValueError here)
@@ -321,7 +321,7 @@ class ReversibleHalfResidual(ReversibleLayer):
     def __init__(self, *residual_layers, attention_layer: base.Layer | None = None, name: str | None = None):
         compute_residual = combinators.Serial(*residual_layers)
         sublayers = (compute_residual,) if attention_layer is None else (compute_residual, attention_layer)
-        n_context, _ = combinators._serial_arity(sublayers)
+        n_context, _ = combinators.serial_arity(sublayers)
         super().__init__(n_in=n_context + 1, n_out=n_context + 1, name=name or "ReversibleHalfResidual")
         self._sublayers = sublayers
 
@@ -365,7 +365,7 @@ class ReversibleHalfResidual(ReversibleLayer):
         for i, (layer, r) in enumerate(zip(self.sublayers, base.split_rng(rng, len(self.sublayers)))):
             inputs = combinators.inputs_from_stack(stack, layer.n_in)
             w, s, out = base.init_sublayer(i, layer, inputs, r)
-            stack = combinators._as_items(out, layer.n_out) + tuple(stack[layer.n_in :])
+            stack = base.as_items(out, layer.n_out) + tuple(stack[layer.n_in :])
             weights.append(w)
             states.append(s)
         return tuple(weights), tuple(states), stack
@@ -377,7 +377,7 @@ class ReversibleHalfResidual(ReversibleLayer):
         for i, (layer, r) in enumerate(zip(self.sublayers, base.split_rng(rng, len(self.sublayers)))):
             inputs = combinators.inputs_from_stack(stack, layer.n_in)
             outputs, s = base.call_sublayer(i, layer, inputs, weights[i], state[i], r)
-            stack = combinators._as_items(outputs, layer.n_out) + tuple(stack[layer.n_in :])
+            stack = base.as_items(outputs, layer.n_out) + tuple(stack[layer.n_in :])
             new_states.append(s)
         return stack[0], tuple(new_states)
 

@@ -26,6 +26,8 @@ import gin
 import jax
 import numpy as np
 
+from trax_sl.supervised import decoding
+
 
 class TrainingStepCallback:
     """Callback triggered before and after a training step."""
@@ -86,8 +88,6 @@ class TextSamples(TrainingStepCallback):
         pass
 
     def on_step_end(self, step: int) -> None:
-        from trax_sl.supervised import decoding  # decoding builds on layers only; keeps this module light.
-
         model = self._loop.model
         lines = [f"Samples at step {step} (temperature {self._temperature}):"]
         for i in range(self._n_samples):
