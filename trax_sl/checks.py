@@ -6,6 +6,7 @@ Each raises at once with what was expected, what was received and where:
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from trax_sl import shapes
@@ -50,3 +51,25 @@ def check_rank(where: str, x, rank: int) -> None:
             f"{where}: expected inputs of rank {rank} ([batch, time, ..., channels]), "
             f"got {shapes.short_form(x)}"
         )
+
+
+def check_array_leaves(where: str, x) -> None:
+    """Raises TypeError unless every leaf of `x` is an array, a number or a shape signature."""
+    for leaf in jax.tree.leaves(x):
+        if not isinstance(
+            leaf,
+            (
+                jax.Array,
+                np.ndarray,
+                np.generic,
+                bool,
+                int,
+                float,
+                complex,
+                shapes.ShapeDtype,
+                jax.ShapeDtypeStruct,
+            ),
+        ):
+            raise TypeError(
+                f"{where} expected arrays or Sequences as inputs, got {type(leaf).__name__} ({leaf!r:.60})"
+            )

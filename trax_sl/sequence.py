@@ -171,3 +171,38 @@ def like_input(y: Sequence, was_sequence: bool):
 def values_of(x):
     """The values of a Sequence (or of a Sequence signature); anything else as it is."""
     return x.values if isinstance(x, Sequence) else x
+
+
+def apply_to_values(fn, x, n_in: int):
+    """Runs `fn` (on plain arrays; returns (outputs, state)) over stack items that may be Sequences.
+
+    Sequence inputs are unwrapped to their values, invalid steps zeroed;
+    outputs shaped `[batch, time, ...]` like the mask come back as Sequences
+    with the combined (and-ed) mask, others (reductions over time) as arrays.
+    """
+    items = (x,) if n_in == 1 else tuple(x)
+    masks = [item.mask for item in items if isinstance(item, Sequence)]
+    if not masks:
+        return fn(x)
+    mask = masks[0]
+    for other in masks[1:]:
+        if tuple(other.shape) != tuple(mask.shape):
+            raise ValueError(
+                f"Sequence inputs have different [batch, time] shapes: "
+                f"{tuple(mask.shape)} and {tuple(other.shape)}"
+            )
+        if other is not mask:
+            mask = mask & other
+
+    # Invalid steps are zeroed even for pointwise math: garbage there would not
+    # reach valid outputs, but NaN would reach weight gradients (NaN * 0).
+    values = tuple(item.mask_invalid().values if isinstance(item, Sequence) else item for item in items)
+    outputs, state = fn(values[0] if n_in == 1 else values)
+    is_tuple = isinstance(outputs, tuple)
+    flat = outputs if is_tuple else (outputs,)
+
+    def time_bearing(y) -> bool:
+        return hasattr(y, "shape") and tuple(y.shape[:2]) == tuple(mask.shape)
+
+    flat = tuple(Sequence(y, mask) if time_bearing(y) else y for y in flat)
+    return (flat if is_tuple else flat[0]), state

@@ -10,23 +10,28 @@ from __future__ import annotations
 
 import copy
 import fractions
-import os
-import sys
+import inspect
 import threading
 
 import jax
-import numpy as np
 
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
+from trax_sl.layers import errors, serialization, streaming
 from trax_sl.layers import rng as rng_lib
-from trax_sl.layers import serialization, streaming
+from trax_sl.layers.errors import LayerError
+from trax_sl.layers.serialization import (  # noqa: F401  (Trax's base API)
+    flatten_weights_and_state,
+    np_from_file,
+    np_to_file,
+    to_list,
+    unflatten_weights_and_state,
+)
 from trax_sl.layers.sharding import shard, unshard, unshard_in_pmap  # noqa: F401  (Trax's base API)
 
 EMPTY_WEIGHTS = ()
 EMPTY_STATE = ()
 MODES = checks.MODES
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _SharedWeights:
@@ -54,99 +59,6 @@ SHARED = _SharedWeights()
 jax.tree_util.register_pytree_node(_SharedWeights, lambda _: ((), None), lambda _a, _c: SHARED)
 
 
-class LayerError(Exception):
-    """An error inside a layer, with where it happened and on what.
-
-    The message names the path from the outermost layer (`Serial >
-    Residual[1] > Dense_16`), where the failing layer was created in the
-    user's code, the function (init / pure_fn), the input signature in short
-    form, and the original exception, which is also kept as `__cause__`.
-    """
-
-    def __new__(cls, layer=None, function_name=None, inputs=None, cause=None):
-        # A wrapped ValueError/TypeError is still one, so `except ValueError` keeps working.
-        kind = cls
-        if cls is LayerError:
-            kind = next(
-                (sub for base_kind, sub in _KIND_SUBCLASSES.items() if isinstance(cause, base_kind)), cls
-            )
-        return super().__new__(kind)
-
-    def __init__(self, layer: Layer, function_name: str, inputs, cause: BaseException):
-        self.path = [layer.name]
-        self.function_name = function_name
-        self.caller = layer.caller
-        self.input_signature = _safe_short_form(inputs)
-        self.cause = cause
-        super().__init__()
-
-    def enter(self, layer: Layer) -> None:
-        """Adds an enclosing layer to the front of the path (unless library-internal)."""
-        if layer.hidden_in_paths:
-            self._skip_index = True
-            return
-        self.path.insert(0, layer.name)
-
-    def at_index(self, index: int) -> None:
-        """Notes that the current path head is sublayer `index` of its parent."""
-        if getattr(self, "_skip_index", False):
-            self._skip_index = False
-            return
-        self.path[0] = f"{self.path[0]}[{index}]"
-
-    @property
-    def message(self) -> str:
-        cause = f"{type(self.cause).__name__}: {self.cause}"
-        return (
-            f"{' > '.join(self.path)} failed in {self.function_name}\n"
-            f"  layer created at: {self.caller}\n"
-            f"  layer input: {self.input_signature}\n"
-            f"  cause: {cause}"
-        )
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class _LayerValueError(LayerError, ValueError):
-    pass
-
-
-class _LayerTypeError(LayerError, TypeError):
-    pass
-
-
-for _kind in (_LayerValueError, _LayerTypeError):  # Tracebacks print the qualified name.
-    _kind.__name__ = _kind.__qualname__ = "LayerError"
-_KIND_SUBCLASSES = {ValueError: _LayerValueError, TypeError: _LayerTypeError}
-
-
-def _safe_short_form(inputs) -> str:
-    try:
-        return shapes.short_form(inputs)
-    except Exception:  # noqa: BLE001 (an error message must not fail on odd inputs)
-        return type(inputs).__name__
-
-
-def _user_frame(layer) -> str:
-    """file:line of the innermost frame outside trax_sl: where the user built it.
-
-    Frames of trax_sl, of gin's configurable wrappers, and the `__init__`
-    chain of the layer's own class (a user's subclass calling
-    super().__init__) are skipped.
-    """
-    frame = sys._getframe(2)
-    while frame is not None and (
-        frame.f_code.co_filename.startswith(_PACKAGE_DIR)
-        or frame.f_globals.get("__name__", "").startswith("gin.")
-        or (frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is layer)
-    ):
-        frame = frame.f_back
-    if frame is None:
-        return "<unknown>"
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
-
-
 class _Scope(threading.local):
     """Per-thread bookkeeping of one top-level init or pure_fn trace."""
 
@@ -169,19 +81,6 @@ def from_items(items, n: int):
     return items[0] if n == 1 else tuple(items)
 
 
-def _is_array_like(x) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic, bool, int, float, complex))
-
-
-def _check_leaves(layer: Layer, x) -> None:
-    for leaf in jax.tree.leaves(x):
-        if not (_is_array_like(leaf) or isinstance(leaf, (shapes.ShapeDtype, jax.ShapeDtypeStruct))):
-            raise TypeError(
-                f"{layer.name} expected arrays or Sequences as inputs, got "
-                f"{type(leaf).__name__} ({leaf!r:.60})"
-            )
-
-
 def _to_structs(signature):
     return jax.tree.map(lambda s: s.as_struct() if isinstance(s, shapes.ShapeDtype) else s, signature)
 
@@ -189,41 +88,6 @@ def _to_structs(signature):
 def as_signature(inputs):
     """Accepts a signature or example inputs; returns a signature."""
     return shapes.signature(inputs)
-
-
-def _lift_sequences(fn, x, n_in: int):
-    """Runs `fn` (on plain arrays) over inputs that may hold Sequences.
-
-    Sequence inputs are unwrapped to their values, invalid steps zeroed;
-    outputs shaped `[batch, time, ...]` like the mask come back as Sequences
-    with the combined (and-ed) mask, others (reductions over time) as arrays.
-    """
-    items = (x,) if n_in == 1 else tuple(x)
-    masks = [item.mask for item in items if isinstance(item, seq.Sequence)]
-    if not masks:
-        return fn(x)
-    mask = masks[0]
-    for other in masks[1:]:
-        if tuple(other.shape) != tuple(mask.shape):
-            raise ValueError(
-                f"Sequence inputs have different [batch, time] shapes: "
-                f"{tuple(mask.shape)} and {tuple(other.shape)}"
-            )
-        if other is not mask:
-            mask = mask & other
-
-    # Invalid steps are zeroed even for pointwise math: garbage there would not
-    # reach valid outputs, but NaN would reach weight gradients (NaN * 0).
-    values = tuple(item.mask_invalid().values if isinstance(item, seq.Sequence) else item for item in items)
-    outputs, state = fn(values[0] if n_in == 1 else values)
-    is_tuple = isinstance(outputs, tuple)
-    flat = outputs if is_tuple else (outputs,)
-
-    def time_bearing(y) -> bool:
-        return hasattr(y, "shape") and tuple(y.shape[:2]) == tuple(mask.shape)
-
-    flat = tuple(seq.Sequence(y, mask) if time_bearing(y) else y for y in flat)
-    return (flat if is_tuple else flat[0]), state
 
 
 class Layer:
@@ -256,7 +120,7 @@ class Layer:
         self._name = name or type(self).__name__
         self._sublayers: tuple[Layer, ...] = ()
         self._sublayers_to_print = sublayers_to_print
-        self._caller = _user_frame(self)
+        self._caller = errors.user_frame(self)
         self._weights = EMPTY_WEIGHTS
         self._state = EMPTY_STATE
         self._initialized = False
@@ -392,7 +256,7 @@ class Layer:
     def _apply(self, x, weights, state, rng):
         if self.handles_sequences:
             return self.forward(x, weights, state, rng)
-        return _lift_sequences(lambda v: self.forward(v, weights, state, rng), x, self._n_in)
+        return seq.apply_to_values(lambda v: self.forward(v, weights, state, rng), x, self._n_in)
 
     def _check_arity(self, x) -> None:
         if self._n_in == 1:
@@ -400,12 +264,12 @@ class Layer:
         if not isinstance(x, (tuple, list)):
             raise ValueError(  # noqa: TRY004 (an arity error, like the one below)
                 f"{self.name} takes {self._n_in} inputs from the stack, got one "
-                f"({_safe_short_form(x)}){self._arity_reason(1)}; pass a tuple of {self._n_in} items"
+                f"({errors.safe_short_form(x)}){self._arity_reason(1)}; pass a tuple of {self._n_in} items"
             )
         if len(x) != self._n_in:
             raise ValueError(
                 f"{self.name} takes {self._n_in} inputs from the stack, got {len(x)} "
-                f"({_safe_short_form(x)}){self._arity_reason(len(x))}"
+                f"({errors.safe_short_form(x)}){self._arity_reason(len(x))}"
             )
 
     def _arity_reason(self, n_given: int) -> str:
@@ -420,7 +284,7 @@ class Layer:
             got = len(outputs) if isinstance(outputs, tuple) else 1
             raise ValueError(
                 f"{self.name} declares n_out={self._n_out} but its forward returned "
-                f"{got} item(s): {_safe_short_form(outputs)}"
+                f"{got} item(s): {errors.safe_short_form(outputs)}"
             )
 
     # --- Initialization -------------------------------------------------------
@@ -542,7 +406,7 @@ class Layer:
             raise
         except TypeError as e:  # jit refuses non-array arguments before tracing.
             try:
-                _check_leaves(self, x)
+                checks.check_array_leaves(self.name, x)
             except TypeError as bad_input:
                 raise LayerError(self, "__call__", x, bad_input) from bad_input
             raise LayerError(self, "__call__", x, e) from e
@@ -551,7 +415,7 @@ class Layer:
 
     def _init_weightless(self, x) -> None:
         try:
-            _check_leaves(self, x)
+            checks.check_array_leaves(self.name, x)
         except TypeError as e:
             raise LayerError(self, "__call__", x, e) from e
         weights, _ = self.init(shapes.signature(x))
@@ -710,8 +574,8 @@ class PureLayer(Layer):
         self._supports_step = supports_step
 
     @property
-    def supports_step(self) -> bool:
-        return self._supports_step
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        return streaming.POINTWISE if self._supports_step else streaming.NOT_STREAMING
 
     def forward(self, inputs, weights, state, rng):
         del weights, rng
@@ -725,8 +589,6 @@ def Fn(name: str, f, n_out: int = 1, *, supports_step: bool = True) -> Layer:  #
     (n_out = 1) or a tuple of n_out arrays. Pass `supports_step=False` when f
     mixes time steps (it then refuses predict mode).
     """
-    import inspect
-
     parameters = inspect.signature(f).parameters.values()
     for p in parameters:
         if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is not p.empty:
@@ -737,33 +599,3 @@ def Fn(name: str, f, n_out: int = 1, *, supports_step: bool = True) -> Layer:  #
     if n_in == 1:
         return PureLayer(f, n_in=1, n_out=n_out, name=name, supports_step=supports_step)
     return PureLayer(lambda xs: f(*xs), n_in=n_in, n_out=n_out, name=name, supports_step=supports_step)
-
-
-def flatten_weights_and_state(weights, state):
-    """Flat lists of weight and state arrays, without empty and shared entries."""
-    return jax.tree.leaves(weights), jax.tree.leaves(state)
-
-
-def unflatten_weights_and_state(
-    flat_weights, flat_state, weights_and_state_signature, weights_only: bool = False
-):
-    """Inverse of flatten_weights_and_state, given the trees' signature."""
-    weights_sig, state_sig = weights_and_state_signature
-    weights = jax.tree.unflatten(jax.tree.structure(weights_sig), list(flat_weights))
-    if weights_only:
-        return weights, None
-    state = jax.tree.unflatten(jax.tree.structure(state_sig), list(flat_state))
-    return weights, state
-
-
-np_to_file = serialization.np_to_file
-np_from_file = serialization.np_from_file
-
-
-def to_list(outputs):
-    """Converts layer outputs to nested lists, for equality testing."""
-    if isinstance(outputs, (tuple, list)):
-        return [to_list(y) for y in outputs]
-    if isinstance(outputs, seq.Sequence):
-        return [to_list(outputs.values), to_list(outputs.mask)]
-    return np.asarray(outputs).tolist()

@@ -3,6 +3,8 @@
 Writes are atomic (a temporary file in the same directory, fsync, rename), so
 a crash mid-write never leaves a half-written file under the final name.
 Arrays are read with `allow_pickle=False`: loading a file runs no code.
+Also the plain forms of weight trees and outputs that Trax's base API
+offers beside files: `flatten_weights_and_state` and its inverse, `to_list`.
 """
 
 from __future__ import annotations
@@ -198,3 +200,29 @@ def load_layer(file_path, weights_signature, state_signature):
                 raise ValueError(f"{file_path} holds weights only; load it with weights_only=True")
             state = _load_tree(z, file_path, "state", state_signature, dtypes)
     return weights, state
+
+
+def flatten_weights_and_state(weights, state):
+    """Flat lists of weight and state arrays, without empty and shared entries."""
+    return jax.tree.leaves(weights), jax.tree.leaves(state)
+
+
+def unflatten_weights_and_state(
+    flat_weights, flat_state, weights_and_state_signature, weights_only: bool = False
+):
+    """Inverse of flatten_weights_and_state, given the trees' signature."""
+    weights_sig, state_sig = weights_and_state_signature
+    weights = jax.tree.unflatten(jax.tree.structure(weights_sig), list(flat_weights))
+    if weights_only:
+        return weights, None
+    state = jax.tree.unflatten(jax.tree.structure(state_sig), list(flat_state))
+    return weights, state
+
+
+def to_list(outputs):
+    """Converts layer outputs to nested lists, for equality testing."""
+    if isinstance(outputs, (tuple, list)):
+        return [to_list(y) for y in outputs]
+    if isinstance(outputs, seq.Sequence):
+        return [to_list(outputs.values), to_list(outputs.mask)]
+    return np.asarray(outputs).tolist()

@@ -411,7 +411,7 @@ class Concatenate(Layer):
                 return seq.Sequence.concatenate_sequences(
                     [x if isinstance(x, seq.Sequence) else seq.Sequence.from_values(x) for x in items]
                 ), state
-            return base._lift_sequences(
+            return seq.apply_to_values(
                 lambda v: (jnp.concatenate(base.as_items(v, self.n_in), axis=self._axis), ()), xs, self.n_in
             )[0], state
         return jnp.concatenate(items, axis=self._axis), state
