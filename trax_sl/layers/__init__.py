@@ -9,12 +9,14 @@ from trax_sl.layers import (
     convolution,
     core,
     delay,
+    distributions,
     dsp,
     initializers,
     metrics,
     normalization,
     pooling,
     position,
+    reductions,
     repeat,
     research,
     reversible,
@@ -110,28 +112,23 @@ from trax_sl.layers.combinators import (
 )
 from trax_sl.layers.convolution import CausalConv, CausalDepthwiseConv, Conv, Conv1d, Conv2D, DepthwiseConv1D
 from trax_sl.layers.core import (
-    ArgMax,
     Dense,
     Dropout,
     Embedding,
     Flatten,
     LocallyConnected1d,
-    LogSoftmax,
-    LogSumExp,
-    Max,
-    Mean,
-    Min,
     Negate,
     PrintShape,
     RandomUniform,
-    Softmax,
     StopGradient,
-    Sum,
     SummaryImage,
     SummaryScalar,
     ThresholdToBinary,
     ToFloat,
     Weights,
+)
+from trax_sl.layers.delay import Delay, Lookahead
+from trax_sl.layers.distributions import (
     log_gaussian_diag_pdf,
     log_gaussian_pdf,
     log_softmax,
@@ -139,7 +136,6 @@ from trax_sl.layers.core import (
     multigaussian_loss,
     one_hot,
 )
-from trax_sl.layers.delay import Delay, Lookahead
 from trax_sl.layers.dsp import STFT, Frame, InverseSTFT, LinearToMelSpectrogram, LogMelFrontend
 from trax_sl.layers.initializers import (
     AtariConvInit,
@@ -179,6 +175,7 @@ from trax_sl.layers.metrics import (
 from trax_sl.layers.normalization import BatchNorm, FilterResponseNorm, GroupNorm, LayerNorm, RMSNorm
 from trax_sl.layers.pooling import AvgPool, MaxPool, SumPool
 from trax_sl.layers.position import AddTimingSignal, ApplyRotaryPositionalEncoding, PositionalEncoding
+from trax_sl.layers.reductions import ArgMax, LogSoftmax, LogSumExp, Max, Mean, Min, Softmax, Sum
 from trax_sl.layers.repeat import CheckpointGradient, GatedLinearUnit, Repeat
 from trax_sl.layers.research.efficient_attention import (
     LSHFF,
