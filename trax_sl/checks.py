@@ -29,3 +29,10 @@ def check_rate(where: str, **values) -> None:
     for key, value in values.items():
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{where}: {key} must be in [0, 1), got {key}={value!r}")
+
+
+def check_between(where: str, low: float, high: float, /, **values) -> None:
+    """Raises ValueError unless every value lies in [low, high] (e.g. a label smoothing in [0, 1])."""
+    for key, value in values.items():
+        if not low <= value <= high:
+            raise ValueError(f"{where}: {key} must be between {low} and {high}, got {value!r}")

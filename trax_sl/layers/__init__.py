@@ -11,6 +11,7 @@ from trax_sl.layers import (
     delay,
     distributions,
     dsp,
+    gin_names,
     initializers,
     metrics,
     normalization,
@@ -219,24 +220,5 @@ from trax_sl.layers.rnn import (
 from trax_sl.layers.self_attention import DotProductSelfAttention, LocalDotProductSelfAttention
 from trax_sl.layers.streaming import start_stream
 
-_BASE_CLASSES = ("Layer", "LayerError", "ReversibleLayer", "EfficientAttentionBase")
-
-
-def _register_with_gin() -> None:
-    """Makes every layer and initializer nameable in gin configs as `trax_sl.layers.<Name>`.
-
-    Registered without rebinding the names here, so `tl.Dense` stays the class
-    itself; configs get gin's wrapper through `@trax_sl.layers.Dense`.
-    """
-    import gin
-
-    for name, obj in sorted(globals().items()):
-        if not name[:1].isupper() or name.isupper() or not callable(obj) or name in _BASE_CLASSES:
-            continue
-        try:
-            gin.external_configurable(obj, name=name, module="trax_sl.layers")
-        except ValueError:  # Already registered (the metrics register themselves).
-            pass
-
-
-_register_with_gin()
+# Last, once every name is here: each becomes `trax_sl.layers.<Name>` in gin configs.
+gin_names.register(globals(), metrics)
