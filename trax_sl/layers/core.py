@@ -1,8 +1,9 @@
 """Core layers: Dense, Embedding, Dropout, Weights, summaries, and small elementwise layers.
 
-Names, arguments, defaults and results are Trax's (`trax.layers.core`). These
-layers are pointwise in time and leave Sequences to the base class (except
-LocallyConnected1d and the pass-through summaries, which handle them).
+Names, arguments, defaults and results are Trax's (`trax.layers.core`). Most
+of these layers are pointwise in time and leave Sequences to the base class;
+LocallyConnected1d and the pass-through layers (summaries, PrintShape) handle
+Sequences themselves.
 
 Trax's `core` also holds the layers that reduce or normalize along an axis
 (`reductions`) and the distribution functions (`distributions`); they are
