@@ -73,3 +73,10 @@ def check_array_leaves(where: str, x) -> None:
             raise TypeError(
                 f"{where} expected arrays or Sequences as inputs, got {type(leaf).__name__} ({leaf!r:.60})"
             )
+
+
+def check_between(where: str, low: float, high: float, /, **values) -> None:
+    """Raises ValueError unless every value lies in [low, high] (e.g. a label smoothing in [0, 1])."""
+    for key, value in values.items():
+        if not low <= value <= high:
+            raise ValueError(f"{where}: {key} must be between {low} and {high}, got {value!r}")

@@ -9,12 +9,15 @@ from trax_sl.layers import (
     convolution,
     core,
     delay,
+    distributions,
     dsp,
+    gin_names,
     initializers,
     metrics,
     normalization,
     pooling,
     position,
+    reductions,
     repeat,
     research,
     reversible,
@@ -110,28 +113,23 @@ from trax_sl.layers.combinators import (
 )
 from trax_sl.layers.convolution import CausalConv, CausalDepthwiseConv, Conv, Conv1d, Conv2D, DepthwiseConv1D
 from trax_sl.layers.core import (
-    ArgMax,
     Dense,
     Dropout,
     Embedding,
     Flatten,
     LocallyConnected1d,
-    LogSoftmax,
-    LogSumExp,
-    Max,
-    Mean,
-    Min,
     Negate,
     PrintShape,
     RandomUniform,
-    Softmax,
     StopGradient,
-    Sum,
     SummaryImage,
     SummaryScalar,
     ThresholdToBinary,
     ToFloat,
     Weights,
+)
+from trax_sl.layers.delay import Delay, Lookahead
+from trax_sl.layers.distributions import (
     log_gaussian_diag_pdf,
     log_gaussian_pdf,
     log_softmax,
@@ -139,7 +137,6 @@ from trax_sl.layers.core import (
     multigaussian_loss,
     one_hot,
 )
-from trax_sl.layers.delay import Delay, Lookahead
 from trax_sl.layers.dsp import STFT, Frame, InverseSTFT, LinearToMelSpectrogram, LogMelFrontend
 from trax_sl.layers.initializers import (
     AtariConvInit,
@@ -179,6 +176,7 @@ from trax_sl.layers.metrics import (
 from trax_sl.layers.normalization import BatchNorm, FilterResponseNorm, GroupNorm, LayerNorm, RMSNorm
 from trax_sl.layers.pooling import AvgPool, MaxPool, SumPool
 from trax_sl.layers.position import AddTimingSignal, ApplyRotaryPositionalEncoding, PositionalEncoding
+from trax_sl.layers.reductions import ArgMax, LogSoftmax, LogSumExp, Max, Mean, Min, Softmax, Sum
 from trax_sl.layers.repeat import CheckpointGradient, GatedLinearUnit, Repeat
 from trax_sl.layers.research.efficient_attention import (
     LSHFF,
@@ -222,24 +220,5 @@ from trax_sl.layers.rnn import (
 from trax_sl.layers.self_attention import DotProductSelfAttention, LocalDotProductSelfAttention
 from trax_sl.layers.streaming import start_stream
 
-_BASE_CLASSES = ("Layer", "LayerError", "ReversibleLayer", "EfficientAttentionBase")
-
-
-def _register_with_gin() -> None:
-    """Makes every layer and initializer nameable in gin configs as `trax_sl.layers.<Name>`.
-
-    Registered without rebinding the names here, so `tl.Dense` stays the class
-    itself; configs get gin's wrapper through `@trax_sl.layers.Dense`.
-    """
-    import gin
-
-    for name, obj in sorted(globals().items()):
-        if not name[:1].isupper() or name.isupper() or not callable(obj) or name in _BASE_CLASSES:
-            continue
-        try:
-            gin.external_configurable(obj, name=name, module="trax_sl.layers")
-        except ValueError:  # Already registered (the metrics register themselves).
-            pass
-
-
-_register_with_gin()
+# Last, once every name is here: each becomes `trax_sl.layers.<Name>` in gin configs.
+gin_names.register(globals(), metrics)

@@ -1,7 +1,7 @@
 """Running layers data parallel over devices: Accelerate and Trax's device helpers.
 
 `Accelerate` compiles a layer with `jax.jit` over a one-axis `Mesh` named
-'batch': inputs are split on their leading (batch) axis, weights are
+'batch' (`trax_sl.mesh`'s data-parallel mesh, with Trax's axis name): inputs are split on their leading (batch) axis, weights are
 replicated, and XLA's SPMD partitioner runs each device on its part of the
 batch. The computation keeps the plain layer's global semantics, so results
 equal the plain layer's (batch statistics and dropout masks included).
@@ -15,15 +15,15 @@ makes such values, `reshape_by_device` splits a batch that way, and
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trax_sl.layers import base
+from trax_sl.mesh import data_parallel_mesh
 
 AXIS_NAME = "batch"  # The mesh axis the batch is split over (Trax's pmap axis_name).
 
@@ -40,15 +40,9 @@ def _check_n_devices(n_devices: int, where: str) -> int:
     return int(n_devices)
 
 
-@functools.cache
 def _mesh(n_devices: int) -> Mesh:
-    """A one-axis 'batch' mesh over the first n_devices local devices.
-
-    Auto axis types: the partitioner propagates shardings from the few we
-    constrain (explicit axes would make every op's sharding part of its type).
-    """
-    devices = np.asarray(jax.local_devices()[:n_devices])
-    return Mesh(devices, (AXIS_NAME,), axis_types=(AxisType.Auto,))
+    """The one-axis 'batch' mesh over the first n_devices local devices."""
+    return data_parallel_mesh(n_devices, axis_name=AXIS_NAME, all_processes=False)
 
 
 def _batch_sharding(n_devices: int) -> NamedSharding:

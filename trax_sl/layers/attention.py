@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -574,21 +573,3 @@ def CausalAttention(  # noqa: N802
         n_heads,
         "CausalAttention",
     )
-
-
-# Configs name them as Trax's do: `@trax_sl.layers.CausalAttention`.
-for _layer in (
-    Attention,
-    AttentionQKV,
-    CausalAttention,
-    ConfigurableAttention,
-    DotProductAttention,
-    DotProductCausalAttention,
-    EncoderDecoderMask,
-    MergeHeads,
-    PaddingMask,
-    PureAttention,
-    ShiftRight,
-    SplitIntoHeads,
-):
-    gin.external_configurable(_layer, module="trax_sl.layers")

@@ -1,9 +1,13 @@
-"""Core layers and functions: Dense, Embedding, Dropout, reductions, softmax and friends.
+"""Core layers: Dense, Embedding, Dropout, Weights, summaries, and small elementwise layers.
 
-Names, arguments, defaults and results are Trax's (`trax.layers.core`). Layers
-pointwise in time leave Sequences to the base class; the layers that reduce or
-normalize along an axis mask invalid steps themselves when that axis is the
-batch or the time axis of a Sequence.
+Names, arguments, defaults and results are Trax's (`trax.layers.core`). Most
+of these layers are pointwise in time and leave Sequences to the base class;
+LocallyConnected1d and the pass-through layers (summaries, PrintShape) handle
+Sequences themselves.
+
+Trax's `core` also holds the layers that reduce or normalize along an axis
+(`reductions`) and the distribution functions (`distributions`); they are
+re-exported here, so `trax_sl.layers.core.<name>` keeps every Trax name.
 """
 
 from __future__ import annotations
@@ -15,21 +19,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl import shapes
 from trax_sl.layers import base
 from trax_sl.layers import initializers as init
 from trax_sl.layers.base import Fn, Layer
+from trax_sl.layers.distributions import (
+    log_gaussian_diag_pdf,
+    log_gaussian_pdf,
+    log_softmax,
+    logsoftmax_sample,
+    multigaussian_loss,
+    one_hot,
+)
+from trax_sl.layers.reductions import ArgMax, LogSoftmax, LogSumExp, Max, Mean, Min, Softmax, Sum
+
+__all__ = [
+    "ArgMax",
+    "Dense",
+    "Dropout",
+    "Embedding",
+    "Flatten",
+    "LocallyConnected1d",
+    "LogSoftmax",
+    "LogSumExp",
+    "Max",
+    "Mean",
+    "Min",
+    "Negate",
+    "PrintShape",
+    "RandomUniform",
+    "Softmax",
+    "StopGradient",
+    "Sum",
+    "SummaryImage",
+    "SummaryScalar",
+    "ThresholdToBinary",
+    "ToFloat",
+    "Weights",
+    "log_gaussian_diag_pdf",
+    "log_gaussian_pdf",
+    "log_softmax",
+    "logsoftmax_sample",
+    "multigaussian_loss",
+    "one_hot",
+]
 
 # --- Trainable layers ----------------------------------------------------------
-
-
-def _check_positive(layer_name: str, **values) -> None:
-    for key, value in values.items():
-        if not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{layer_name}: {key} must be an integer, got {key}={value!r}")
-        if value < 1:
-            raise ValueError(f"{layer_name}: {key} must be >= 1, got {key}={value!r}")
 
 
 def _bias_like(b, ndim: int):
@@ -64,7 +100,10 @@ class Dense(Layer):
             use_bias: If True, y = x W + b; else y = x W.
             use_bfloat16: If True, weights are bfloat16 instead of float32.
         """
-        _check_positive("Dense", n_units=n_units)
+        if isinstance(n_units, (int, np.integer)) and n_units < 1:
+            # Dense's message predates the shared check, and tests match it word for word.
+            raise ValueError(f"Dense: n_units must be >= 1, got n_units={n_units!r}")
+        checks.check_positive("Dense", n_units=n_units)
         super().__init__(name=f"Dense_{n_units}")
         self._n_units = n_units
         self._kernel_initializer = kernel_initializer
@@ -131,7 +170,7 @@ class Embedding(Layer):
 
         Negative ids clip to 0 and ids >= vocab_size to vocab_size - 1, as in Trax.
         """
-        _check_positive("Embedding", vocab_size=vocab_size, d_feature=d_feature)
+        checks.check_positive("Embedding", vocab_size=vocab_size, d_feature=d_feature)
         super().__init__(name=f"Embedding_{vocab_size}_{d_feature}")
         self._vocab_size = vocab_size
         self._d_feature = d_feature
@@ -169,10 +208,8 @@ class Dropout(Layer):
             shared_axes: Axes (of the values) along which the mask is shared.
             mode: 'train' drops; 'eval' and 'predict' pass inputs through.
         """
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"Dropout: rate must be in [0, 1), got rate={rate!r}")
-        if mode not in base.MODES:
-            raise ValueError(f"Dropout: mode must be one of {base.MODES}, got mode={mode!r}")
+        checks.check_rate("Dropout", rate=rate)
+        checks.check_mode("Dropout", mode)
         shared_axes = () if shared_axes is None else tuple(shared_axes)
         if not all(isinstance(a, (int, np.integer)) for a in shared_axes):
             raise TypeError(f"Dropout: shared_axes must be integers, got shared_axes={shared_axes!r}")
@@ -298,7 +335,7 @@ class LocallyConnected1d(Layer):
         use_bias: bool = True,
         padding: str = "VALID",
     ):
-        _check_positive("LocallyConnected1d", filters=filters, kernel_size=kernel_size)
+        checks.check_positive("LocallyConnected1d", filters=filters, kernel_size=kernel_size)
         if kernel_size % 2 != 1:
             raise ValueError(f"LocallyConnected1d: kernel_size must be odd, got kernel_size={kernel_size}")
         padding = padding.upper() if isinstance(padding, str) else padding
@@ -378,7 +415,7 @@ class _PassThrough(Layer):
     handles_sequences = True
 
     def __init__(self, n_in: int, name: str):
-        _check_positive(name, n_in=n_in)
+        checks.check_positive(name, n_in=n_in)
         super().__init__(n_in=n_in, n_out=n_in, name=name)
 
 
@@ -453,7 +490,7 @@ class SummaryImage(_PassThrough):
     """
 
     def __init__(self, name: str, n_in: int, num_summaries: int = 5, recover_fn: Callable | None = None):
-        _check_positive("SummaryImage", num_summaries=num_summaries)
+        checks.check_positive("SummaryImage", num_summaries=num_summaries)
         if n_in > 1 and recover_fn is None:
             raise ValueError(
                 f"SummaryImage: n_in={n_in} needs a recover_fn that makes one image batch of the "
@@ -486,69 +523,7 @@ class SummaryImage(_PassThrough):
         return inputs, self._images(inputs)
 
 
-# --- Functions of one axis, masked on Sequences ----------------------------------------
-
-
-def _axes(axis, ndim: int) -> tuple[int, ...]:
-    if axis is None:
-        return tuple(range(ndim))
-    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
-    return tuple(a % ndim for a in axes)
-
-
-def _lowest(dtype):
-    if jnp.issubdtype(dtype, jnp.floating):
-        return -jnp.inf
-    if dtype == jnp.bool_:
-        return False
-    return jnp.iinfo(dtype).min
-
-
-def _highest(dtype):
-    if jnp.issubdtype(dtype, jnp.floating):
-        return jnp.inf
-    if dtype == jnp.bool_:
-        return True
-    return jnp.iinfo(dtype).max
-
-
-class _AlongAxis(Layer):
-    """An array function along `axis`; on a Sequence it masks where the axis mixes rows or steps.
-
-    `fn(values)` runs when the axis is a channel axis (pointwise in time: the
-    output keeps the mask). When the axis includes batch (0) or time (1),
-    `masked_fn(values, valid)` runs instead, with `valid` the mask broadcast
-    to the values' shape; its output is a Sequence with the input's mask if
-    `keeps_shape`, else a plain array.
-    """
-
-    handles_sequences = True
-
-    def __init__(self, name: str, axis, fn, masked_fn, keeps_shape: bool = False):
-        super().__init__(name=name)
-        self._axis = axis
-        self._fn = fn
-        self._masked_fn = masked_fn
-        self._keeps_shape = keeps_shape
-
-    @property
-    def supports_step(self) -> bool:
-        # Negative axes count from the channels; None, 0 and 1 take in batch or time.
-        axes = self._axis if isinstance(self._axis, (tuple, list)) else (self._axis,)
-        return all(a is not None and (a < 0 or a >= 2) for a in axes)
-
-    def forward(self, x, weights, state, rng):
-        if not isinstance(x, seq.Sequence):
-            return self._fn(x), state
-        if not set(_axes(self._axis, x.ndim)) & {0, 1}:
-            return seq.Sequence(self._fn(x.values), x.mask), state
-        valid = jnp.broadcast_to(seq.expand_mask(x.mask, x.ndim), x.shape)
-        y = self._masked_fn(x.values, valid)
-        return (seq.Sequence(y, x.mask) if self._keeps_shape else y), state
-
-
-def _fill(values, valid, fill):
-    return jnp.where(valid, values, jnp.asarray(fill, values.dtype))
+# --- Elementwise and reshaping layers ---------------------------------------------
 
 
 def Flatten(n_axes_to_keep: int = 1) -> Layer:  # noqa: N802
@@ -575,72 +550,6 @@ def Flatten(n_axes_to_keep: int = 1) -> Layer:  # noqa: N802
     return Fn("Flatten", f, supports_step=n_axes_to_keep >= 2)
 
 
-def log_softmax(x, axis: int = -1):
-    """Returns log probabilities `x - logsumexp(x)` along `axis`.
-
-    Args:
-        x: Activations (logits).
-        axis: Axis along which the values form one distribution.
-    """
-    return x - jax.scipy.special.logsumexp(x, axis=axis, keepdims=True)
-
-
-def _masked_log_softmax(values, valid, axis):
-    lse = jax.nn.logsumexp(values, axis=axis, keepdims=True, where=valid)
-    return jnp.where(valid, values - lse, jnp.zeros((), values.dtype))
-
-
-def LogSoftmax(axis: int = -1) -> Layer:  # noqa: N802
-    """Returns a layer that applies log softmax (x - logsumexp(x)) along `axis`.
-
-    n_in=1, n_out=1. `[batch, time, depth]` -> same. Along the time (or
-    batch) axis of a Sequence only valid steps take part; invalid ones are 0.
-
-    Predict mode: stateless; streams with block_size 1 (along a channel axis).
-    """
-    return _AlongAxis(
-        "LogSoftmax",
-        axis,
-        lambda x: log_softmax(x, axis=axis),
-        lambda v, valid: _masked_log_softmax(v, valid, axis),
-        keeps_shape=True,
-    )
-
-
-def LogSumExp(axis: int = -1) -> Layer:  # noqa: N802
-    """Returns a layer that computes log(sum(exp(x))) along `axis`, keeping it as size 1.
-
-    n_in=1, n_out=1. `[batch, time, depth]` -> `[batch, time, 1]`. Along the
-    time (or batch) axis of a Sequence only valid steps count, and the result
-    is a plain array.
-
-    Predict mode: stateless; streams with block_size 1 (along a channel axis).
-    """
-    return _AlongAxis(
-        "LogSumExp",
-        axis,
-        lambda x: jax.scipy.special.logsumexp(x, axis=axis, keepdims=True),
-        lambda v, valid: jax.nn.logsumexp(v, axis=axis, keepdims=True, where=valid),
-    )
-
-
-def Softmax(axis: int = -1) -> Layer:  # noqa: N802
-    """Returns a layer that applies softmax along `axis`.
-
-    n_in=1, n_out=1. `[batch, time, depth]` -> same. Along the time (or
-    batch) axis of a Sequence only valid steps take part; invalid ones are 0.
-
-    Predict mode: stateless; streams with block_size 1 (along a channel axis).
-    """
-    return _AlongAxis(
-        "Softmax",
-        axis,
-        lambda x: jnp.exp(log_softmax(x, axis=axis)),
-        lambda v, valid: jnp.where(valid, jnp.exp(_masked_log_softmax(v, valid, axis)), 0),
-        keeps_shape=True,
-    )
-
-
 def ToFloat() -> Layer:  # noqa: N802
     """Returns a layer that casts its input to float32.
 
@@ -651,78 +560,6 @@ def ToFloat() -> Layer:  # noqa: N802
     return Fn("ToFloat", lambda x: x.astype(jnp.float32))
 
 
-def Mean(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
-    """Returns a layer that computes the mean along `axis`.
-
-    n_in=1, n_out=1. `[batch, time, depth]` -> `[batch, time]` (axis=-1;
-    keepdims=True keeps a size-1 axis). Over the time (or batch) axis of a
-    Sequence the mean is over valid steps only (0 where none is valid), and
-    the result is a plain array.
-
-    Predict mode: stateless; streams with block_size 1 (along a channel axis).
-    """
-
-    def masked(v, valid):
-        total = jnp.sum(jnp.where(valid, v, jnp.zeros((), v.dtype)), axis=axis, keepdims=keepdims)
-        count = jnp.sum(valid, axis=axis, keepdims=keepdims)
-        return total / jnp.maximum(count, 1).astype(total.dtype)
-
-    return _AlongAxis("Mean", axis, lambda x: jnp.mean(x, axis=axis, keepdims=keepdims), masked)
-
-
-def Min(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
-    """Returns a layer that computes the minimum along `axis`.
-
-    n_in=1, n_out=1. `[batch, time, depth]` -> `[batch, time]` (axis=-1;
-    keepdims=True keeps a size-1 axis). Over the time (or batch) axis of a
-    Sequence invalid steps are ignored (the dtype's largest value where none
-    is valid), and the result is a plain array.
-
-    Predict mode: stateless; streams with block_size 1 (along a channel axis).
-    """
-    return _AlongAxis(
-        "Min",
-        axis,
-        lambda x: jnp.min(x, axis=axis, keepdims=keepdims),
-        lambda v, valid: jnp.min(_fill(v, valid, _highest(v.dtype)), axis=axis, keepdims=keepdims),
-    )
-
-
-def Max(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
-    """Returns a layer that computes the maximum along `axis`.
-
-    n_in=1, n_out=1. `[batch, time, depth]` -> `[batch, time]` (axis=-1;
-    keepdims=True keeps a size-1 axis). Over the time (or batch) axis of a
-    Sequence invalid steps are ignored (the dtype's lowest value where none
-    is valid), and the result is a plain array.
-
-    Predict mode: stateless; streams with block_size 1 (along a channel axis).
-    """
-    return _AlongAxis(
-        "Max",
-        axis,
-        lambda x: jnp.max(x, axis=axis, keepdims=keepdims),
-        lambda v, valid: jnp.max(_fill(v, valid, _lowest(v.dtype)), axis=axis, keepdims=keepdims),
-    )
-
-
-def Sum(axis: int | None = None, keepdims: bool = False) -> Layer:  # noqa: N802
-    """Returns a layer that computes the sum along `axis`.
-
-    n_in=1, n_out=1. `[batch, time, depth]` -> `[]` (axis=None: all values;
-    keepdims=True keeps size-1 axes). Over the time (or batch) axis of a
-    Sequence invalid steps count as 0, and the result is a plain array.
-
-    Predict mode: stateless; streams with block_size 1 (along a channel axis).
-    """
-    return _AlongAxis(
-        "Sum",
-        axis,
-        lambda x: jnp.sum(x, axis=axis, keepdims=keepdims),
-        lambda v, valid: jnp.sum(_fill(v, valid, 0), axis=axis, keepdims=keepdims),
-    )
-
-
 def ThresholdToBinary(threshold: float = 0.5) -> Layer:  # noqa: N802
     """Returns a layer that maps values above `threshold` to 1, others to 0 (int32).
 
@@ -731,23 +568,6 @@ def ThresholdToBinary(threshold: float = 0.5) -> Layer:  # noqa: N802
     Predict mode: stateless; streams with block_size 1.
     """
     return Fn("ThresholdToBinary", lambda x: (x > threshold).astype(jnp.int32))
-
-
-def ArgMax(axis: int = -1) -> Layer:  # noqa: N802
-    """Returns a layer that computes the index of the maximum along `axis`.
-
-    n_in=1, n_out=1. `[batch, time, depth]` -> `[batch, time]` int32. Over
-    the time (or batch) axis of a Sequence invalid steps are ignored, and the
-    result is a plain array.
-
-    Predict mode: stateless; streams with block_size 1 (along a channel axis).
-    """
-    return _AlongAxis(
-        "ArgMax",
-        axis,
-        lambda x: jnp.argmax(x, axis=axis),
-        lambda v, valid: jnp.argmax(_fill(v, valid, _lowest(v.dtype)), axis=axis),
-    )
 
 
 def Negate() -> Layer:  # noqa: N802
@@ -768,111 +588,3 @@ def StopGradient() -> Layer:  # noqa: N802
     Predict mode: stateless; streams with block_size 1.
     """
     return Fn("StopGradient", jax.lax.stop_gradient)
-
-
-# --- Array functions --------------------------------------------------------------
-
-
-def one_hot(x, n_categories: int, dtype=jnp.float32):
-    """Makes a one-hot array (n+1 axes) from an integer categorical array (n axes).
-
-    Values outside [0, n_categories) give all-zero vectors.
-    """
-    x = jnp.asarray(x)
-    categories = jnp.arange(n_categories).reshape((1,) * x.ndim + (n_categories,))
-    return (x[..., None] == categories).astype(dtype)
-
-
-def log_gaussian_pdf(x, mu, sigma):
-    """Returns log N(x | mu, sigma) for a full covariance matrix sigma.
-
-    Args:
-        x: Points, `[..., d]`.
-        mu: Means, `[..., d]`.
-        sigma: Covariance matrices, `[..., d, d]`.
-
-    Returns:
-        The log densities, `[...]`.
-    """
-    a = mu.shape[-1] * jnp.log(2 * jnp.pi)
-    _, b = jnp.linalg.slogdet(sigma)
-    diff = x - mu
-    y = jnp.linalg.solve(sigma, diff[..., None])[..., 0]
-    c = jnp.sum(diff * y, axis=-1)
-    return -0.5 * (a + b + c)
-
-
-def log_gaussian_diag_pdf(x, mu, diag_sigma):
-    """Returns log N(x | mu, diag(diag_sigma)): diag_sigma holds the variances.
-
-    As in Trax, 1e-6 is added to the determinant (the product of the
-    variances) before its log.
-
-    Args:
-        x: Points, `[..., d]`.
-        mu: Means, `[..., d]`.
-        diag_sigma: Variances (the covariance's diagonal), `[..., d]`.
-
-    Returns:
-        The log densities, `[...]`.
-    """
-    a = mu.shape[-1] * jnp.log(2 * jnp.pi)
-    b = jnp.log(jnp.prod(diag_sigma, axis=-1) + 1e-6)
-    diff = x - mu
-    c = jnp.sum(diff * diff / diag_sigma, axis=-1)
-    return -0.5 * (a + b + c)
-
-
-def multigaussian_loss(preds, targets, ngauss: int = 1):
-    """Returns the log-likelihood of targets under a mixture of diagonal Gaussians.
-
-    As in Trax, the result is the log-likelihood (higher is better), not its
-    negation.
-
-    Args:
-        preds: `[batch, ngauss * (2 * d + 1)]`: ngauss mixture logits, then
-            ngauss * d means, then ngauss * d values s with variances s^2 + 1e-6.
-        targets: `[batch, d]`.
-        ngauss: Number of mixture components.
-
-    Returns:
-        `[batch]` log-likelihoods.
-    """
-    ndims = targets.shape[-1]
-    logits = preds[:, :ngauss]
-    mus = preds[:, ngauss : ngauss * (ndims + 1)]
-    sigmas = preds[:, ngauss * (ndims + 1) :]
-    sigmas = sigmas * sigmas + 1e-6  # Makes them positive.
-    loglogits = logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True)
-    mus = jnp.reshape(mus, (-1, ngauss, ndims))
-    sigmas = jnp.reshape(sigmas, (-1, ngauss, ndims))
-    targets = jnp.reshape(targets, (-1, 1, ndims))
-    glogprobs = log_gaussian_diag_pdf(targets, mus, sigmas)
-    return jax.scipy.special.logsumexp(loglogits + glogprobs, axis=-1)
-
-
-def logsoftmax_sample(log_probs, temperature: float = 1.0, rng=None):
-    """Returns a sample (the index along the last axis) from log probabilities.
-
-    Gumbel-max sampling: argmax(log_probs + temperature * gumbel noise);
-    temperature 1.0 samples from the distribution, 0.0 picks the argmax.
-    With `rng` (a JAX key) the noise comes from `jax.random` and the function
-    is jit-able; without it, from NumPy's global generator as in Trax.
-
-    Args:
-        log_probs: Log probabilities (e.g. from LogSoftmax), `[..., n]`.
-        temperature: Scales the noise; must be >= 0 (checked when it is a Python number).
-        rng: Optional JAX PRNG key.
-
-    Returns:
-        Integer indices, `[...]`.
-    """
-    if isinstance(temperature, (int, float, np.number)) and temperature < 0:  # Traced: unchecked.
-        raise ValueError(f"logsoftmax_sample: temperature must be >= 0, got temperature={temperature}")
-    if rng is None:
-        u = np.random.uniform(low=1e-6, high=1.0 - 1e-6, size=np.shape(log_probs))
-        g = -np.log(-np.log(u))
-        return np.argmax(np.asarray(log_probs) + g * temperature, axis=-1)
-    u = jax.random.uniform(rng, jnp.shape(log_probs), minval=1e-6, maxval=1.0 - 1e-6)
-    g = -jnp.log(-jnp.log(u))
-    return jnp.argmax(log_probs + g * temperature, axis=-1)

@@ -19,7 +19,8 @@ is the accuracy over valid steps. Invalid steps are zeroed before any
 arithmetic, so neither values nor gradients there can be NaN. Metrics reduce
 over time, so they do not stream (`supports_step` is False).
 
-Every public metric is gin-configurable as `trax_sl.layers.<Name>`.
+Every public metric is gin-configurable as `trax_sl.layers.<Name>` (see
+`gin_names`), and direct calls see the bindings too.
 
 The formulas are Trax's. Unlike Trax, weight sums are not averaged over
 devices inside `pmap`: losses computed on globally sharded arrays (jit)
@@ -28,15 +29,12 @@ already see all weights.
 
 from __future__ import annotations
 
-import gin
 import jax
 import jax.numpy as jnp
 
+from trax_sl import checks
 from trax_sl import sequence as seq
-from trax_sl.layers import base, combinators, core
-
-# Configs name metrics as Trax's do: `@trax_sl.layers.WeightedCategoryCrossEntropy()`.
-_configurable = gin.configurable(module="trax_sl.layers")
+from trax_sl.layers import base, combinators, distributions, reductions
 
 
 class _Metric(base.Layer):
@@ -136,18 +134,13 @@ def _predictions(name: str, model_output, targets):
     return predictions
 
 
-def _check_label_smoothing(name: str, label_smoothing) -> None:
-    if label_smoothing is not None and not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{name}: label_smoothing must be between 0 and 1, got {label_smoothing}")
-
-
 def _category_cross_entropy(model_output, targets, label_smoothing, cutoff):
     """Per-item cross-entropy of softmax(model_output) against (smoothed) one-hot targets."""
     n_categories = model_output.shape[-1]
-    target_distributions = core.one_hot(targets, n_categories)
+    target_distributions = distributions.one_hot(targets, n_categories)
     if label_smoothing:
         target_distributions = target_distributions * (1.0 - label_smoothing) + label_smoothing / n_categories
-    cross_entropies = -jnp.sum(target_distributions * core.log_softmax(model_output), axis=-1)
+    cross_entropies = -jnp.sum(target_distributions * distributions.log_softmax(model_output), axis=-1)
     if cutoff > 0.0:
         return jnp.maximum(cross_entropies, cutoff) - cutoff
     return cross_entropies
@@ -155,7 +148,7 @@ def _category_cross_entropy(model_output, targets, label_smoothing, cutoff):
 
 def _cross_entropies(log_probs, targets):
     """Per-item `-log_probs[target]` (Trax's `_CrossEntropy`)."""
-    return -jnp.sum(log_probs * core.one_hot(targets, log_probs.shape[-1]), axis=-1)
+    return -jnp.sum(log_probs * distributions.one_hot(targets, log_probs.shape[-1]), axis=-1)
 
 
 def _binary_cross_entropy_of_probabilities(name: str, probabilities, targets, mask):
@@ -181,8 +174,8 @@ def _f_scores(name: str, model_output, targets, mask, beta: float, initial_categ
     predictions = _predictions(name, model_output, targets)
     n_categories = model_output.shape[-1]
     valid = _valid(name, mask, predictions.shape).astype(jnp.float32)[..., None]
-    predicted = core.one_hot(predictions, n_categories)[..., initial_category_index:] * valid
-    observed = core.one_hot(targets, n_categories)[..., initial_category_index:] * valid
+    predicted = distributions.one_hot(predictions, n_categories)[..., initial_category_index:] * valid
+    observed = distributions.one_hot(targets, n_categories)[..., initial_category_index:] * valid
     axes = tuple(range(predicted.ndim - 1))
     n_correct = jnp.sum(predicted * observed, axis=axes)
     n_k_targets = jnp.sum(observed, axis=axes)
@@ -196,7 +189,6 @@ def _f_scores(name: str, model_output, targets, mask, beta: float, initial_categ
 # --- Accuracy ----------------------------------------------------------------------
 
 
-@_configurable
 def CategoryAccuracy() -> base.Layer:  # noqa: N802
     """Returns a layer that computes category prediction accuracy.
 
@@ -215,7 +207,6 @@ def CategoryAccuracy() -> base.Layer:  # noqa: N802
     return _Metric("CategoryAccuracy", f, n_in=2)
 
 
-@_configurable
 def WeightedCategoryAccuracy() -> base.Layer:  # noqa: N802
     """Returns a layer that computes a weighted category prediction accuracy.
 
@@ -234,7 +225,6 @@ def WeightedCategoryAccuracy() -> base.Layer:  # noqa: N802
     return _Metric("WeightedCategoryAccuracy", f, n_in=3)
 
 
-@_configurable
 def MaskedSequenceAccuracy() -> base.Layer:  # noqa: N802
     """Returns a layer that computes sequence prediction accuracy with masking.
 
@@ -282,7 +272,6 @@ def _WeightedSequenceMean() -> base.Layer:  # noqa: N802
     return _Metric("_WeightedSequenceMean", f, n_in=2)
 
 
-@_configurable
 def Accuracy(classifier: base.Layer | None = None) -> base.Layer:  # noqa: N802
     """Returns a layer that computes mean category prediction accuracy.
 
@@ -297,13 +286,12 @@ def Accuracy(classifier: base.Layer | None = None) -> base.Layer:  # noqa: N802
 
     Not streamable (a reduction over time).
     """
-    classifier = core.ArgMax() if classifier is None else classifier
+    classifier = reductions.ArgMax() if classifier is None else classifier
     return combinators.Serial(
         classifier, _Accuracy(), _WeightedMean(), name="Accuracy", sublayers_to_print=[]
     )
 
 
-@_configurable
 def SequenceAccuracy(classifier: base.Layer | None = None) -> base.Layer:  # noqa: N802
     """Returns a layer that computes mean sequence prediction accuracy.
 
@@ -318,7 +306,7 @@ def SequenceAccuracy(classifier: base.Layer | None = None) -> base.Layer:  # noq
 
     Not streamable (a reduction over time).
     """
-    classifier = core.ArgMax() if classifier is None else classifier
+    classifier = reductions.ArgMax() if classifier is None else classifier
     return combinators.Serial(
         classifier, _Accuracy(), _WeightedSequenceMean(), name="SequenceAccuracy", sublayers_to_print=[]
     )
@@ -327,7 +315,6 @@ def SequenceAccuracy(classifier: base.Layer | None = None) -> base.Layer:  # noq
 # --- Cross-entropy -----------------------------------------------------------------
 
 
-@_configurable
 def CategoryCrossEntropy(label_smoothing: float | None = None) -> base.Layer:  # noqa: N802
     r"""Returns a layer that computes cross-entropy from activations and integers.
 
@@ -342,7 +329,8 @@ def CategoryCrossEntropy(label_smoothing: float | None = None) -> base.Layer:  #
 
     Not streamable (a reduction over time).
     """
-    _check_label_smoothing("CategoryCrossEntropy", label_smoothing)
+    if label_smoothing is not None:
+        checks.check_between("CategoryCrossEntropy", 0, 1, label_smoothing=label_smoothing)
 
     def f(model_output, targets, mask):
         cross_entropies = _category_cross_entropy(model_output, targets, label_smoothing, 0.0)
@@ -351,7 +339,6 @@ def CategoryCrossEntropy(label_smoothing: float | None = None) -> base.Layer:  #
     return _Metric("CategoryCrossEntropy", f, n_in=2)
 
 
-@_configurable
 def WeightedCategoryCrossEntropy(  # noqa: N802
     label_smoothing: float | None = None,
     cutoff: float = 0.0,
@@ -368,7 +355,8 @@ def WeightedCategoryCrossEntropy(  # noqa: N802
 
     Not streamable (a reduction over time).
     """
-    _check_label_smoothing("WeightedCategoryCrossEntropy", label_smoothing)
+    if label_smoothing is not None:
+        checks.check_between("WeightedCategoryCrossEntropy", 0, 1, label_smoothing=label_smoothing)
 
     def f(model_output, targets, weights, mask):
         cross_entropies = _category_cross_entropy(model_output, targets, label_smoothing, cutoff)
@@ -378,7 +366,6 @@ def WeightedCategoryCrossEntropy(  # noqa: N802
     return _Metric("WeightedCategoryCrossEntropy", f, n_in=3)
 
 
-@_configurable
 def CrossEntropyLoss() -> base.Layer:  # noqa: N802
     """Returns a layer that outputs multiclass prediction-target cross-entropy.
 
@@ -397,7 +384,6 @@ def CrossEntropyLoss() -> base.Layer:  # noqa: N802
     return _Metric("CrossEntropyLoss", f, n_in=3)
 
 
-@_configurable
 def CrossEntropyLossWithLogSoftmax() -> base.Layer:  # noqa: N802
     """Mean prediction-target cross-entropy for multiclass classification.
 
@@ -409,12 +395,11 @@ def CrossEntropyLossWithLogSoftmax() -> base.Layer:  # noqa: N802
 
     def f(model_output, targets, weights, mask):
         weights = _item_weights("CrossEntropyLossWithLogSoftmax", targets.shape, mask, weights)
-        return _weighted_mean(_cross_entropies(core.log_softmax(model_output), targets), weights)
+        return _weighted_mean(_cross_entropies(distributions.log_softmax(model_output), targets), weights)
 
     return _Metric("CrossEntropyLossWithLogSoftmax", f, n_in=3)
 
 
-@_configurable
 def CrossEntropySum() -> base.Layer:  # noqa: N802
     """Sum of prediction-target cross entropies for multiclass classification.
 
@@ -431,7 +416,6 @@ def CrossEntropySum() -> base.Layer:  # noqa: N802
     return _Metric("CrossEntropySum", f, n_in=3)
 
 
-@_configurable
 def BinaryCrossEntropy() -> base.Layer:  # noqa: N802
     r"""Returns a layer that computes cross-entropy for binary classification.
 
@@ -454,7 +438,6 @@ def BinaryCrossEntropy() -> base.Layer:  # noqa: N802
     return _Metric("BinaryCrossEntropy", f, n_in=2)
 
 
-@_configurable
 def BinaryCrossEntropyLoss() -> base.Layer:  # noqa: N802
     """Returns a layer that outputs binary prediction-target cross-entropy.
 
@@ -476,7 +459,6 @@ def BinaryCrossEntropyLoss() -> base.Layer:  # noqa: N802
     return _Metric("BinaryCrossEntropyLoss", f, n_in=3)
 
 
-@_configurable
 def BinaryCrossEntropySum() -> base.Layer:  # noqa: N802
     """Sum of prediction-target cross entropies for binary classification.
 
@@ -508,7 +490,6 @@ def _ElementwiseLoss(name: str, distance) -> base.Layer:  # noqa: N802
     return _Metric(name, f, n_in=3)
 
 
-@_configurable
 def L2Loss() -> base.Layer:  # noqa: N802
     """Returns a layer that computes an L2-like loss for one batch.
 
@@ -520,7 +501,6 @@ def L2Loss() -> base.Layer:  # noqa: N802
     return _ElementwiseLoss("L2Loss", jnp.square)
 
 
-@_configurable
 def L1Loss() -> base.Layer:  # noqa: N802
     """Returns a layer that computes an L1 loss for one batch.
 
@@ -532,7 +512,6 @@ def L1Loss() -> base.Layer:  # noqa: N802
     return _ElementwiseLoss("L1Loss", jnp.abs)
 
 
-@_configurable
 def SmoothL1Loss() -> base.Layer:  # noqa: N802
     """Returns a layer that computes a weighted, smoothed L1 (Huber) loss for one batch.
 
@@ -550,7 +529,6 @@ def SmoothL1Loss() -> base.Layer:  # noqa: N802
     return _ElementwiseLoss("SmoothL1Loss", smooth_l1)
 
 
-@_configurable
 def WeightedSum() -> base.Layer:  # noqa: N802
     """Returns a layer that computes a weighted sum of the given values.
 
@@ -569,7 +547,6 @@ def WeightedSum() -> base.Layer:  # noqa: N802
 # --- F-scores ----------------------------------------------------------------------
 
 
-@_configurable
 def MacroAveragedFScore(beta: float = 1.0, initial_category_index: int = 0) -> base.Layer:  # noqa: N802
     """Returns a layer that computes a macro-averaged F-score.
 
@@ -596,7 +573,6 @@ def MacroAveragedFScore(beta: float = 1.0, initial_category_index: int = 0) -> b
     return _Metric("MacroAveragedFScore", f, n_in=2)
 
 
-@_configurable
 def WeightedFScore(beta: float = 1.0, initial_category_index: int = 0) -> base.Layer:  # noqa: N802
     """Returns a layer that computes a weighted F-score.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fractions
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -365,8 +364,3 @@ def _check_network(layer_name: str, key: str, network) -> base.Layer:
             f"input_latency={streaming[2]}, output_latency={streaming[3]}"
         )
     return network
-
-
-# Configs name them as `@trax_sl.layers.DotProductSelfAttention`.
-for _layer in (DotProductSelfAttention, LocalDotProductSelfAttention):
-    gin.external_configurable(_layer, module="trax_sl.layers")

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl.mesh import DATA_AXIS, data_parallel_mesh
+
 
 def _axis_to_shard(shape) -> int:
     """Small arrays split on their first axis, larger ones on their last."""
@@ -23,9 +25,8 @@ def shard(tensors, n_shards: int | None = None):
     `pmap`/`shard_map` over a leading device axis expects.
     """
     n_shards = _n_shards(n_shards)
-    devices = jax.local_devices()
-    mesh = jax.sharding.Mesh(np.array(devices), ("devices",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+    mesh = data_parallel_mesh(all_processes=False)
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
     def shard_one(x):
         axis = _axis_to_shard(np.shape(x))
@@ -34,7 +35,7 @@ def shard(tensors, n_shards: int | None = None):
                 f"shard: cannot split shape {np.shape(x)} into {n_shards} equal pieces along axis {axis}"
             )
         pieces = np.split(np.asarray(x), n_shards, axis=axis)
-        stacked = np.stack([pieces[i % n_shards] for i in range(len(devices))])
+        stacked = np.stack([pieces[i % n_shards] for i in range(mesh.devices.size)])
         return jax.device_put(stacked, sharding)
 
     return jax.tree.map(shard_one, tensors)

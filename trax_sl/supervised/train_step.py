@@ -1,9 +1,10 @@
 """The compiled training and evaluation steps, and where their arrays live.
 
-Training is data parallel: arrays live on a one-axis `Mesh` ('data') of the
-devices a loop uses (by default every device of every process): weights,
-state, optimizer state and rng replicated, batches split on their leading
-(batch) axis, so each device computes on its slice of the global batch.
+Training is data parallel: arrays live on a one-axis `Mesh` ('data', from
+`trax_sl.mesh`) of the devices a loop uses (by default every device of every
+process): weights, state, optimizer state and rng replicated, batches split
+on their leading (batch) axis, so each device computes on its slice of the
+global batch.
 The step is one `jax.jit` program over the whole mesh: the loss is the mean
 over the global batch, and the partitioner adds the one all-reduce its
 gradient needs (no pmap, no hand-written pmean to apply twice).
@@ -21,48 +22,18 @@ would make jit compile again.
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable
 
 import jax
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trax_sl import shapes
+from trax_sl.mesh import DATA_AXIS, data_parallel_mesh
 
-DATA_AXIS = "data"
-
-
-def make_mesh(n_devices: int | None = None) -> Mesh:
-    """A one-axis 'data' mesh over the first `n_devices` local devices of every process.
-
-    Devices are ordered process by process, so that each process's devices
-    hold one contiguous slice of the batch: its own part.
-
-    Args:
-        n_devices: Devices per process; None for all local devices.
-    """
-    n_local = jax.local_device_count()
-    n_devices = n_local if n_devices is None else n_devices
-    if (
-        isinstance(n_devices, bool)
-        or not isinstance(n_devices, (int, np.integer))
-        or not 1 <= n_devices <= n_local
-    ):
-        raise ValueError(
-            f"n_devices must be an int between 1 and the {n_local} local device(s) "
-            f"({jax.default_backend()}), got n_devices={n_devices!r}"
-        )
-    by_process = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-    devices = [
-        device
-        for _, group in itertools.groupby(by_process, key=lambda d: d.process_index)
-        for device in list(group)[:n_devices]
-    ]
-    # Auto axes: the partitioner propagates shardings from inputs and outputs (explicit axes
-    # would make the batch sharding part of every intermediate's type).
-    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+# The loop's mesh: the first `n_devices` local devices of every process, batches split on DATA_AXIS.
+make_mesh = data_parallel_mesh
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -50,36 +50,12 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from trax_sl import layers as tl
-from trax_sl.supervised import checkpoints, train_step
+from trax_sl.supervised import checkpoints, task_runners, train_step
 from trax_sl.supervised.history import History
 from trax_sl.supervised.metrics_log import MetricsLogger, Scalar
 from trax_sl.supervised.tasks import EvalTask, TrainTask
 
 __all__ = ["EvalTask", "Loop", "TrainTask"]
-
-
-class _Trainer:
-    """One training task's compiled step and its own arrays (loss weights, optimizer state)."""
-
-    def __init__(self, task: TrainTask, layer: tl.Layer, step_fn, ends_weights, ends_state, opt_state):
-        self.task = task
-        self.layer = layer  # Serial(model, loss_layer)
-        self.step_fn = step_fn
-        self.ends_weights = ends_weights
-        self.ends_state = ends_state
-        self.opt_state = opt_state
-        self.pending_losses: list = []  # Since the last logged step; device scalars or floats.
-
-
-class _Evaluator:
-    """One eval task's compiled metrics and the metric layers' own weights and state."""
-
-    def __init__(self, task: EvalTask, layer: tl.Layer, step_fn, ends_weights, ends_state):
-        self.task = task
-        self.layer = layer  # Serial(eval_model, Branch(*metrics))
-        self.step_fn = step_fn
-        self.ends_weights = ends_weights
-        self.ends_state = ends_state
 
 
 class Loop:
@@ -197,8 +173,16 @@ class Loop:
         self._last_log_time, self._last_log_step = time.time(), 0
 
         init_rng, self._rng = jax.random.split(jax.random.PRNGKey(_seed(random_seed)))
-        self._init_weights_and_trainers(init_rng)
-        self._evaluators = [self._init_evaluator(task) for task in self._eval_tasks]
+        self._model_input_signature = train_step.input_signature(tasks[0].sample_batch, model.n_in)
+        self._model_weights, self._model_state, self._trainers = task_runners.init_trainers(
+            model, self._model_input_signature, tasks, self._mesh, init_rng
+        )
+        self._evaluators = [
+            task_runners.init_evaluator(
+                self._eval_model, task, self._model_weights, self._model_state, self._mesh
+            )
+            for task in self._eval_tasks
+        ]
         self._rng = self._put(self._rng)
 
         if self._output_dir is not None:
@@ -213,73 +197,6 @@ class Loop:
             )
         self._sync_models()
         self._callbacks = [callback_class(self) for callback_class in callbacks or []]
-
-    # --- Initialization -----------------------------------------------------------------------
-
-    def _init_weights_and_trainers(self, rng) -> None:
-        model = self._model
-        self._model_input_signature = train_step.input_signature(self._tasks[0].sample_batch, model.n_in)
-        self._model_weights = self._model_state = None
-        if jax.tree.leaves(model.weights):  # Given, e.g. by init_from_file: kept.
-            self._model_weights = model.weights
-            state_sig = model.weights_and_state_signature(self._model_input_signature)[1]
-            same = jax.tree.structure(model.state) == jax.tree.structure(state_sig)
-            self._model_state = model.state if same else model.init(self._model_input_signature, rng)[1]
-        self._trainers = []
-        for index, task in enumerate(self._tasks):
-            layer = tl.Serial(model, task.loss_layer)
-            signature = train_step.input_signature(task.sample_batch, layer.n_in)
-            if self._model_weights is None:
-                weights, state = layer.init(signature, rng=jax.random.fold_in(rng, index))
-                self._model_weights, self._model_state = weights[0], state[0]
-                ends_weights, ends_state = weights[1], state[1]
-            else:
-                ends_weights, ends_state = _init_ends(layer, signature, jax.random.fold_in(rng, index))
-            tx = task.optax_transformation
-            opt_state = tx.init((self._model_weights, ends_weights))
-            self._trainers.append(
-                _Trainer(
-                    task,
-                    layer,
-                    train_step.train_step(layer, tx, self._mesh),
-                    self._put(ends_weights),
-                    self._put(ends_state),
-                    self._put(opt_state),
-                )
-            )
-        self._model_weights = self._put(self._model_weights)
-        self._model_state = self._put(self._model_state)
-
-    def _init_evaluator(self, task: EvalTask) -> _Evaluator:
-        layer = tl.Serial(self._eval_model, tl.Branch(*task.metrics))
-        signature = train_step.input_signature(task.sample_batch, layer.n_in)
-        weights_sig, state_sig = layer.weights_and_state_signature(signature)
-        outputs = layer.output_signature(signature)
-        for name, leaf in zip(task.metric_names, outputs if layer.n_out > 1 else [outputs]):
-            if tuple(leaf.shape) != ():
-                raise ValueError(
-                    f"EvalTask: metric {name!r} must give a scalar, got shape {tuple(leaf.shape)}"
-                )
-        trained = (
-            ("weights", self._model_weights, weights_sig[0]),
-            ("state", self._model_state, state_sig[0]),
-        )
-        for what, ours, theirs in trained:
-            if jax.tree.structure(ours) != jax.tree.structure(theirs):
-                raise ValueError(
-                    f"Loop: the eval model's {what} tree differs from the trained model's; the eval model "
-                    f"must be the same model (e.g. in another mode)"
-                )
-        ends_weights, ends_state = _init_ends(
-            layer, signature, jax.random.PRNGKey(0), (weights_sig, state_sig)
-        )
-        return _Evaluator(
-            task,
-            layer,
-            train_step.eval_step(layer, self._mesh),
-            self._put(ends_weights),
-            self._put(ends_state),
-        )
 
     # --- Properties -------------------------------------------------------------------------------
 
@@ -589,18 +506,6 @@ def _seed(random_seed: int | None) -> int:
 
 def _shapes(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
-
-
-def _init_ends(layer: tl.Layer, signature, rng, signatures=None):
-    """Weights and state of `Serial(model, ends)`'s ends, initializing the model only if they have any.
-
-    `signatures` is the layer's (weights, state) signature if known already.
-    """
-    weights_sig, state_sig = signatures or layer.weights_and_state_signature(signature)
-    if not jax.tree.leaves((weights_sig[1], state_sig[1])):
-        return weights_sig[1], state_sig[1]  # Trees without leaves: nothing to initialize.
-    weights, state = layer.init(signature, rng=rng)
-    return weights[1], state[1]
 
 
 def _at_step_1_and_every_nth_step(period: int | None) -> Callable[[int], bool]:
