@@ -21,7 +21,7 @@ import numpy as np
 
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import base
+from trax_sl.layers import base, streaming
 from trax_sl.layers import initializers as init
 from trax_sl.layers.base import Fn, Layer
 from trax_sl.layers.distributions import (
@@ -290,9 +290,7 @@ class RandomUniform(Layer):
         self._dtype = dtype
         self._sync = sync
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     def forward(self, inputs, weights, state, rng):
         del inputs
@@ -351,9 +349,7 @@ class LocallyConnected1d(Layer):
         self._use_bias = use_bias
         self._padding = padding
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     def _length_out(self, length: int) -> int:
         return length - self._kernel_size + 1 if self._padding == "VALID" else length
@@ -500,9 +496,7 @@ class SummaryImage(_PassThrough):
         self._num_summaries = num_summaries
         self._recover_fn = recover_fn
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     def _images(self, inputs):
         def values(x):

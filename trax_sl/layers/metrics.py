@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from trax_sl import checks
 from trax_sl import sequence as seq
-from trax_sl.layers import base, combinators, distributions, reductions
+from trax_sl.layers import base, combinators, distributions, reductions, streaming
 
 
 class _Metric(base.Layer):
@@ -51,9 +51,7 @@ class _Metric(base.Layer):
         super().__init__(n_in=n_in, n_out=1, name=name)
         self._fn = fn
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     def forward(self, inputs, weights, state, rng):
         del weights, rng

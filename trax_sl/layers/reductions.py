@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from trax_sl import sequence as seq
+from trax_sl.layers import streaming
 from trax_sl.layers.base import Layer
 from trax_sl.layers.distributions import log_softmax
 
@@ -59,10 +60,14 @@ class _AlongAxis(Layer):
         self._keeps_shape = keeps_shape
 
     @property
-    def supports_step(self) -> bool:
+    def streaming_spec(self) -> streaming.StreamingSpec:
         # Negative axes count from the channels; None, 0 and 1 take in batch or time.
         axes = self._axis if isinstance(self._axis, (tuple, list)) else (self._axis,)
-        return all(a is not None and (a < 0 or a >= 2) for a in axes)
+        if all(a is not None and (a < 0 or a >= 2) for a in axes):
+            return streaming.POINTWISE
+        return streaming.NOT_STREAMING.not_streaming(
+            f"it reduces over axis {self._axis}, which takes in time"
+        )
 
     def forward(self, x, weights, state, rng):
         if not isinstance(x, seq.Sequence):

@@ -19,7 +19,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from trax_sl.layers import activation_fns, attention, base, combinators, core, normalization, position
+from trax_sl.layers import (
+    activation_fns,
+    attention,
+    base,
+    combinators,
+    core,
+    normalization,
+    position,
+    streaming,
+)
 
 # Defaults used across Transformer variants (Trax's).
 MODE = "train"
@@ -264,9 +273,8 @@ class EncodeOnce(base.Layer):
         self._eval_encoder = encoder.with_mode("eval")
         self._mode = mode
 
-    @property
-    def supports_step(self) -> bool:
-        return True
+    # The source is encoded whole; the items flowing past step pointwise.
+    streaming_spec = streaming.POINTWISE
 
     def init_with_output_signature(self, input_signature, rng):
         encoder = self.sublayers[0]
