@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import activation_fns, base, core
+from trax_sl.layers import activation_fns, base, convolution, core
 from trax_sl.layers import initializers as init
 from trax_sl.layers.base import Fn, Layer
 from trax_sl.layers.combinators import Branch, Dup, Gate, Multiply, Parallel, Select, Serial, Split
@@ -195,7 +195,6 @@ def ConvGRUCell(n_units: int, kernel_size=(3, 3)) -> Layer:  # noqa: N802
     Predict mode: stateless; not a layer over time (the state is its input).
     """
     checks.check_positive("ConvGRUCell", n_units=n_units)
-    from trax_sl.layers import convolution  # Imported here: convolution is a sibling module.
 
     def BuildConv():  # noqa: N802
         return convolution.Conv(filters=n_units, kernel_size=kernel_size, padding="SAME")
@@ -274,8 +273,11 @@ def _frozen_where(valid, new, old):
     return jnp.where(valid, new.astype(old.dtype), old)
 
 
-class _TimeScan(Layer):
-    """Trax's `Scan(cell, axis=1, n_carry, mode)` over time, made to stream.
+class _TimeRecurrence(Layer):
+    """A cell run over time (axis 1), streaming: Trax's `Scan(cell, axis=1, n_carry, mode)`.
+
+    Named TimeRecurrence, not Scan, so that printed layers and error paths
+    tell it apart from `combinators.Scan` (which does not stream).
 
     The cell maps `(x1..xN, carry1..carryM) -> (y1..yK, new_carry1..M)` for
     one step; this layer maps `xs [batch, time, ...]` (Sequences or arrays)
@@ -295,11 +297,11 @@ class _TimeScan(Layer):
     def __init__(self, cell: Layer, n_carry: int = 1, mode: str = "train"):
         if not 1 <= n_carry < cell.n_in or n_carry > cell.n_out:
             raise ValueError(
-                f"Scan: n_carry must be >= 1 and leave at least one scanned input; got "
+                f"TimeRecurrence: n_carry must be >= 1 and leave at least one scanned input; got "
                 f"n_carry={n_carry} for {cell.name} with n_in={cell.n_in}, n_out={cell.n_out}"
             )
-        checks.check_mode("Scan", mode)
-        super().__init__(n_in=cell.n_in, n_out=cell.n_out, name="Scan")
+        checks.check_mode("TimeRecurrence", mode)
+        super().__init__(n_in=cell.n_in, n_out=cell.n_out, name="TimeRecurrence")
         self._sublayers = (cell,)
         self._n_carry = n_carry
         self._mode = mode
@@ -449,7 +451,7 @@ def LSTM(  # noqa: N802
     checks.check_positive("LSTM", n_units=n_units)
     checks.check_mode("LSTM", mode)
     layers = [] if initial_state else [Branch(None, _ZeroState(depth=2 * n_units))]
-    layers.append(_TimeScan(LSTMCell(n_units=n_units), mode=mode))
+    layers.append(_TimeRecurrence(LSTMCell(n_units=n_units), mode=mode))
     if not return_state:
         layers.append(Select([0], n_in=2))
     return _recurrent_stack(layers, f"LSTM_{n_units}", mode)
@@ -470,7 +472,7 @@ def GRU(n_units: int, mode: str = "train") -> Layer:  # noqa: N802
     checks.check_mode("GRU", mode)
     layers = [
         Branch(None, _ZeroState(depth=n_units)),
-        _TimeScan(GRUCell(n_units=n_units), mode=mode),
+        _TimeRecurrence(GRUCell(n_units=n_units), mode=mode),
         Select([0], n_in=2),
     ]
     return _recurrent_stack(layers, f"GRU_{n_units}", mode)
@@ -492,7 +494,7 @@ def ScanSRUCell(mode: str = "train", monkey_patched_mask=None) -> Layer:  # noqa
             "ScanSRUCell: monkey_patched_mask is not supported; pass Sequences (values and mask) "
             "instead: invalid steps keep the carry"
         )
-    return _TimeScan(InnerSRUCell(), mode=mode)
+    return _TimeRecurrence(InnerSRUCell(), mode=mode)
 
 
 def SRU(n_units: int, activation: Layer | None = None, mode: str = "train") -> Layer:  # noqa: N802

@@ -62,7 +62,7 @@ def RNNLM(  # noqa: N802
         core.Dropout(rate=dropout, mode=mode),
         combinators.Branch([], zero_state),
         # Trax's Scan(MultiRNNCell(), axis=1, mode=mode), streaming.
-        rnn_layers._TimeScan(MultiRNNCell(), mode=mode),
+        rnn_layers._TimeRecurrence(MultiRNNCell(), mode=mode),
         combinators.Select([0], n_in=2),  # Drop RNN state.
         core.Dense(vocab_size),
         name="RNNLM",
