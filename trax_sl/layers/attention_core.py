@@ -139,11 +139,6 @@ def multihead_attention(queries, keys, values, visible, **attend_kwargs):
 # --- Masks --------------------------------------------------------------------------
 
 
-def values_of(x):
-    """A stack item's values: a Sequence's values, or the array itself."""
-    return x.values if isinstance(x, seq.Sequence) else x
-
-
 def masked_values(x):
     """Values with a Sequence's invalid steps zeroed (garbage and NaN never reach a product)."""
     return x.mask_invalid().values if isinstance(x, seq.Sequence) else x
@@ -160,7 +155,7 @@ def key_validity(keys, values, batch: int, key_time: int):
 
 def trax_mask_visibility(mask, batch: int, key_time: int):
     """A Trax mask (`[batch, key_time]` or rank 4) as bool `[batch, 1|heads, 1|query_time, key_time]`."""
-    mask = jnp.asarray(values_of(mask)).astype(jnp.bool_)
+    mask = jnp.asarray(seq.values_of(mask)).astype(jnp.bool_)
     if mask.ndim == 2:
         mask = mask.reshape((mask.shape[0], 1, 1, mask.shape[1]))
     if mask.ndim != 4 or mask.shape[0] != batch or mask.shape[-1] != key_time:
