@@ -246,7 +246,9 @@ class DotProductAttention(base.Layer):
             mask = mask & valid.reshape((valid.shape[0],) + (1,) * (rank - 2) + (valid.shape[1],))
         rate = _dropout_rate(self, self._dropout, rng)
         scale = 1.0 / np.sqrt(q_values.shape[-1])
-        y = attention_core.attend(q_values, k_values, v_values, mask, scale=scale, dropout_rate=rate, rng=rng)
+        y = attention_core.dot_product_attention(
+            q_values, k_values, v_values, mask, scale=scale, dropout_rate=rate, rng=rng
+        )
         return (seq.Sequence(y, q.mask) if isinstance(q, seq.Sequence) else y), state
 
 

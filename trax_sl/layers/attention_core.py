@@ -57,7 +57,7 @@ def visibility(query_positions, key_positions, max_past_horizon: int, max_future
     return visible
 
 
-def attend(
+def dot_product_attention(
     queries,
     keys,
     values,
@@ -115,7 +115,7 @@ def multihead_attention(queries, keys, values, visible, **attend_kwargs):
       keys, values: `[batch, key_time, num_kv_heads, units_per_head]`; query
         head i uses key/value head `i // (num_heads // num_kv_heads)`.
       visible: bool `[batch, 1 or num_heads, 1 or query_time, key_time]`.
-      **attend_kwargs: passed to `attend` (scale defaults to 1/sqrt(units)).
+      **attend_kwargs: passed to `dot_product_attention` (scale defaults to 1/sqrt(units)).
 
     Returns:
       `[batch, query_time, num_heads, units_per_head]`.
@@ -132,7 +132,7 @@ def multihead_attention(queries, keys, values, visible, **attend_kwargs):
     else:
         visible = visible.reshape((batch, num_kv_heads, group) + tuple(visible.shape[2:]))
     attend_kwargs.setdefault("scale", 1.0 / np.sqrt(units))
-    context = attend(q, k, v, visible, **attend_kwargs)
+    context = dot_product_attention(q, k, v, visible, **attend_kwargs)
     return jnp.transpose(context, (0, 3, 1, 2, 4)).reshape((batch, query_time, num_heads, units))
 
 
