@@ -40,12 +40,19 @@ class ContractReport:
     checks: list
 
 
-def _items(x) -> tuple:
+# The checks take inputs and outputs apart by structure, not by the layer's
+# n_in/n_out as base.as_items does: a layer with n_out=1 may return a tuple
+# (FlattenList), and its elements are what gets compared and differentiated.
+
+
+def _parts(x) -> tuple:
+    """The arrays and Sequences the checks see in `x`: a tuple's elements, else x alone."""
     return tuple(x) if isinstance(x, tuple) else (x,)
 
 
-def _pack(items: tuple, like):
-    return tuple(items) if isinstance(like, tuple) else items[0]
+def _like(parts: tuple, like):
+    """`parts` packed as `like` was: a tuple, or the one part bare."""
+    return tuple(parts) if isinstance(like, tuple) else parts[0]
 
 
 def _is_time_signature(s) -> bool:
@@ -84,22 +91,22 @@ def _with_garbage(x: seq.Sequence, rng, nan: bool, int_maxval: int, scale: float
 def _random_inputs(signature, streamed, rng, int_maxval: int, random_lengths: bool):
     """Sequences (random lengths, garbage past them) for streamed items; arrays otherwise."""
     items = []
-    for s, is_streamed in zip(_items(signature), streamed):
+    for s, is_streamed in zip(_parts(signature), streamed):
         if not is_streamed and not isinstance(s, seq.Sequence):
             items.append(jnp.asarray(_random_values(rng, s, int_maxval)))
             continue
-        values_sig = s.values if isinstance(s, seq.Sequence) else s
+        values_sig = seq.values_of(s)
         batch, time = values_sig.shape[:2]
         lengths = rng.integers(1, time + 1, size=batch) if random_lengths else np.full(batch, time)
         lengths[0] = time
         values = _random_values(rng, values_sig, int_maxval)
         x = seq.Sequence.from_lengths(jnp.asarray(values), jnp.asarray(lengths))
         items.append(_with_garbage(x, rng, nan=False, int_maxval=int_maxval))
-    return _pack(tuple(items), signature)
+    return _like(tuple(items), signature)
 
 
 def _map_time_items(fn, x, streamed):
-    return _pack(tuple(fn(item) if s else item for item, s in zip(_items(x), streamed)), x)
+    return _like(tuple(fn(item) if s else item for item, s in zip(_parts(x), streamed)), x)
 
 
 def _fail(name: str, what: str) -> None:
@@ -108,7 +115,7 @@ def _fail(name: str, what: str) -> None:
 
 def _compare_outputs(name: str, what: str, expected, actual, atol: float, rtol: float, length=None):
     """Valid values and masks of `actual` (first `length` steps) equal `expected`."""
-    for i, (e, a) in enumerate(zip(_items(expected), _items(actual))):
+    for i, (e, a) in enumerate(zip(_parts(expected), _parts(actual))):
         where = f"{what}, output {i}"
         if isinstance(e, seq.Sequence) != isinstance(a, seq.Sequence):
             _fail(name, f"{where}: one run returned a Sequence and the other a plain array")
@@ -166,33 +173,33 @@ def _run_steps(layer, step_fn, x, weights, state, lengths, streamed):
         states.append(state)
         start += length
     joined = []
-    for i in range(len(_items(outputs[0]))):
-        parts = [_items(y)[i] for y in outputs]
+    for i in range(len(_parts(outputs[0]))):
+        parts = [_parts(y)[i] for y in outputs]
         if isinstance(parts[0], seq.Sequence):
             joined.append(seq.Sequence.concatenate_sequences(parts))
         else:  # No time axis (e.g. a final RNN state): the last step's value counts.
             joined.append(parts[-1])
-    return _pack(tuple(joined), outputs[0]), states
+    return _like(tuple(joined), outputs[0]), states
 
 
 def _scan_steps(predict, x, weights, state, block: int, streamed):
     """Feeds x in equal blocks through a lax.scan: compiled once, whatever the length."""
-    n_blocks = next(item.shape[1] for item, s in zip(_items(x), streamed) if s) // block
+    n_blocks = next(item.shape[1] for item, s in zip(_parts(x), streamed) if s) // block
 
     def to_blocks(a):  # [b, n*block, ...] -> [n, b, block, ...]
         a = a.reshape((a.shape[0], n_blocks, block) + a.shape[2:])
         return jnp.moveaxis(a, 1, 0)
 
     blocks = _map_time_items(lambda item: jax.tree.map(to_blocks, item), x, streamed)
-    constant = tuple(item for item, s in zip(_items(x), streamed) if not s)
+    constant = tuple(item for item, s in zip(_parts(x), streamed) if not s)
 
     def body(state, block_items):
-        it_blocks, it_constant = iter(_items(block_items)), iter(constant)
-        inputs = _pack(tuple(next(it_blocks) if s else next(it_constant) for s in streamed), x)
+        it_blocks, it_constant = iter(_parts(block_items)), iter(constant)
+        inputs = _like(tuple(next(it_blocks) if s else next(it_constant) for s in streamed), x)
         y, new_state = predict.pure_fn(inputs, weights, state, None)
         return new_state, y
 
-    streamed_blocks = _pack(tuple(item for item, s in zip(_items(blocks), streamed) if s), blocks)
+    streamed_blocks = _like(tuple(item for item, s in zip(_parts(blocks), streamed) if s), blocks)
     final_state, ys = jax.lax.scan(body, state, streamed_blocks)
 
     def from_blocks(a):  # [n, b, out_block, ...] -> [b, n*out_block, ...]
@@ -200,13 +207,13 @@ def _scan_steps(predict, x, weights, state, block: int, streamed):
         return a.reshape((a.shape[0], a.shape[1] * a.shape[2]) + a.shape[3:])
 
     joined = tuple(
-        jax.tree.map(from_blocks, item) if isinstance(item, seq.Sequence) else item[-1] for item in _items(ys)
+        jax.tree.map(from_blocks, item) if isinstance(item, seq.Sequence) else item[-1] for item in _parts(ys)
     )
-    return _pack(joined, ys), final_state
+    return _like(joined, ys), final_state
 
 
 def _drop_front(y, n: int):
-    return _pack(tuple(item[:, n:] if isinstance(item, seq.Sequence) else item for item in _items(y)), y)
+    return _like(tuple(item[:, n:] if isinstance(item, seq.Sequence) else item for item in _parts(y)), y)
 
 
 def _real_dot(values, cot):
@@ -217,7 +224,7 @@ def _real_dot(values, cot):
 
 def _masked_dot(y, cotangents):
     total = 0.0
-    for item, cot in zip(_items(y), cotangents):
+    for item, cot in zip(_parts(y), cotangents):
         if isinstance(item, seq.Sequence):
             steps = min(cot.shape[1], item.shape[1])
             mask = item.mask[:, :steps].reshape((item.shape[0], steps) + (1,) * (item.ndim - 2))
@@ -278,7 +285,7 @@ def verify_contract(
     if not predict.supports_step:
         _fail(name, "supports_step is False: the layer does not stream")
     if streamed is None:
-        streamed = tuple(_is_time_signature(s) for s in _items(signature))
+        streamed = tuple(_is_time_signature(s) for s in _parts(signature))
     streamed = tuple(streamed)
     block_size = predict.block_size
     ratio = predict.output_ratio
@@ -286,7 +293,7 @@ def verify_contract(
     checks = []
 
     x = _random_inputs(signature, streamed, rng, int_maxval, random_lengths)
-    time = next(item.shape[1] for item, s in zip(_items(x), streamed) if s)
+    time = next(item.shape[1] for item, s in zip(_parts(x), streamed) if s)
     if time % block_size:
         _fail(name, f"the test input has {time} steps; use a multiple of block_size={block_size}")
     x_signature = shapes.signature(x)  # Compiled init: eager init of a model is op by op and slow.
@@ -297,7 +304,7 @@ def verify_contract(
 
     # Output ratio.
     out_time = None
-    for item in _items(y):
+    for item in _parts(y):
         if isinstance(item, seq.Sequence):
             expected = time * ratio
             if item.shape[1] != expected:
@@ -373,7 +380,7 @@ def verify_contract(
                     f"predict-mode state changed shape or dtype after step {i}: "
                     f"{shapes.short_form(state0_sig)} -> {shapes.short_form(shapes.signature(jax.tree.leaves(s)))}",
                 )
-        for i, item in enumerate(_items(y_step)):
+        for i, item in enumerate(_parts(y_step)):
             if isinstance(item, seq.Sequence) and out_latency and bool(jnp.any(item.mask[:, :out_latency])):
                 _fail(
                     name,
@@ -431,7 +438,7 @@ def _check_gradients(
     """Layer-wise and step-wise gradients of the valid outputs agree."""
     y = jax.eval_shape(lambda x: layer.pure_fn(x, weights, state, None)[0], x)
     cotangents = []
-    for item in _items(y):
+    for item in _parts(y):
         shape = (
             item.shape if not isinstance(item, seq.Sequence) else (item.shape[0], out_time) + item.shape[2:]
         )
@@ -440,17 +447,17 @@ def _check_gradients(
     def float_values(x):
         return [
             i
-            for i, (item, s) in enumerate(zip(_items(x), streamed))
+            for i, (item, s) in enumerate(zip(_parts(x), streamed))
             if s and jnp.issubdtype(item.values.dtype, jnp.floating)
         ]
 
     differentiable = float_values(x)
 
     def replace(x, values):
-        items = list(_items(x))
+        items = list(_parts(x))
         for i, v in zip(differentiable, values):
             items[i] = seq.Sequence(v, items[i].mask)
-        return _pack(tuple(items), x)
+        return _like(tuple(items), x)
 
     def layer_loss(values, w):
         return _masked_dot(layer.pure_fn(replace(x, values), w, state, None)[0], cotangents)
@@ -460,14 +467,14 @@ def _check_gradients(
         full = replace(
             flush,
             [
-                jnp.concatenate([v, _items(flush)[i].values[:, v.shape[1] :]], axis=1)
+                jnp.concatenate([v, _parts(flush)[i].values[:, v.shape[1] :]], axis=1)
                 for i, v in zip(differentiable, values)
             ],
         )
         y_step, _ = _scan_steps(predict, full, w, state0, block_size, streamed)
         return _masked_dot(_drop_front(y_step, out_latency), cotangents)
 
-    values = [_items(x)[i].values for i in differentiable]
+    values = [_parts(x)[i].values for i in differentiable]
     g_layer = jax.jit(jax.grad(layer_loss, argnums=(0, 1)))(values, weights)
     g_step = jax.jit(jax.grad(step_loss, argnums=(0, 1)))(values, weights)
     for what, gl, gs in (("inputs", g_layer[0], g_step[0]), ("weights", g_layer[1], g_step[1])):
