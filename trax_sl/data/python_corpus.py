@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from trax_sl import checks
 from trax_sl.data.inputs import Inputs
 
 _VALIDATION_EVERY = 10
@@ -174,11 +175,7 @@ def python_chars_inputs(
         files: Text files to use instead of the stdlib modules.
         seed: Seeds the training windows.
     """
-    if batch_size < 1 or sequence_length < 1:
-        raise ValueError(
-            f"python_chars_inputs: batch_size and sequence_length must be >= 1, got batch_size={batch_size}, "
-            f"sequence_length={sequence_length}"
-        )
+    checks.check_positive("python_chars_inputs", batch_size=batch_size, sequence_length=sequence_length)
     builder = _builder(files, data_dir)
     train, validation = _read_split(builder, "train"), _read_split(builder, "validation")
     host, n_hosts = jax.process_index(), jax.process_count()

@@ -14,6 +14,7 @@ import gin
 import jax
 import numpy as np
 
+from trax_sl import checks
 from trax_sl.data.batching import pad_to_max_dims
 from trax_sl.data.inputs import Inputs
 from trax_sl.sequence import Sequence
@@ -45,12 +46,6 @@ def _pad_to_multiple_of(x: np.ndarray, multiple: int | None) -> np.ndarray:
     return np.pad(x, [(0, 0), (0, padded - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
 
 
-def _check_positive(where: str, **values):
-    for name, value in values.items():
-        if value < 1:
-            raise ValueError(f"{where}: {name} must be >= 1, got {name}={value}")
-
-
 @gin.configurable(module="trax_sl.data")
 def sequence_copy_inputs(
     vocab_size=gin.REQUIRED,
@@ -79,7 +74,7 @@ def sequence_copy_inputs(
         pad_to_multiple: Pad the length to a multiple of this.
         seed: Seeds the streams.
     """
-    _check_positive("sequence_copy_inputs", batch_size=batch_size, pad_to_multiple=pad_to_multiple or 1)
+    checks.check_positive("sequence_copy_inputs", batch_size=batch_size, pad_to_multiple=pad_to_multiple or 1)
     if vocab_size < 3:
         raise ValueError(f"sequence_copy_inputs: vocab_size must be >= 3, got vocab_size={vocab_size}")
     train_w = list(range(1, train_length))
@@ -126,7 +121,7 @@ def simple_sequence_copy_inputs(
     for training, eval_min_length..eval_max_length for evaluation), weights
     float32 1.0 on w; lengths padded to a multiple of `pad_to_multiple`.
     """
-    _check_positive(
+    checks.check_positive(
         "simple_sequence_copy_inputs",
         batch_size=batch_size,
         train_length=train_length,
@@ -226,7 +221,7 @@ def addition_inputs(
         encdec: Encoder-decoder examples.
         seed: Seeds the streams.
     """
-    _check_positive("addition_inputs", batch_size=batch_size, pad_to_multiple=pad_to_multiple or 1)
+    checks.check_positive("addition_inputs", batch_size=batch_size, pad_to_multiple=pad_to_multiple or 1)
     if vocab_size < 5:
         raise ValueError(f"addition_inputs: vocab_size must be >= 5 (base >= 2), got vocab_size={vocab_size}")
     if min(train_length, eval_min_length, eval_max_length) < 3 or eval_min_length > eval_max_length:

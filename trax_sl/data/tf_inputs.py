@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from trax_sl import checks
 from trax_sl.data.inputs import StreamFn
 
 _READ_CHUNK = 64  # Examples fetched per data-source call; batched reads are much faster.
@@ -68,8 +69,7 @@ def TFDS(  # noqa: N802
     n_hosts = n_hosts or jax.process_count()
     if not 0 <= host_id < n_hosts:
         raise ValueError(f"TFDS: expected 0 <= host_id < n_hosts, got host_id={host_id}, n_hosts={n_hosts}")
-    if not 0 <= eval_holdout_size < 1:
-        raise ValueError(f"TFDS: eval_holdout_size must be in [0, 1), got {eval_holdout_size}")
+    checks.check_rate("TFDS", eval_holdout_size=eval_holdout_size)
     if use_tf:
         _require_tensorflow()
     builder = _prepared_builder(dataset_name, data_dir, "tfrecord" if use_tf else "array_record")

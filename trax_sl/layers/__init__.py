@@ -1,5 +1,7 @@
 """Every layer, combinator and layer function: `import trax_sl.layers as tl`."""
 
+import importlib
+
 from trax_sl.layers import (
     acceleration,
     activation_fns,
@@ -24,7 +26,6 @@ from trax_sl.layers import (
     rnn,
     self_attention,
     streaming,
-    test_utils,
 )
 from trax_sl.layers.acceleration import (
     Accelerate,
@@ -219,6 +220,17 @@ from trax_sl.layers.rnn import (
 )
 from trax_sl.layers.self_attention import DotProductSelfAttention, LocalDotProductSelfAttention
 from trax_sl.layers.streaming import start_stream
+
+# Test helpers load on first use, so that `import trax_sl.layers` does not pay
+# for them: `tl.contract.verify_contract` (and its old name `tl.test_utils`).
+_LAZY_MODULES = ("contract", "test_utils")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Last, once every name is here: each becomes `trax_sl.layers.<Name>` in gin configs.
 gin_names.register(globals(), metrics)

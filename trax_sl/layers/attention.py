@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl import shapes
-from trax_sl.layers import attention_core, base, combinators, convolution, core, delay
+from trax_sl.layers import attention_core, base, combinators, convolution, core
 from trax_sl.layers.position import PositionalEncoding  # noqa: F401 (Trax keeps it in attention)
 
 # --- Masks ---------------------------------------------------------------------
@@ -45,7 +45,7 @@ class PaddingMask(base.Layer):
         self._pad = pad
 
     def forward(self, x, weights, state, rng):
-        values = attention_core.values_of(x)
+        values = seq.values_of(x)
         if values.ndim != 2:
             raise ValueError(
                 f"{self.name}: input must be a [batch, time] array of ids, got {shapes.short_form(x)}"
@@ -74,7 +74,7 @@ class EncoderDecoderMask(base.Layer):
     def forward(self, inputs, weights, state, rng):
         decoder_input, mask = inputs
         batch, decoder_time = decoder_input.shape[:2]
-        mask = attention_core.trax_mask_visibility(mask, batch, attention_core.values_of(mask).shape[-1])
+        mask = attention_core.trax_mask_visibility(mask, batch, seq.values_of(mask).shape[-1])
         padding = jnp.all(mask, axis=(1, 2), keepdims=True)
         return jnp.broadcast_to(padding, (batch, 1, decoder_time, mask.shape[-1])), state
 
@@ -114,13 +114,13 @@ class ShiftRight(base.Layer):
     def init_weights_and_state(self, input_signature, rng):
         if self._mode != "predict":
             return (), ()
-        values = attention_core.values_of(input_signature)
+        values = seq.values_of(input_signature)
         return (), jnp.zeros((values.shape[0], self._n) + tuple(values.shape[2:]), values.dtype)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = delay.as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         if self._n == 0:
-            return delay.like_input(x, was_sequence), state
+            return seq.like_input(x, was_sequence), state
         values = x.mask_invalid().values
         if self._mode == "predict":
             past = state
@@ -129,7 +129,7 @@ class ShiftRight(base.Layer):
         joined = jnp.concatenate([past, values], axis=1)
         time = values.shape[1]
         y = seq.Sequence(joined[:, :time], x.mask)
-        return delay.like_input(y, was_sequence), (joined[:, time:] if self._mode == "predict" else state)
+        return seq.like_input(y, was_sequence), (joined[:, time:] if self._mode == "predict" else state)
 
 
 # --- Heads -----------------------------------------------------------------------
@@ -162,8 +162,7 @@ class _Heads(base.Layer):
 
     def __init__(self, n_heads: int, merged: bool, split: bool):
         name = "SplitIntoHeads" if split else "MergeHeads"
-        if not isinstance(n_heads, (int, np.integer)) or n_heads < 1:
-            raise ValueError(f"{name}: n_heads must be an integer >= 1, got n_heads={n_heads!r}")
+        checks.check_positive(name, n_heads=n_heads)
         super().__init__(name=name)
         self._n_heads = int(n_heads)
         self._merged = merged
@@ -176,7 +175,7 @@ class _Heads(base.Layer):
                 f"{self.name}: merged_batch_and_head=False puts heads before time, which a "
                 f"Sequence cannot hold; use merged_batch_and_head=True"
             )
-        values = attention_core.values_of(x)
+        values = seq.values_of(x)
         if self._split:
             if values.ndim != 3 or values.shape[-1] % n:
                 raise ValueError(
@@ -205,11 +204,6 @@ class _Heads(base.Layer):
 # --- Attention on given queries, keys and values ------------------------------------
 
 
-def _check_dropout(layer_name: str, dropout: float) -> None:
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"{layer_name}: dropout must be in [0, 1), got dropout={dropout!r}")
-
-
 def _dropout_rate(layer: base.Layer, dropout: float, rng) -> float:
     if layer.mode != "train" or dropout == 0.0:
         return 0.0
@@ -234,7 +228,7 @@ class DotProductAttention(base.Layer):
     handles_sequences = True
 
     def __init__(self, dropout: float = 0.0, mode: str = "train"):
-        _check_dropout("DotProductAttention", dropout)
+        checks.check_rate("DotProductAttention", dropout=dropout)
         super().__init__(n_in=4, n_out=1, name="DotProductAttention")
         self._dropout = dropout
         self._mode = mode
@@ -242,7 +236,7 @@ class DotProductAttention(base.Layer):
     def forward(self, inputs, weights, state, rng):
         q, k, v, mask = inputs
         q_values, k_values, v_values = (attention_core.masked_values(item) for item in (q, k, v))
-        mask = jnp.asarray(attention_core.values_of(mask)).astype(jnp.bool_)
+        mask = jnp.asarray(seq.values_of(mask)).astype(jnp.bool_)
         rank = q_values.ndim
         if mask.ndim == 2 and rank != 2:
             mask = mask.reshape((mask.shape[0],) + (1,) * (rank - 2) + (mask.shape[1],))
@@ -251,7 +245,9 @@ class DotProductAttention(base.Layer):
             mask = mask & valid.reshape((valid.shape[0],) + (1,) * (rank - 2) + (valid.shape[1],))
         rate = _dropout_rate(self, self._dropout, rng)
         scale = 1.0 / np.sqrt(q_values.shape[-1])
-        y = attention_core.attend(q_values, k_values, v_values, mask, scale=scale, dropout_rate=rate, rng=rng)
+        y = attention_core.dot_product_attention(
+            q_values, k_values, v_values, mask, scale=scale, dropout_rate=rate, rng=rng
+        )
         return (seq.Sequence(y, q.mask) if isinstance(q, seq.Sequence) else y), state
 
 
@@ -270,9 +266,8 @@ class PureAttention(base.Layer):
     handles_sequences = True
 
     def __init__(self, n_heads: int = 1, dropout: float = 0.0, mode: str = "train"):
-        _check_dropout("PureAttention", dropout)
-        if not isinstance(n_heads, (int, np.integer)) or n_heads < 1:
-            raise ValueError(f"PureAttention: n_heads must be an integer >= 1, got n_heads={n_heads!r}")
+        checks.check_rate("PureAttention", dropout=dropout)
+        checks.check_positive("PureAttention", n_heads=n_heads)
         super().__init__(n_in=4, n_out=2, name="PureAttention")
         self._n_heads = int(n_heads)
         self._dropout = dropout
@@ -335,12 +330,8 @@ class DotProductCausalAttention(base.Layer):
     handles_sequences = True
 
     def __init__(self, dropout: float = 0.0, max_inference_length: int = 2048, mode: str = "train"):
-        _check_dropout("DotProductCausalAttention", dropout)
-        if not isinstance(max_inference_length, (int, np.integer)) or max_inference_length < 1:
-            raise ValueError(
-                f"DotProductCausalAttention: max_inference_length must be an integer >= 1, got "
-                f"max_inference_length={max_inference_length!r}"
-            )
+        checks.check_rate("DotProductCausalAttention", dropout=dropout)
+        checks.check_positive("DotProductCausalAttention", max_inference_length=max_inference_length)
         super().__init__(n_in=3, n_out=1, name="DotProductCausalAttention")
         self._dropout = dropout
         self._max_length = int(max_inference_length)
@@ -353,7 +344,7 @@ class DotProductCausalAttention(base.Layer):
     def init_weights_and_state(self, input_signature, rng):
         if self._mode != "predict":
             return (), ()
-        q_sig, k_sig, _ = (attention_core.values_of(s) for s in input_signature)
+        q_sig, k_sig, _ = (seq.values_of(s) for s in input_signature)
 
         def one_head(s):
             return shapes.ShapeDtype(tuple(s.shape[:2]) + (1, s.shape[2]), s.dtype)
@@ -361,7 +352,7 @@ class DotProductCausalAttention(base.Layer):
         return (), attention_core.init_stream_cache(one_head(q_sig), one_head(k_sig), -1, 0, self._max_length)
 
     def forward(self, inputs, weights, state, rng):
-        items = [delay.as_sequence(item) for item in inputs]
+        items = [seq.as_sequence(item) for item in inputs]
         q, k, v = (item for item, _ in items)
         rate = _dropout_rate(self, self._dropout, rng)
 
@@ -378,7 +369,7 @@ class DotProductCausalAttention(base.Layer):
         else:
             y = attention_core.self_attention_layer(one_head(q), one_head(k), one_head(v), -1, 0, attend_fn)
         y = y.apply_values(lambda a: a[:, :, 0])
-        return delay.like_input(y, items[0][1]), state
+        return seq.like_input(y, items[0][1]), state
 
 
 # --- Whole attention layers ---------------------------------------------------------
@@ -429,7 +420,7 @@ def _processor(sparsity, d_feature: int, what: str, layer_name: str):
 
 
 def _attention_qkv(d_feature, n_heads, dropout, mode, cache_kv, q_sparsity, result_sparsity, pure, name):
-    _check_dropout(name, dropout)
+    checks.check_rate(name, dropout=dropout)
     if not isinstance(d_feature, (int, np.integer)) or d_feature < 1 or d_feature % n_heads:
         raise ValueError(
             f"{name}: d_feature must be a positive multiple of n_heads={n_heads}, got d_feature={d_feature!r}"

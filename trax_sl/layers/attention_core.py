@@ -57,7 +57,7 @@ def visibility(query_positions, key_positions, max_past_horizon: int, max_future
     return visible
 
 
-def attend(
+def dot_product_attention(
     queries,
     keys,
     values,
@@ -115,7 +115,7 @@ def multihead_attention(queries, keys, values, visible, **attend_kwargs):
       keys, values: `[batch, key_time, num_kv_heads, units_per_head]`; query
         head i uses key/value head `i // (num_heads // num_kv_heads)`.
       visible: bool `[batch, 1 or num_heads, 1 or query_time, key_time]`.
-      **attend_kwargs: passed to `attend` (scale defaults to 1/sqrt(units)).
+      **attend_kwargs: passed to `dot_product_attention` (scale defaults to 1/sqrt(units)).
 
     Returns:
       `[batch, query_time, num_heads, units_per_head]`.
@@ -132,16 +132,11 @@ def multihead_attention(queries, keys, values, visible, **attend_kwargs):
     else:
         visible = visible.reshape((batch, num_kv_heads, group) + tuple(visible.shape[2:]))
     attend_kwargs.setdefault("scale", 1.0 / np.sqrt(units))
-    context = attend(q, k, v, visible, **attend_kwargs)
+    context = dot_product_attention(q, k, v, visible, **attend_kwargs)
     return jnp.transpose(context, (0, 3, 1, 2, 4)).reshape((batch, query_time, num_heads, units))
 
 
 # --- Masks --------------------------------------------------------------------------
-
-
-def values_of(x):
-    """A stack item's values: a Sequence's values, or the array itself."""
-    return x.values if isinstance(x, seq.Sequence) else x
 
 
 def masked_values(x):
@@ -160,7 +155,7 @@ def key_validity(keys, values, batch: int, key_time: int):
 
 def trax_mask_visibility(mask, batch: int, key_time: int):
     """A Trax mask (`[batch, key_time]` or rank 4) as bool `[batch, 1|heads, 1|query_time, key_time]`."""
-    mask = jnp.asarray(values_of(mask)).astype(jnp.bool_)
+    mask = jnp.asarray(seq.values_of(mask)).astype(jnp.bool_)
     if mask.ndim == 2:
         mask = mask.reshape((mask.shape[0], 1, 1, mask.shape[1]))
     if mask.ndim != 4 or mask.shape[0] != batch or mask.shape[-1] != key_time:

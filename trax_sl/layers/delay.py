@@ -8,18 +8,6 @@ from trax_sl import sequence as seq
 from trax_sl.layers import base, streaming
 
 
-def as_sequence(x) -> tuple[seq.Sequence, bool]:
-    """(x as a Sequence, whether x was one): plain arrays are all-valid Sequences."""
-    if isinstance(x, seq.Sequence):
-        return x, True
-    return seq.Sequence.from_values(x), False
-
-
-def like_input(y: seq.Sequence, was_sequence: bool):
-    """The output kind follows the input kind."""
-    return y if was_sequence else y.values
-
-
 def _check_length(layer_name: str, length: int) -> None:
     if length < 0:
         raise ValueError(f"{layer_name}: length must be >= 0, got length={length}")
@@ -76,16 +64,16 @@ class Delay(base.Layer):
         return (), buffer
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         if self._length == 0:
-            return like_input(x, was_sequence), state
+            return seq.like_input(x, was_sequence), state
         if self._mode == "predict":
             y, buffer = _time_shifted_buffer(state, x.mask_invalid(), self._length)
-            return like_input(y, was_sequence), buffer
+            return seq.like_input(y, was_sequence), buffer
         if not self._delay_layer_output:
-            return like_input(x, was_sequence), state
+            return seq.like_input(x, was_sequence), state
         y = x.mask_invalid().pad_time(self._length, 0, valid=True)[:, : x.shape[1]]
-        return like_input(y, was_sequence), state
+        return seq.like_input(y, was_sequence), state
 
 
 class Lookahead(base.Layer):
@@ -119,12 +107,12 @@ class Lookahead(base.Layer):
         return (), jnp.zeros((values.shape[0],), jnp.int32)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         if self._length == 0:
-            return like_input(x, was_sequence), state
+            return seq.like_input(x, was_sequence), state
         if self._mode == "predict":
             steps = state.reshape((-1, 1)) + jnp.arange(x.shape[1]).reshape((1, -1))
             y = seq.Sequence(x.values, x.mask & (steps >= self._length))
-            return like_input(y, was_sequence), state + x.shape[1]
+            return seq.like_input(y, was_sequence), state + x.shape[1]
         y = x[:, self._length :].pad_time(0, min(self._length, x.shape[1]), valid=False)
-        return like_input(y, was_sequence), state
+        return seq.like_input(y, was_sequence), state

@@ -24,23 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl import checks
 from trax_sl import sequence as seq
 from trax_sl.layers import base
-from trax_sl.layers.delay import as_sequence, like_input
-
-
-def _check_mode(layer_name: str, mode: str) -> None:
-    if mode not in base.MODES:
-        raise ValueError(f"{layer_name}: mode must be one of {base.MODES}, got mode={mode!r}")
 
 
 def _check_epsilon(layer_name: str, epsilon: float) -> None:
     if not epsilon >= 0:
         raise ValueError(f"{layer_name}: epsilon must be >= 0, got epsilon={epsilon!r}")
-
-
-def _values_signature(signature):
-    return signature.values if isinstance(signature, seq.Sequence) else signature
 
 
 def _compute_dtype(dtype):
@@ -116,7 +107,7 @@ class LayerNorm(base.Layer):
         self._epsilon = epsilon
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         features = values.shape[-1]
         scale = jnp.ones((features,), dtype=values.dtype)
         bias = jnp.zeros((features,), dtype=values.dtype)
@@ -172,7 +163,7 @@ class RMSNorm(base.Layer):
         self._reductions_in_at_least_fp32 = reductions_in_at_least_fp32
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         axes = _channel_axes(self.name, self._axis, len(values.shape))
         if not self._use_scale:
             return (), base.EMPTY_STATE
@@ -230,7 +221,7 @@ class BatchNorm(base.Layer):
         _check_epsilon("BatchNorm", epsilon)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"BatchNorm: momentum must be in [0, 1], got momentum={momentum!r}")
-        _check_mode("BatchNorm", mode)
+        checks.check_mode("BatchNorm", mode)
         super().__init__(name="BatchNorm")
         self._axis = axis
         self._epsilon = epsilon
@@ -257,7 +248,7 @@ class BatchNorm(base.Layer):
         return tuple(sorted(axes))
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         axes = self._axes(len(values.shape))
         stats_shape = tuple(d for i, d in enumerate(values.shape) if i not in axes)
         weights = ()
@@ -273,7 +264,7 @@ class BatchNorm(base.Layer):
         return weights, state
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x) if getattr(x, "ndim", 0) >= 2 else (x, None)
+        x, was_sequence = seq.as_sequence(x) if getattr(x, "ndim", 0) >= 2 else (x, None)
         values = x.values if was_sequence is not None else x
         axes = self._axes(values.ndim)
         kept = tuple(i for i in range(values.ndim) if i not in axes)
@@ -297,7 +288,7 @@ class BatchNorm(base.Layer):
         y = z.astype(values.dtype)
         if was_sequence is None:
             return y, state
-        return like_input(seq.Sequence(y, x.mask), was_sequence), state
+        return seq.like_input(seq.Sequence(y, x.mask), was_sequence), state
 
 
 class FilterResponseNorm(base.Layer):
@@ -323,7 +314,7 @@ class FilterResponseNorm(base.Layer):
         init_epsilon: float = 1e-6,
         init_learnt_epsilon: float = 1e-4,
     ):
-        _check_mode("FilterResponseNorm", mode)
+        checks.check_mode("FilterResponseNorm", mode)
         if not init_epsilon > 0:
             raise ValueError(
                 f"FilterResponseNorm: init_epsilon must be > 0, got init_epsilon={init_epsilon!r}"
@@ -348,7 +339,7 @@ class FilterResponseNorm(base.Layer):
         return (math.inf, math.inf)
 
     def init_weights_and_state(self, input_signature, rng):
-        channels = _values_signature(input_signature).shape[-1]
+        channels = seq.values_of(input_signature).shape[-1]
         gamma = jnp.ones((channels,), jnp.float32)
         beta = jnp.zeros((channels,), jnp.float32)
         epsilon_l = (jnp.asarray(self._init_learnt_epsilon, jnp.float32),) if self._learn_epsilon else ()
@@ -359,7 +350,7 @@ class FilterResponseNorm(base.Layer):
         epsilon = jnp.asarray(self._init_epsilon, jnp.float32)
         if epsilon_l:
             epsilon = epsilon + jnp.abs(epsilon_l[0])
-        x, was_sequence = as_sequence(x) if getattr(x, "ndim", 0) >= 2 else (x, None)
+        x, was_sequence = seq.as_sequence(x) if getattr(x, "ndim", 0) >= 2 else (x, None)
         values = x.values if was_sequence is not None else x
         v = values.astype(_compute_dtype(values.dtype))
         axes = tuple(range(1, v.ndim - 1))
@@ -375,7 +366,7 @@ class FilterResponseNorm(base.Layer):
         y = y.astype(values.dtype)
         if was_sequence is None:
             return y, state
-        return like_input(seq.Sequence(y, x.mask), was_sequence), state
+        return seq.like_input(seq.Sequence(y, x.mask), was_sequence), state
 
 
 class GroupNorm(base.Layer):
@@ -432,7 +423,7 @@ class GroupNorm(base.Layer):
         if not isinstance(axis, (int, np.integer)):
             raise TypeError(f"GroupNorm: axis must be one integer, got axis={axis!r}")
         _check_epsilon("GroupNorm", epsilon)
-        _check_mode("GroupNorm", mode)
+        checks.check_mode("GroupNorm", mode)
         super().__init__(name=f"GroupNorm_{num_groups}")
         self._num_groups = num_groups
         self._axis = axis
@@ -468,7 +459,7 @@ class GroupNorm(base.Layer):
         return tuple(batch if a == 0 else d if a == axis else 1 for a, d in enumerate(grouped_shape))
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         axis, grouped_shape = self._grouping(tuple(values.shape))
         channels = (values.shape[axis],)
         rng_scale, rng_bias = jax.random.split(rng)
@@ -487,7 +478,7 @@ class GroupNorm(base.Layer):
         return (scale, bias), (zeros, zeros, zeros)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         axis, grouped_shape = self._grouping(x.shape)
         dtype = _compute_dtype(x.dtype)
         grouped = jnp.reshape(x.values.astype(dtype), grouped_shape)
@@ -514,7 +505,7 @@ class GroupNorm(base.Layer):
             y = y * _feature_param(scale.astype(dtype), x.shape, (axis,))
         if self._use_bias:
             y = y + _feature_param(bias.astype(dtype), x.shape, (axis,))
-        return like_input(seq.Sequence(y.astype(x.dtype), x.mask), was_sequence), state
+        return seq.like_input(seq.Sequence(y.astype(x.dtype), x.mask), was_sequence), state
 
 
 def _cumulative_moments(grouped, mask, reduction: tuple[int, ...], accumulators):

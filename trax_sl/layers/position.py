@@ -18,22 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl import shapes
 from trax_sl.layers import base
 from trax_sl.layers import initializers as init
-from trax_sl.layers.delay import as_sequence, like_input
 
 _FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
-
-
-def _check_mode(layer_name: str, mode: str) -> None:
-    if mode not in base.MODES:
-        raise ValueError(f"{layer_name}: mode must be one of {base.MODES}, got mode={mode!r}")
-
-
-def _values_signature(signature):
-    return signature.values if isinstance(signature, seq.Sequence) else signature
 
 
 def _check_float(layer_name: str, values) -> None:
@@ -111,10 +101,8 @@ class PositionalEncoding(base.Layer):
         d_feature: int | None = None,
         mode: str = "train",
     ):
-        if not isinstance(max_len, (int, np.integer)) or max_len < 1:
-            raise ValueError(f"PositionalEncoding: max_len must be an integer >= 1, got max_len={max_len!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"PositionalEncoding: dropout must be in [0, 1), got dropout={dropout!r}")
+        checks.check_positive("PositionalEncoding", max_len=max_len)
+        checks.check_rate("PositionalEncoding", dropout=dropout)
         if not 0.0 <= start_from_zero_prob <= 1.0:
             raise ValueError(
                 f"PositionalEncoding: start_from_zero_prob must be in [0, 1], got "
@@ -128,7 +116,7 @@ class PositionalEncoding(base.Layer):
             raise ValueError(
                 f"PositionalEncoding: d_feature must be None or >= 1, got d_feature={d_feature!r}"
             )
-        _check_mode("PositionalEncoding", mode)
+        checks.check_mode("PositionalEncoding", mode)
         super().__init__(name="PositionalEncoding")
         self._max_len = max_len
         self._dropout = dropout
@@ -140,7 +128,7 @@ class PositionalEncoding(base.Layer):
         self._mode = mode
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         if len(values.shape) != 3:
             raise ValueError(
                 f"{self.name}: expected [batch, time, d] inputs, got {shapes.short_form(values)}"
@@ -156,7 +144,7 @@ class PositionalEncoding(base.Layer):
         return weights, _start_state(self._mode, values)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         if x.ndim != 3:
             raise ValueError(f"{self.name}: expected [batch, time, d] inputs, got {shapes.short_form(x)}")
         time = x.shape[1]
@@ -178,7 +166,7 @@ class PositionalEncoding(base.Layer):
         if self._mode == "train" and self._dropout > 0.0:
             embedding = embedding * self._dropout_multiplier(rng_dropout, x.shape, embedding.dtype)
         y = x.apply_values(lambda v: v + embedding.astype(v.dtype))
-        return like_input(y, was_sequence), (next_start if predict else state)
+        return seq.like_input(y, was_sequence), (next_start if predict else state)
 
     def _need_rng(self, rng, why: str) -> None:
         if rng is None:
@@ -246,7 +234,7 @@ class AddTimingSignal(base.Layer):
                 f"AddTimingSignal: expected 0 < min_timescale <= max_timescale, got "
                 f"min_timescale={min_timescale!r}, max_timescale={max_timescale!r}"
             )
-        _check_mode("AddTimingSignal", mode)
+        checks.check_mode("AddTimingSignal", mode)
         super().__init__(name="AddTimingSignal")
         self._min_timescale = min_timescale
         self._max_timescale = max_timescale
@@ -270,14 +258,14 @@ class AddTimingSignal(base.Layer):
         return tuple(target)
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         _check_float(self.name, values)
         self._target_shape(tuple(values.shape[2:]))
         weights = jnp.ones((), self._param_dtype) if self._trainable_scale else ()
         return weights, _start_state(self._mode, values)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         _check_float(self.name, x)
         predict = self._mode == "predict"
         positions, next_start = _positions(x.mask, state if predict else 0, self._only_valid)
@@ -287,7 +275,7 @@ class AddTimingSignal(base.Layer):
         if self._trainable_scale:
             signal = signal * weights
         y = x.apply_values(lambda v: v + signal.astype(v.dtype))
-        return like_input(y, was_sequence), (next_start if predict else state)
+        return seq.like_input(y, was_sequence), (next_start if predict else state)
 
 
 class ApplyRotaryPositionalEncoding(base.Layer):
@@ -317,7 +305,7 @@ class ApplyRotaryPositionalEncoding(base.Layer):
             raise ValueError(
                 f"ApplyRotaryPositionalEncoding: max_wavelength must be > 0, got max_wavelength={max_wavelength!r}"
             )
-        _check_mode("ApplyRotaryPositionalEncoding", mode)
+        checks.check_mode("ApplyRotaryPositionalEncoding", mode)
         super().__init__(name="ApplyRotaryPositionalEncoding")
         self._max_wavelength = max_wavelength
         self._axis = axis
@@ -341,17 +329,17 @@ class ApplyRotaryPositionalEncoding(base.Layer):
         return axis
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         self._rope_axis(values)
         return base.EMPTY_WEIGHTS, _start_state(self._mode, values)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         axis = self._rope_axis(x.values)
         predict = self._mode == "predict"
         positions, next_start = _positions(x.mask, state if predict else 0, self._only_valid)
         y = x.apply_values(self._rotate, positions, axis)
-        return like_input(y, was_sequence), (next_start if predict else state)
+        return seq.like_input(y, was_sequence), (next_start if predict else state)
 
     def _rotate(self, values, positions, axis: int):
         size = values.shape[axis]

@@ -27,22 +27,9 @@ from trax_sl import shapes
 from trax_sl.layers import base, combinators
 
 
-def _items(x, n: int) -> tuple:
-    return (x,) if n == 1 else tuple(x)
-
-
-def _pack(items, n: int):
-    items = tuple(items)
-    return items[0] if n == 1 else items
-
-
 def _on_values(fn, item):
     """Applies `fn` to an array, or to a Sequence's values keeping its mask."""
     return item.apply_values(fn) if isinstance(item, seq.Sequence) else fn(item)
-
-
-def _values_shape(signature) -> tuple:
-    return tuple((signature.values if isinstance(signature, seq.Sequence) else signature).shape)
 
 
 def _add_cotangents(a, b):
@@ -156,12 +143,12 @@ class ReversibleSelect(ReversibleLayer):
         self._reverse_indices = tuple(indices.index(i) for i in range(n_in))
 
     def forward(self, inputs, weights, state, rng):
-        items = _items(inputs, self.n_in)
-        return _pack((items[i] for i in self._indices), self.n_out), state
+        items = base.as_items(inputs, self.n_in)
+        return base.from_items(tuple(items[i] for i in self._indices), self.n_out), state
 
     def reverse(self, outputs, weights=(), state=(), new_state=(), rng=None):
-        items = _items(outputs, self.n_out)
-        return _pack((items[i] for i in self._reverse_indices), self.n_in)
+        items = base.as_items(outputs, self.n_out)
+        return base.from_items(tuple(items[i] for i in self._reverse_indices), self.n_in)
 
 
 def ReversibleSwap() -> ReversibleLayer:  # noqa: N802 (Trax's name)
@@ -196,10 +183,14 @@ class ReversibleReshape(ReversibleLayer):
         return tuple(one(x) for x in items)
 
     def forward(self, inputs, weights, state, rng):
-        return _pack(self._reshape(_items(inputs, self.n_in), self._shape1, self._shape2), self.n_out), state
+        return base.from_items(
+            self._reshape(base.as_items(inputs, self.n_in), self._shape1, self._shape2), self.n_out
+        ), state
 
     def reverse(self, outputs, weights=(), state=(), new_state=(), rng=None):
-        return _pack(self._reshape(_items(outputs, self.n_out), self._shape2, self._shape1), self.n_in)
+        return base.from_items(
+            self._reshape(base.as_items(outputs, self.n_out), self._shape2, self._shape1), self.n_in
+        )
 
 
 class ReversiblePrintShape(ReversibleLayer):
@@ -218,7 +209,7 @@ class ReversiblePrintShape(ReversibleLayer):
         self._msg = msg
 
     def forward(self, xs, weights, state, rng):
-        info = f"PrintShape: {self._msg}: [{', '.join(shapes.short_form(x) for x in _items(xs, self.n_in))}]"
+        info = f"PrintShape: {self._msg}: [{', '.join(shapes.short_form(x) for x in base.as_items(xs, self.n_in))}]"
         jax.debug.callback(functools.partial(print, info))
         return xs, state
 
@@ -348,10 +339,10 @@ class ReversibleHalfResidual(ReversibleLayer):
         return chain.supports_step and chain.output_ratio == 1 and chain.output_latency == 0
 
     def init_with_output_signature(self, input_signature, rng):
-        items = _items(input_signature, self.n_in)
-        context = _pack(items[1:], self.n_in - 1)
+        items = base.as_items(input_signature, self.n_in)
+        context = base.from_items(items[1:], self.n_in - 1)
         weights, states, stack = self._init_chain(context, rng)
-        accumulator, residual = (_values_shape(s) for s in (items[0], stack[0]))
+        accumulator, residual = (tuple(seq.values_of(s).shape) for s in (items[0], stack[0]))
         if accumulator != residual:
             raise ValueError(
                 f"{self.name}: the residual layers give {residual} values, which cannot be added to "
@@ -360,7 +351,7 @@ class ReversibleHalfResidual(ReversibleLayer):
         return weights, states, input_signature
 
     def _init_chain(self, context_signature, rng):
-        stack = _items(context_signature, self.n_in - 1)
+        stack = base.as_items(context_signature, self.n_in - 1)
         weights, states = [], []
         for i, (layer, r) in enumerate(zip(self.sublayers, base.split_rng(rng, len(self.sublayers)))):
             inputs = combinators.inputs_from_stack(stack, layer.n_in)
@@ -395,7 +386,7 @@ class ReversibleHalfResidual(ReversibleLayer):
         return accumulator + sign * residual_values
 
     def forward(self, xs, weights, state, rng):
-        accumulator, *context = _items(xs, self.n_in)
+        accumulator, *context = base.as_items(xs, self.n_in)
         residual, new_state = self._residual(tuple(context), weights, state, rng)
         return (self._combine(accumulator, residual, 1.0), *context), new_state
 
@@ -418,7 +409,7 @@ class ReversibleHalfResidual(ReversibleLayer):
         values, vjp_fn, residual = jax.vjp(residual_values, context, weights, has_aux=True)
         del values
         # d(accumulator + f)/df is the identity on f's (masked) values.
-        values_ct = accumulator_ct.values if isinstance(accumulator_ct, seq.Sequence) else accumulator_ct
+        values_ct = seq.values_of(accumulator_ct)
         context_ct_from_f, weights_ct = vjp_fn(values_ct)
         x = (self._combine(accumulator, residual, -1.0), *context)
         x_ct = (accumulator_ct, *_add_cotangents(context_ct, context_ct_from_f))

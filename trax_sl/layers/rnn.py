@@ -15,11 +15,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl import shapes
-from trax_sl.layers import activation_fns, base, core
+from trax_sl.layers import activation_fns, base, convolution, core
 from trax_sl.layers import initializers as init
 from trax_sl.layers.base import Fn, Layer
 from trax_sl.layers.combinators import Branch, Dup, Gate, Multiply, Parallel, Select, Serial, Split
@@ -27,31 +26,9 @@ from trax_sl.layers.combinators import Branch, Dup, Gate, Multiply, Parallel, Se
 # --- Helpers -------------------------------------------------------------------
 
 
-def _check_n_units(layer_name: str, n_units) -> None:
-    if isinstance(n_units, bool) or not isinstance(n_units, (int, np.integer)) or n_units < 1:
-        raise ValueError(f"{layer_name}: n_units must be an integer >= 1, got n_units={n_units!r}")
-
-
-def _check_mode(layer_name: str, mode) -> None:
-    if mode not in base.MODES:
-        raise ValueError(f"{layer_name}: mode must be one of {base.MODES}, got mode={mode!r}")
-
-
 def _add_bias(y, b):
     """y + b on the last axis, with the rank made explicit (no rank promotion)."""
     return y + jnp.reshape(b, (1,) * (y.ndim - b.ndim) + tuple(b.shape))
-
-
-def _items(x, n: int) -> tuple:
-    return (x,) if n == 1 else tuple(x)
-
-
-def _pack(items: tuple, n: int):
-    return items[0] if n == 1 else tuple(items)
-
-
-def _values(x):
-    return x.values if isinstance(x, seq.Sequence) else x
 
 
 # --- Cells ---------------------------------------------------------------------
@@ -82,7 +59,7 @@ class LSTMCell(Layer):
         kernel_initializer=init.GlorotUniformInitializer(),
         bias_initializer=init.RandomNormalInitializer(1e-6),
     ):
-        _check_n_units("LSTMCell", n_units)
+        checks.check_positive("LSTMCell", n_units=n_units)
         super().__init__(n_in=2, n_out=2, name="LSTMCell")
         self._n_units = n_units
         self._forget_bias = forget_bias
@@ -90,7 +67,7 @@ class LSTMCell(Layer):
         self._bias_initializer = bias_initializer
 
     def init_weights_and_state(self, input_signature, rng):
-        x, state = (_values(s) for s in input_signature)
+        x, state = (seq.values_of(s) for s in input_signature)
         if state.shape[-1] != 2 * self._n_units:
             raise ValueError(
                 f"{self.name}: the state's last axis must be 2 * n_units = {2 * self._n_units} "
@@ -136,7 +113,7 @@ class GRUCell(Layer):
         kernel_initializer=init.RandomUniformInitializer(0.01),
         bias_initializer=init.RandomNormalInitializer(1e-6),
     ):
-        _check_n_units("GRUCell", n_units)
+        checks.check_positive("GRUCell", n_units=n_units)
         super().__init__(n_in=2, n_out=2, name="GRUCell")
         self._n_units = n_units
         self._forget_bias = forget_bias
@@ -144,7 +121,7 @@ class GRUCell(Layer):
         self._bias_initializer = bias_initializer
 
     def init_weights_and_state(self, input_signature, rng):
-        x, state = (_values(s) for s in input_signature)
+        x, state = (seq.values_of(s) for s in input_signature)
         if state.shape[-1] != self._n_units:
             raise ValueError(
                 f"{self.name}: the state's last axis must be n_units = {self._n_units}, got state "
@@ -217,8 +194,7 @@ def ConvGRUCell(n_units: int, kernel_size=(3, 3)) -> Layer:  # noqa: N802
 
     Predict mode: stateless; not a layer over time (the state is its input).
     """
-    _check_n_units("ConvGRUCell", n_units)
-    from trax_sl.layers import convolution  # Imported here: convolution is a sibling module.
+    checks.check_positive("ConvGRUCell", n_units=n_units)
 
     def BuildConv():  # noqa: N802
         return convolution.Conv(filters=n_units, kernel_size=kernel_size, padding="SAME")
@@ -263,7 +239,7 @@ class _ZeroState(Layer):
         self._depth = depth
 
     def forward(self, x, weights, state, rng):
-        values = _values(x)
+        values = seq.values_of(x)
         if values.ndim != 3:
             raise ValueError(
                 f"{self.name}: expected input [batch, time, depth] (rank 3), got {shapes.short_form(values)}"
@@ -279,21 +255,13 @@ def MakeZeroState(depth_multiplier: int = 1) -> Layer:  # noqa: N802
     * d]`, float32, a plain array even for a Sequence input.
     Predict mode: stateless; zeros for each block.
     """
-    if (
-        isinstance(depth_multiplier, bool)
-        or not isinstance(depth_multiplier, (int, np.integer))
-        or depth_multiplier < 1
-    ):
-        raise ValueError(
-            f"MakeZeroState: depth_multiplier must be an integer >= 1, got "
-            f"depth_multiplier={depth_multiplier!r}"
-        )
+    checks.check_positive("MakeZeroState", depth_multiplier=depth_multiplier)
     return _ZeroState(depth_multiplier=depth_multiplier)
 
 
 def _drop_time(signature):
     """The signature of one time step of a `[batch, time, ...]` item."""
-    values = _values(signature)
+    values = seq.values_of(signature)
     if len(values.shape) < 2:
         raise ValueError(f"expected scanned inputs [batch, time, ...], got {shapes.short_form(values)}")
     return shapes.ShapeDtype((values.shape[0],) + tuple(values.shape[2:]), values.dtype)
@@ -305,8 +273,11 @@ def _frozen_where(valid, new, old):
     return jnp.where(valid, new.astype(old.dtype), old)
 
 
-class _TimeScan(Layer):
-    """Trax's `Scan(cell, axis=1, n_carry, mode)` over time, made to stream.
+class _TimeRecurrence(Layer):
+    """A cell run over time (axis 1), streaming: Trax's `Scan(cell, axis=1, n_carry, mode)`.
+
+    Named TimeRecurrence, not Scan, so that printed layers and error paths
+    tell it apart from `combinators.Scan` (which does not stream).
 
     The cell maps `(x1..xN, carry1..carryM) -> (y1..yK, new_carry1..M)` for
     one step; this layer maps `xs [batch, time, ...]` (Sequences or arrays)
@@ -326,11 +297,11 @@ class _TimeScan(Layer):
     def __init__(self, cell: Layer, n_carry: int = 1, mode: str = "train"):
         if not 1 <= n_carry < cell.n_in or n_carry > cell.n_out:
             raise ValueError(
-                f"Scan: n_carry must be >= 1 and leave at least one scanned input; got "
+                f"TimeRecurrence: n_carry must be >= 1 and leave at least one scanned input; got "
                 f"n_carry={n_carry} for {cell.name} with n_in={cell.n_in}, n_out={cell.n_out}"
             )
-        _check_mode("Scan", mode)
-        super().__init__(n_in=cell.n_in, n_out=cell.n_out, name="Scan")
+        checks.check_mode("TimeRecurrence", mode)
+        super().__init__(n_in=cell.n_in, n_out=cell.n_out, name="TimeRecurrence")
         self._sublayers = (cell,)
         self._n_carry = n_carry
         self._mode = mode
@@ -352,19 +323,19 @@ class _TimeScan(Layer):
         return items[:n_xs], items[n_xs:]
 
     def init_weights_and_state(self, input_signature, rng):
-        xs, carries = self._split(_items(input_signature, self.n_in))
+        xs, carries = self._split(base.as_items(input_signature, self.n_in))
         for c in carries:
             if isinstance(c, seq.Sequence):
                 raise TypeError(f"{self.name}: carries must be arrays [batch, ...], got a Sequence")
         step_signature = tuple(_drop_time(x) for x in xs) + tuple(carries)
-        w, s, _ = base.init_sublayer(0, self.cell, _pack(step_signature, self.cell.n_in), rng)
+        w, s, _ = base.init_sublayer(0, self.cell, base.from_items(step_signature, self.cell.n_in), rng)
         if self._mode != "predict":
             return (w,), (s,)
         zeros = tuple(jnp.zeros(c.shape, c.dtype) for c in carries)
         return (w,), (s, zeros, jnp.zeros((), jnp.bool_))
 
     def forward(self, inputs, weights, state, rng):
-        xs, carries = self._split(_items(inputs, self.n_in))
+        xs, carries = self._split(base.as_items(inputs, self.n_in))
         if any(isinstance(c, seq.Sequence) for c in carries):
             raise TypeError(f"{self.name}: carries must be arrays [batch, ...], got a Sequence")
         masks = [x.mask for x in xs if isinstance(x, seq.Sequence)]
@@ -392,12 +363,12 @@ class _TimeScan(Layer):
             outputs, new_cell_state = base.call_sublayer(
                 0,
                 self.cell,
-                _pack(tuple(x_t) + tuple(carry), self.cell.n_in),
+                base.from_items(tuple(x_t) + tuple(carry), self.cell.n_in),
                 weights[0],
                 cell_state,
                 step_rng,
             )
-            outputs = _items(outputs, self.cell.n_out)
+            outputs = base.as_items(outputs, self.cell.n_out)
             new_carry = tuple(_frozen_where(valid, n, o) for n, o in zip(outputs[n_ys:], carry))
             return (new_carry, new_cell_state), outputs[:n_ys]
 
@@ -418,7 +389,7 @@ class _TimeScan(Layer):
             new_state = (cell_state, carries, jnp.ones((), jnp.bool_))
         else:
             new_state = (cell_state,)
-        return _pack(ys + carries, self.n_out), new_state
+        return base.from_items(ys + carries, self.n_out), new_state
 
 
 # --- Recurrent layers ---------------------------------------------------------------
@@ -477,10 +448,10 @@ def LSTM(  # noqa: N802
     of each row (frozen at invalid steps); with `initial_state` the stack's
     state is used for the first block only. block_size 1, no latency.
     """
-    _check_n_units("LSTM", n_units)
-    _check_mode("LSTM", mode)
+    checks.check_positive("LSTM", n_units=n_units)
+    checks.check_mode("LSTM", mode)
     layers = [] if initial_state else [Branch(None, _ZeroState(depth=2 * n_units))]
-    layers.append(_TimeScan(LSTMCell(n_units=n_units), mode=mode))
+    layers.append(_TimeRecurrence(LSTMCell(n_units=n_units), mode=mode))
     if not return_state:
         layers.append(Select([0], n_in=2))
     return _recurrent_stack(layers, f"LSTM_{n_units}", mode)
@@ -497,11 +468,11 @@ def GRU(n_units: int, mode: str = "train") -> Layer:  # noqa: N802
     Predict mode: the state holds the carry `[batch, n_units]` of each row
     (frozen at invalid steps). block_size 1, no latency.
     """
-    _check_n_units("GRU", n_units)
-    _check_mode("GRU", mode)
+    checks.check_positive("GRU", n_units=n_units)
+    checks.check_mode("GRU", mode)
     layers = [
         Branch(None, _ZeroState(depth=n_units)),
-        _TimeScan(GRUCell(n_units=n_units), mode=mode),
+        _TimeRecurrence(GRUCell(n_units=n_units), mode=mode),
         Select([0], n_in=2),
     ]
     return _recurrent_stack(layers, f"GRU_{n_units}", mode)
@@ -523,7 +494,7 @@ def ScanSRUCell(mode: str = "train", monkey_patched_mask=None) -> Layer:  # noqa
             "ScanSRUCell: monkey_patched_mask is not supported; pass Sequences (values and mask) "
             "instead: invalid steps keep the carry"
         )
-    return _TimeScan(InnerSRUCell(), mode=mode)
+    return _TimeRecurrence(InnerSRUCell(), mode=mode)
 
 
 def SRU(n_units: int, activation: Layer | None = None, mode: str = "train") -> Layer:  # noqa: N802
@@ -545,8 +516,8 @@ def SRU(n_units: int, activation: Layer | None = None, mode: str = "train") -> L
     Predict mode: the state holds the carry `c [batch, n_units]` of each row
     (frozen at invalid steps). block_size 1, no latency.
     """
-    _check_n_units("SRU", n_units)
-    _check_mode("SRU", mode)
+    checks.check_positive("SRU", n_units=n_units)
+    checks.check_mode("SRU", mode)
     if activation is not None and not isinstance(activation, Layer):
         raise TypeError(
             f"SRU: activation must be a Layer (e.g. tl.Tanh()) or None, got {type(activation).__name__}"

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl import shapes
-from trax_sl.layers import attention_core, base, combinators, delay
+from trax_sl.layers import attention_core, base, combinators
 from trax_sl.layers import initializers as init
 
 
@@ -134,9 +134,9 @@ class DotProductSelfAttention(base.Layer):
           name: the layer's name.
         """
         layer_name = type(self).__name__
-        _check_int(layer_name, num_heads=num_heads, units_per_head=units_per_head)
+        checks.check_positive(layer_name, num_heads=num_heads, units_per_head=units_per_head)
         if num_kv_heads is not None:
-            _check_int(layer_name, num_kv_heads=num_kv_heads)
+            checks.check_positive(layer_name, num_kv_heads=num_kv_heads)
             if num_heads % num_kv_heads:
                 raise ValueError(
                     f"{layer_name}: num_heads must be a multiple of num_kv_heads, got "
@@ -162,12 +162,10 @@ class DotProductSelfAttention(base.Layer):
                     f"sizes its own cache), got cache_size={cache_size} with "
                     f"max_past_horizon={max_past_horizon}"
                 )
-            _check_int(layer_name, cache_size=cache_size)
-        if not 0.0 <= attention_probabilities_dropout_rate < 1.0:
-            raise ValueError(
-                f"{layer_name}: attention_probabilities_dropout_rate must be in [0, 1), got "
-                f"{attention_probabilities_dropout_rate!r}"
-            )
+            checks.check_positive(layer_name, cache_size=cache_size)
+        checks.check_rate(
+            layer_name, attention_probabilities_dropout_rate=attention_probabilities_dropout_rate
+        )
         if attention_logits_soft_cap is not None and attention_logits_soft_cap <= 0.0:
             raise ValueError(
                 f"{layer_name}: attention_logits_soft_cap must be None or > 0, got "
@@ -277,7 +275,7 @@ class DotProductSelfAttention(base.Layer):
         return lambda q, k, v, visible: attention_core.multihead_attention(q, k, v, visible, **kwargs)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = delay.as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         x = x.mask_invalid()
         cache, sub_states = state
         rngs = base.split_rng(rng, 5)
@@ -297,7 +295,7 @@ class DotProductSelfAttention(base.Layer):
             y = attention_core.self_attention_layer(
                 *qkv, self._past, self._future, attend_fn, self._local_block_size
             )
-        return delay.like_input(y, was_sequence), (cache, tuple(new_states))
+        return seq.like_input(y, was_sequence), (cache, tuple(new_states))
 
 
 class LocalDotProductSelfAttention(DotProductSelfAttention):
@@ -327,7 +325,9 @@ class LocalDotProductSelfAttention(DotProductSelfAttention):
     ):
         """Returns a local self-attention layer; `block_size` >= 1, `max_past_horizon` >= 1,
         `max_future_horizon` >= 0, other arguments as DotProductSelfAttention's."""
-        _check_int("LocalDotProductSelfAttention", block_size=block_size, max_past_horizon=max_past_horizon)
+        checks.check_positive(
+            "LocalDotProductSelfAttention", block_size=block_size, max_past_horizon=max_past_horizon
+        )
         if not isinstance(max_future_horizon, (int, np.integer)) or max_future_horizon < 0:
             raise ValueError(
                 f"LocalDotProductSelfAttention: max_future_horizon must be an integer >= 0, got "
@@ -340,12 +340,6 @@ class LocalDotProductSelfAttention(DotProductSelfAttention):
             )
         super().__init__(num_heads, units_per_head, max_past_horizon, max_future_horizon, **kwargs)
         self._local_block_size = block_size
-
-
-def _check_int(layer_name: str, **values) -> None:
-    for key, value in values.items():
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{layer_name}: {key} must be an integer >= 1, got {key}={value!r}")
 
 
 def _check_network(layer_name: str, key: str, network) -> base.Layer:

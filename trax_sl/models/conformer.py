@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from trax_sl import checks
 from trax_sl.layers import (
     activation_fns,
     base,
@@ -27,12 +28,6 @@ from trax_sl.layers import (
     self_attention,
 )
 from trax_sl.layers import repeat as repeat_layers
-
-
-def _check_positive(model: str, **values) -> None:
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{model}: {key} must be an integer >= 1, got {key}={value!r}")
 
 
 def _DenseShaped(n_units: int, use_bias: bool = True) -> base.Layer:  # noqa: N802
@@ -51,7 +46,7 @@ def ConvolutionSubsampling(hidden_size: int, mode: str = "train") -> base.Layer:
     Predict mode: the state holds the convolutions' buffers and the group
     norms' running statistics per row.
     """
-    _check_positive("ConvolutionSubsampling", hidden_size=hidden_size)
+    checks.check_positive("ConvolutionSubsampling", hidden_size=hidden_size)
 
     def conv_norm_relu():
         return [
@@ -197,7 +192,7 @@ def ConformerEncoder(  # noqa: N802
     the timing signal's position per row and each block's KV cache,
     convolution buffer and batch norm statistics.
     """
-    _check_positive(
+    checks.check_positive(
         "ConformerEncoder",
         hidden_size=hidden_size,
         num_blocks=num_blocks,

@@ -9,14 +9,9 @@ state, so tokens fed one at a time give the logits of the whole sequence.
 
 from __future__ import annotations
 
+from trax_sl import checks
 from trax_sl.layers import attention, base, combinators, core
 from trax_sl.layers import rnn as rnn_layers
-
-
-def _check_positive(model: str, **values) -> None:
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{model}: {key} must be an integer >= 1, got {key}={value!r}")
 
 
 def RNNLM(  # noqa: N802
@@ -43,7 +38,7 @@ def RNNLM(  # noqa: N802
     Predict mode: the state holds the last token (ShiftRight) and each row's
     recurrent carry (frozen at invalid steps).
     """
-    _check_positive(
+    checks.check_positive(
         "RNNLM",
         vocab_size=vocab_size,
         d_model=d_model,
@@ -67,7 +62,7 @@ def RNNLM(  # noqa: N802
         core.Dropout(rate=dropout, mode=mode),
         combinators.Branch([], zero_state),
         # Trax's Scan(MultiRNNCell(), axis=1, mode=mode), streaming.
-        rnn_layers._TimeScan(MultiRNNCell(), mode=mode),
+        rnn_layers._TimeRecurrence(MultiRNNCell(), mode=mode),
         combinators.Select([0], n_in=2),  # Drop RNN state.
         core.Dense(vocab_size),
         name="RNNLM",
@@ -84,7 +79,7 @@ def GRULM(vocab_size: int = 256, d_model: int = 512, n_layers: int = 1, mode: st
     Predict mode: the state holds the last token (ShiftRight) and each GRU's
     carry per row.
     """
-    _check_positive("GRULM", vocab_size=vocab_size, d_model=d_model, n_layers=n_layers)
+    checks.check_positive("GRULM", vocab_size=vocab_size, d_model=d_model, n_layers=n_layers)
     return combinators.Serial(
         attention.ShiftRight(mode=mode),
         core.Embedding(vocab_size, d_model),

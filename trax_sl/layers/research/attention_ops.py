@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl import shapes
 from trax_sl.layers import base
 
 
@@ -259,15 +259,10 @@ def permute_via_sort(val, keys, inverse_keys, axis: int = 0):
 
 
 def check_int(layer_name: str, minimum: int, **values) -> None:
+    """Integers >= minimum; kept for counts that may be 0 (positive ones use `checks.check_positive`)."""
     for key, value in values.items():
         if not isinstance(value, (int, np.integer)) or value < minimum:
             raise ValueError(f"{layer_name}: {key} must be an integer >= {minimum}, got {key}={value!r}")
-
-
-def check_rate(layer_name: str, **values) -> None:
-    for key, value in values.items():
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{layer_name}: {key} must be in [0, 1), got {key}={value!r}")
 
 
 def check_n_parallel_heads(layer_name: str, n_heads: int, n_parallel_heads) -> None:
@@ -364,7 +359,7 @@ def and_masks(*masks):
 
 
 def unbatched_signature(signature):
-    values = signature.values if isinstance(signature, seq.Sequence) else signature
+    values = seq.values_of(signature)
     return shapes.ShapeDtype(tuple(values.shape[1:]), values.dtype)
 
 
@@ -430,7 +425,7 @@ class EfficientAttentionBase(base.Layer):
         mode: str = "train",
     ):
         name = name or type(self).__name__
-        check_int(name, 1, n_heads=n_heads)
+        checks.check_positive(name, n_heads=n_heads)
         check_n_parallel_heads(name, n_heads, n_parallel_heads)
         if incremental:
             if predict_mem_len is None or predict_drop_len is None:

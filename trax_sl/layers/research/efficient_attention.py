@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl import checks
 from trax_sl.layers import base
 from trax_sl.layers import initializers as init
 from trax_sl.layers.research.attention_ops import (  # noqa: F401  (Trax's module API)
@@ -29,7 +30,6 @@ from trax_sl.layers.research.attention_ops import (  # noqa: F401  (Trax's modul
     apply_broadcasted_dropout,
     attend,
     check_int,
-    check_rate,
     hash_vecs,
     hash_with_rotations,
     head_kernel_initializer,
@@ -90,16 +90,16 @@ class SelfAttention(DropoutRates, EfficientAttentionBase):
         use_python_loop=False,
         use_reference_code=False,
     ):
-        check_int("SelfAttention", 1, d_qk=d_qk, d_v=d_v)
+        checks.check_positive("SelfAttention", d_qk=d_qk, d_v=d_v)
         check_int("SelfAttention", 0, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
         if chunk_len is not None:
-            check_int("SelfAttention", 1, chunk_len=chunk_len)
+            checks.check_positive("SelfAttention", chunk_len=chunk_len)
         elif n_chunks_before or n_chunks_after:
             raise ValueError(
                 f"SelfAttention: n_chunks_before/n_chunks_after need chunk_len, got chunk_len=None "
                 f"with n_chunks_before={n_chunks_before}, n_chunks_after={n_chunks_after}"
             )
-        check_rate("SelfAttention", attention_dropout=attention_dropout, output_dropout=output_dropout)
+        checks.check_rate("SelfAttention", attention_dropout=attention_dropout, output_dropout=output_dropout)
         super().__init__(
             n_heads,
             n_in=2 if masked else 1,
@@ -217,8 +217,10 @@ class EncDecAttention(DropoutRates, EfficientAttentionBase):
         use_python_loop=False,
         use_reference_code=False,
     ):
-        check_int("EncDecAttention", 1, d_qk=d_qk, d_v=d_v)
-        check_rate("EncDecAttention", attention_dropout=attention_dropout, output_dropout=output_dropout)
+        checks.check_positive("EncDecAttention", d_qk=d_qk, d_v=d_v)
+        checks.check_rate(
+            "EncDecAttention", attention_dropout=attention_dropout, output_dropout=output_dropout
+        )
         super().__init__(
             n_heads,
             n_in=3 if masked else 2,
@@ -307,7 +309,7 @@ class LSHFF(base.Layer):
         kernel_initializer=init.GlorotUniformInitializer(),
         bias_initializer=init.RandomNormalInitializer(1e-6),
     ):
-        check_int("LSHFF", 1, d_ff=d_ff, n_hashes=n_hashes)
+        checks.check_positive("LSHFF", d_ff=d_ff, n_hashes=n_hashes)
         for factor in [n_buckets] if isinstance(n_buckets, (int, np.integer)) else list(n_buckets):
             if not isinstance(factor, (int, np.integer)) or factor < 2 or factor % 2:
                 raise ValueError(

@@ -21,6 +21,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from trax_sl import checks
 from trax_sl import sequence as seq
 from trax_sl.layers import attention, base, combinators, core, position
 from trax_sl.layers.research.attention_ops import (
@@ -31,7 +32,6 @@ from trax_sl.layers.research.attention_ops import (
     attend,
     check_int,
     check_n_parallel_heads,
-    check_rate,
     forward_and_or_backward,
     hash_vecs,
     head_kernel_initializer,
@@ -62,9 +62,9 @@ class _LSHOptions:
         output_dropout,
         max_length_for_buckets,
     ):
-        check_int(name, 1, chunk_len=chunk_len, n_hashes=n_hashes)
+        checks.check_positive(name, chunk_len=chunk_len, n_hashes=n_hashes)
         check_int(name, 0, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
-        check_rate(name, attention_dropout=attention_dropout, output_dropout=output_dropout)
+        checks.check_rate(name, attention_dropout=attention_dropout, output_dropout=output_dropout)
         if n_buckets is not None:
             factors = [n_buckets] if isinstance(n_buckets, int) else list(n_buckets)
             if not factors or any(not isinstance(f, int) or f < 2 or f % 2 for f in factors):
@@ -184,7 +184,7 @@ class LSHSelfAttention(_LSHOptions, DropoutRates, EfficientAttentionBase):
         use_reference_code=False,
     ):
         del share_qk  # Always shared.
-        check_int("LSHSelfAttention", 1, d_qk=d_qk, d_v=d_v)
+        checks.check_positive("LSHSelfAttention", d_qk=d_qk, d_v=d_v)
         super().__init__(
             n_heads,
             n_in=2 if masked else 1,
@@ -297,7 +297,7 @@ class PureLSHSelfAttention(_LSHOptions, DropoutRates, base.Layer):
             predict_mem_len,
             predict_drop_len,
         )  # Trax takes them; nothing uses them.
-        check_int("PureLSHSelfAttention", 1, n_heads=n_heads)
+        checks.check_positive("PureLSHSelfAttention", n_heads=n_heads)
         check_n_parallel_heads("PureLSHSelfAttention", n_heads, n_parallel_heads)
         if mode not in base.MODES:
             raise ValueError(f"PureLSHSelfAttention: mode must be one of {base.MODES}, got mode={mode!r}")
@@ -327,7 +327,7 @@ class PureLSHSelfAttention(_LSHOptions, DropoutRates, base.Layer):
 
     def init_weights_and_state(self, input_signature, rng):
         qk = input_signature[0]
-        batch_x_heads = (qk.values if isinstance(qk, seq.Sequence) else qk).shape[0]
+        batch_x_heads = seq.values_of(qk).shape[0]
         if batch_x_heads % self._n_heads:
             raise ValueError(
                 f"{self.name}: qk's first axis ({batch_x_heads}) must be batch * n_heads "

@@ -22,28 +22,10 @@ import jax.extend.random as jax_random
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl import shapes
 from trax_sl.layers import base, position
 from trax_sl.layers import initializers as init
-from trax_sl.layers.delay import as_sequence, like_input
-
-
-def _check_mode(layer_name: str, mode: str) -> None:
-    if mode not in base.MODES:
-        raise ValueError(f"{layer_name}: mode must be one of {base.MODES}, got mode={mode!r}")
-
-
-def _check_dropout(layer_name: str, dropout: float) -> None:
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(
-            f"{layer_name}: dropout must be in [0, 1) (dropout rates must be lower than 1), "
-            f"got dropout={dropout!r}"
-        )
-
-
-def _values_signature(signature):
-    return signature.values if isinstance(signature, seq.Sequence) else signature
 
 
 def _check_rank3(layer_name: str, x) -> None:
@@ -101,8 +83,8 @@ class AxialPositionalEncoding(base.Layer):
                 f"AxialPositionalEncoding: shape and d_embs must be non-empty and of the same length, "
                 f"got shape={shape!r}, d_embs={d_embs!r}"
             )
-        _check_dropout("AxialPositionalEncoding", dropout)
-        _check_mode("AxialPositionalEncoding", mode)
+        checks.check_rate("AxialPositionalEncoding", dropout=dropout)
+        checks.check_mode("AxialPositionalEncoding", mode)
         super().__init__(name="AxialPositionalEncoding")
         self._shape = tuple(int(s) for s in shape)
         self._d_embs = tuple(int(d) for d in d_embs)
@@ -112,7 +94,7 @@ class AxialPositionalEncoding(base.Layer):
         self._mode = mode
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         _check_rank3(self.name, values)
         if sum(self._d_embs) != values.shape[-1]:
             raise ValueError(
@@ -133,7 +115,7 @@ class AxialPositionalEncoding(base.Layer):
         )
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         _check_rank3(self.name, x)
         predict = self._mode == "predict"
         n_cells = math.prod(self._shape)
@@ -157,7 +139,7 @@ class AxialPositionalEncoding(base.Layer):
             # mode="fill": positions past the grid become NaN, never a clamped embedding.
             emb = jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan)
         y = x.apply_values(lambda v: v + emb.astype(v.dtype))
-        return like_input(y, was_sequence), (next_count if predict else state)
+        return seq.like_input(y, was_sequence), (next_count if predict else state)
 
 
 class SinCosPositionalEncoding(base.Layer):
@@ -184,8 +166,8 @@ class SinCosPositionalEncoding(base.Layer):
         start_from_zero_one_in=2,
         mode="train",
     ):
-        _check_dropout("SinCosPositionalEncoding", dropout)
-        _check_mode("SinCosPositionalEncoding", mode)
+        checks.check_rate("SinCosPositionalEncoding", dropout=dropout)
+        checks.check_mode("SinCosPositionalEncoding", mode)
         if add_offset < 0 or start_from_zero_one_in < 1:
             raise ValueError(
                 f"SinCosPositionalEncoding: expected add_offset >= 0 and start_from_zero_one_in >= 1, "
@@ -199,7 +181,7 @@ class SinCosPositionalEncoding(base.Layer):
         self._mode = mode
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         self._check_depth(values)
         return (), _counts_state(self._mode, values)
 
@@ -218,7 +200,7 @@ class SinCosPositionalEncoding(base.Layer):
         return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         self._check_depth(x)
         predict = self._mode == "predict"
         positions, next_count = position._positions(x.mask, state if predict else 0)
@@ -236,7 +218,7 @@ class SinCosPositionalEncoding(base.Layer):
                 noise_shape[dim] = 1
             pe = pe * _keep_multiplier(rng_dropout, self._dropout, noise_shape, pe.dtype)
         y = x.apply_values(lambda v: v + pe.astype(v.dtype))
-        return like_input(y, was_sequence), (next_count if predict else state)
+        return seq.like_input(y, was_sequence), (next_count if predict else state)
 
 
 class FixedBasePositionalEncoding(base.Layer):
@@ -278,7 +260,7 @@ class FixedBasePositionalEncoding(base.Layer):
                 f"FixedBasePositionalEncoding: start_from_zero_one_in and base_dropout_one_in must be "
                 f">= 1, got {start_from_zero_one_in!r} and {base_dropout_one_in!r}"
             )
-        _check_mode("FixedBasePositionalEncoding", mode)
+        checks.check_mode("FixedBasePositionalEncoding", mode)
         super().__init__(name="FixedBasePositionalEncoding")
         self._bases, self._n_digits = bases, int(n_digits)
         self._start_from_zero_one_in, self._base_dropout_one_in = start_from_zero_one_in, base_dropout_one_in
@@ -288,7 +270,7 @@ class FixedBasePositionalEncoding(base.Layer):
         self._max_pos = min(min(bases) ** self._n_digits, 2**31 - 1)
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         _check_rank3(self.name, values)
         d_feature = values.shape[-1]
         if d_feature % self._n_digits:
@@ -305,7 +287,7 @@ class FixedBasePositionalEncoding(base.Layer):
         return (base_weights, start_vec), _counts_state(self._mode, values)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         _check_rank3(self.name, x)
         base_weights, start_vec = weights
         batch, length = x.shape[:2]
@@ -339,7 +321,7 @@ class FixedBasePositionalEncoding(base.Layer):
             total = total + (embeddings * keep if train else embeddings)
         total = total + jnp.where(is_start[:, :, None], start_vec, jnp.zeros((), start_vec.dtype))
         y = x.apply_values(lambda v: v + total.astype(v.dtype))
-        return like_input(y, was_sequence), (next_count if predict else state)
+        return seq.like_input(y, was_sequence), (next_count if predict else state)
 
 
 def threefry_2x32_prf(key, x):
@@ -421,7 +403,7 @@ class InfinitePositionalEncoding(base.Layer):
                 f"InfinitePositionalEncoding: time_bin_length must be None or >= 1, got "
                 f"time_bin_length={time_bin_length!r}"
             )
-        _check_mode("InfinitePositionalEncoding", mode)
+        checks.check_mode("InfinitePositionalEncoding", mode)
         super().__init__(name="InfinitePositionalEncoding")
         self._drift, self._affine, self._transform = drift, affine, transform
         self._time_bin_length = time_bin_length
@@ -437,7 +419,7 @@ class InfinitePositionalEncoding(base.Layer):
             raise ValueError(f"{self.name}: time_bin_length needs a depth >= 3, got {shapes.short_form(x)}")
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         self._check_input(values)
         d_feature = values.shape[-1]
         if self._transform == "diag":
@@ -464,7 +446,7 @@ class InfinitePositionalEncoding(base.Layer):
         return words[..., 0].astype(jnp.float32) / np.float32(2**31 - 1) * np.float32(3**0.5)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         self._check_input(x)
         random_phase = self._affine and self._mode == "train"
         if random_phase:
@@ -500,7 +482,7 @@ class InfinitePositionalEncoding(base.Layer):
             emb = emb @ weights
         y = x.apply_values(lambda v: v + emb.astype(v.dtype))
         new_state = (next_counts, cumulative[:, -1, :]) if predict else state
-        return like_input(y, was_sequence), new_state
+        return seq.like_input(y, was_sequence), new_state
 
 
 class TimeBinPositionalEncoding(base.Layer):
@@ -518,23 +500,19 @@ class TimeBinPositionalEncoding(base.Layer):
     num_features = 3
 
     def __init__(self, time_bin_length, mode="train"):
-        if not isinstance(time_bin_length, (int, np.integer)) or time_bin_length < 1:
-            raise ValueError(
-                f"TimeBinPositionalEncoding: time_bin_length must be an integer >= 1, got "
-                f"time_bin_length={time_bin_length!r}"
-            )
-        _check_mode("TimeBinPositionalEncoding", mode)
+        checks.check_positive("TimeBinPositionalEncoding", time_bin_length=time_bin_length)
+        checks.check_mode("TimeBinPositionalEncoding", mode)
         super().__init__(name="TimeBinPositionalEncoding")
         self._time_bin_length = int(time_bin_length)
         self._mode = mode
 
     def init_weights_and_state(self, input_signature, rng):
-        values = _values_signature(input_signature)
+        values = seq.values_of(input_signature)
         _check_rank3(self.name, values)
         return (), _counts_state(self._mode, values)
 
     def forward(self, x, weights, state, rng):
-        x, was_sequence = as_sequence(x)
+        x, was_sequence = seq.as_sequence(x)
         _check_rank3(self.name, x)
         predict = self._mode == "predict"
         positions, next_count = position._positions(x.mask, state if predict else 0)
@@ -546,4 +524,4 @@ class TimeBinPositionalEncoding(base.Layer):
             return jnp.concatenate([kept, features.astype(v.dtype)], axis=-1)[..., -depth:]
 
         y = x.apply_values(write)
-        return like_input(y, was_sequence), (next_count if predict else state)
+        return seq.like_input(y, was_sequence), (next_count if predict else state)
