@@ -24,7 +24,7 @@ import numpy as np
 
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import attention_core, base, combinators, convolution, core
+from trax_sl.layers import attention_core, base, combinators, convolution, core, streaming
 from trax_sl.layers.position import PositionalEncoding  # noqa: F401 (Trax keeps it in attention)
 
 # --- Masks ---------------------------------------------------------------------
@@ -108,8 +108,8 @@ class ShiftRight(base.Layer):
         self._mode = mode
 
     @property
-    def receptive_field(self) -> tuple[int, int]:
-        return (self._n, -self._n)
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        return streaming.StreamingSpec(receptive_field=(self._n, -self._n))
 
     def init_weights_and_state(self, input_signature, rng):
         if self._mode != "predict":
@@ -307,9 +307,7 @@ class PureAttention(base.Layer):
 class _SelfPureAttention(PureAttention):
     """PureAttention whose keys are the queries' own sequence: every step sees all, so no streaming."""
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
 
 class DotProductCausalAttention(base.Layer):
@@ -337,9 +335,7 @@ class DotProductCausalAttention(base.Layer):
         self._max_length = int(max_inference_length)
         self._mode = mode
 
-    @property
-    def receptive_field(self):
-        return (math.inf, 0)
+    streaming_spec = streaming.StreamingSpec(receptive_field=(math.inf, 0))
 
     def init_weights_and_state(self, input_signature, rng):
         if self._mode != "predict":

@@ -26,7 +26,7 @@ import numpy as np
 
 from trax_sl import checks
 from trax_sl import sequence as seq
-from trax_sl.layers import base
+from trax_sl.layers import base, streaming
 
 
 def _check_epsilon(layer_name: str, epsilon: float) -> None:
@@ -330,13 +330,9 @@ class FilterResponseNorm(base.Layer):
         self._init_epsilon = init_epsilon
         self._init_learnt_epsilon = init_learnt_epsilon
 
-    @property
-    def supports_step(self) -> bool:
-        return False
-
-    @property
-    def receptive_field(self) -> tuple[float, float]:
-        return (math.inf, math.inf)
+    streaming_spec = streaming.StreamingSpec(receptive_field=(math.inf, math.inf)).not_streaming(
+        "it normalises over the whole sequence"
+    )
 
     def init_weights_and_state(self, input_signature, rng):
         channels = seq.values_of(input_signature).shape[-1]
@@ -437,12 +433,12 @@ class GroupNorm(base.Layer):
         self._mode = mode
 
     @property
-    def supports_step(self) -> bool:
-        return self._cumulative
-
-    @property
-    def receptive_field(self) -> tuple[float, float]:
-        return (math.inf, 0) if self._cumulative else (math.inf, math.inf)
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        if self._cumulative:
+            return streaming.StreamingSpec(receptive_field=(math.inf, 0))
+        return streaming.StreamingSpec(receptive_field=(math.inf, math.inf)).not_streaming(
+            "cumulative=False normalises over the whole sequence"
+        )
 
     def _grouping(self, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
         """(the axis, the shape with that axis split into [num_groups, group_size])."""

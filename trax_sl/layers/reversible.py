@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from trax_sl import sequence as seq
 from trax_sl import shapes
-from trax_sl.layers import base, combinators
+from trax_sl.layers import base, combinators, streaming
 
 
 def _on_values(fn, item):
@@ -170,9 +170,7 @@ class ReversibleReshape(ReversibleLayer):
         self._shape2 = list(shape2)
         super().__init__(n_in=n_in, n_out=n_in, name=f"ReversibleReshape_{list(shape1)}_{list(shape2)}")
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     @staticmethod
     def _reshape(items, from_shape, to_shape):
@@ -322,21 +320,18 @@ class ReversibleHalfResidual(ReversibleLayer):
         return combinators.Serial(*self.sublayers)
 
     @property
-    def block_size(self) -> int:
-        return self._chain_in_mode.block_size
-
-    @property
-    def input_latency(self) -> int:
-        return self._chain_in_mode.input_latency
-
-    @property
-    def receptive_field(self):
-        return self._chain_in_mode.receptive_field
-
-    @property
-    def supports_step(self) -> bool:
-        chain = self._chain_in_mode
-        return chain.supports_step and chain.output_ratio == 1 and chain.output_latency == 0
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        chain = streaming.spec.of(self._chain_in_mode)
+        spec = streaming.StreamingSpec(
+            block_size=chain.block_size,
+            input_latency=chain.input_latency,
+            receptive_field=chain.receptive_field,
+        )
+        if not chain.supports_step:
+            return spec.not_streaming()
+        if chain.output_ratio != 1 or chain.output_latency:
+            return spec.not_streaming("the residual must keep the time rate and have no output latency")
+        return spec
 
     def init_with_output_signature(self, input_signature, rng):
         items = base.as_items(input_signature, self.n_in)

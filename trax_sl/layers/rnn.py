@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import activation_fns, base, convolution, core
+from trax_sl.layers import activation_fns, base, convolution, core, streaming
 from trax_sl.layers import initializers as init
 from trax_sl.layers.base import Fn, Layer
 from trax_sl.layers.combinators import Branch, Dup, Gate, Multiply, Parallel, Select, Serial, Split
@@ -310,13 +310,8 @@ class _TimeRecurrence(Layer):
     def cell(self) -> Layer:
         return self._sublayers[0]
 
-    @property
-    def receptive_field(self):
-        return (math.inf, 0)
-
-    @property
-    def supports_step(self) -> bool:
-        return True
+    # The carry sees every earlier step; the cell has no time axis of its own.
+    streaming_spec = streaming.StreamingSpec(receptive_field=(math.inf, 0))
 
     def _split(self, items: tuple):
         n_xs = self.n_in - self._n_carry

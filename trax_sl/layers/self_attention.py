@@ -10,15 +10,13 @@ SequenceLayers cannot step, streams with a cache of `cache_size` steps.
 
 from __future__ import annotations
 
-import fractions
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import attention_core, base, combinators
+from trax_sl.layers import attention_core, base, combinators, streaming
 from trax_sl.layers import initializers as init
 
 
@@ -199,25 +197,22 @@ class DotProductSelfAttention(base.Layer):
     # --- Streaming properties ---
 
     @property
-    def input_latency(self) -> int:
-        return max(self._future, 0)
-
-    @property
-    def output_latency(self) -> int:
-        return max(self._future, 0)
-
-    @property
-    def receptive_field(self) -> tuple[int, int]:
-        return attention_core.horizon_field(self._past), attention_core.horizon_field(self._future)
-
-    @property
-    def supports_step(self) -> bool:
-        own = self._future >= 0 and (self._past >= 0 or self._cache_size is not None)
-        return own and all(sub.supports_step for sub in self.sublayers)
-
-    @property
-    def output_ratio(self) -> fractions.Fraction:
-        return fractions.Fraction(1)
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        spec = streaming.StreamingSpec(
+            input_latency=max(self._future, 0),
+            output_latency=max(self._future, 0),
+            receptive_field=(
+                attention_core.horizon_field(self._past),
+                attention_core.horizon_field(self._future),
+            ),
+        )
+        if self._future < 0 or (self._past < 0 and self._cache_size is None):
+            return spec.not_streaming(
+                "global attention (max_past_horizon=-1) needs cache_size to stream"
+                if self._future >= 0
+                else "max_future_horizon=-1 attends to the whole sequence"
+            )
+        return spec if all(sub.supports_step for sub in self.sublayers) else spec.not_streaming()
 
     # --- Weights, state and the computation ---
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import base
+from trax_sl.layers import base, streaming
 
 
 def length_normalized(x, epsilon: float = 1e-6):
@@ -450,9 +450,7 @@ class EfficientAttentionBase(base.Layer):
         self._use_reference_code = use_reference_code
         self._mode = mode
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     def create_weights_unbatched(self, input_signature, rng):
         raise NotImplementedError(f"{self.name}: subclasses define create_weights_unbatched")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from trax_sl import checks
 from trax_sl import sequence as seq
-from trax_sl.layers import attention, base, combinators, core, position
+from trax_sl.layers import attention, base, combinators, core, position, streaming
 from trax_sl.layers.research.attention_ops import (
     DropoutRates,
     EfficientAttentionBase,
@@ -321,9 +321,7 @@ class PureLSHSelfAttention(_LSHOptions, DropoutRates, base.Layer):
         self._use_reference_code = use_reference_code
         self._mode = mode
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     def init_weights_and_state(self, input_signature, rng):
         qk = input_signature[0]
@@ -453,9 +451,7 @@ class MixedLSHSelfAttention(base.Layer):
         self._std_length = std_length
         self._mode = mode
 
-    @property
-    def supports_step(self) -> bool:
-        return False
+    streaming_spec = streaming.NOT_STREAMING
 
     def _use_lsh(self, inputs) -> bool:
         return self._std_length is None or inputs[0].shape[1] > self._std_length
