@@ -27,6 +27,13 @@ def check_positive(where: str, **values) -> None:
             raise ValueError(f"{where}: {key} must be an integer >= 1, got {key}={value!r}")
 
 
+def check_non_negative(where: str, **values) -> None:
+    """Raises ValueError unless every value is an integer >= 0 (a count that may be zero)."""
+    for key, value in values.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{where}: {key} must be an integer >= 0, got {key}={value!r}")
+
+
 def check_rate(where: str, **values) -> None:
     """Raises ValueError unless every value is a rate in [0, 1) (e.g. a dropout rate)."""
     for key, value in values.items():

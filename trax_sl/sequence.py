@@ -173,6 +173,27 @@ def values_of(x):
     return x.values if isinstance(x, Sequence) else x
 
 
+def combined_mask(items, where: str = ""):
+    """The and-ed mask of the Sequences among `items` (None when there are none).
+
+    Raises:
+      ValueError: two Sequences differ in [batch, time] (`where` prefixes the message).
+    """
+    masks = [item.mask for item in items if isinstance(item, Sequence)]
+    if not masks:
+        return None
+    mask = masks[0]
+    for other in masks[1:]:
+        if tuple(other.shape) != tuple(mask.shape):
+            raise ValueError(
+                f"{where + ': ' if where else ''}Sequence inputs have different [batch, time] shapes: "
+                f"{tuple(mask.shape)} and {tuple(other.shape)}"
+            )
+        if other is not mask:
+            mask = mask & other
+    return mask
+
+
 def apply_to_values(fn, x, n_in: int):
     """Runs `fn` (on plain arrays; returns (outputs, state)) over stack items that may be Sequences.
 
@@ -181,18 +202,9 @@ def apply_to_values(fn, x, n_in: int):
     with the combined (and-ed) mask, others (reductions over time) as arrays.
     """
     items = (x,) if n_in == 1 else tuple(x)
-    masks = [item.mask for item in items if isinstance(item, Sequence)]
-    if not masks:
+    mask = combined_mask(items)
+    if mask is None:
         return fn(x)
-    mask = masks[0]
-    for other in masks[1:]:
-        if tuple(other.shape) != tuple(mask.shape):
-            raise ValueError(
-                f"Sequence inputs have different [batch, time] shapes: "
-                f"{tuple(mask.shape)} and {tuple(other.shape)}"
-            )
-        if other is not mask:
-            mask = mask & other
 
     # Invalid steps are zeroed even for pointwise math: garbage there would not
     # reach valid outputs, but NaN would reach weight gradients (NaN * 0).

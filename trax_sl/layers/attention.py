@@ -99,10 +99,7 @@ class ShiftRight(base.Layer):
     handles_sequences = True
 
     def __init__(self, n_positions: int = 1, mode: str = "train"):
-        if not isinstance(n_positions, (int, np.integer)) or n_positions < 0:
-            raise ValueError(
-                f"ShiftRight: n_positions must be an integer >= 0, got n_positions={n_positions!r}"
-            )
+        checks.check_non_negative("ShiftRight", n_positions=n_positions)
         super().__init__(name=f"ShiftRight_{n_positions}")
         self._n = int(n_positions)
         self._mode = mode

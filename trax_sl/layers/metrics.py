@@ -56,24 +56,9 @@ class _Metric(base.Layer):
     def forward(self, inputs, weights, state, rng):
         del weights, rng
         items = tuple(inputs)
-        mask = _combined_mask(self.name, items)
+        mask = seq.combined_mask(items, self.name)
         arrays = tuple(_zero_invalid(x.values if isinstance(x, seq.Sequence) else x, mask) for x in items)
         return self._fn(*arrays, mask), state
-
-
-def _combined_mask(name: str, items):
-    masks = [x.mask for x in items if isinstance(x, seq.Sequence)]
-    if not masks:
-        return None
-    mask = masks[0]
-    for other in masks[1:]:
-        if tuple(other.shape) != tuple(mask.shape):
-            raise ValueError(
-                f"{name}: Sequence inputs have different [batch, time] shapes: "
-                f"{tuple(mask.shape)} and {tuple(other.shape)}"
-            )
-        mask = mask & other
-    return mask
 
 
 def _fits(mask, shape) -> bool:

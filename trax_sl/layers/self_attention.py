@@ -323,11 +323,7 @@ class LocalDotProductSelfAttention(DotProductSelfAttention):
         checks.check_positive(
             "LocalDotProductSelfAttention", block_size=block_size, max_past_horizon=max_past_horizon
         )
-        if not isinstance(max_future_horizon, (int, np.integer)) or max_future_horizon < 0:
-            raise ValueError(
-                f"LocalDotProductSelfAttention: max_future_horizon must be an integer >= 0, got "
-                f"max_future_horizon={max_future_horizon!r}"
-            )
+        checks.check_non_negative("LocalDotProductSelfAttention", max_future_horizon=max_future_horizon)
         if kwargs.get("cache_size") is not None:
             raise ValueError(
                 "LocalDotProductSelfAttention: cache_size is for DotProductSelfAttention with "

@@ -258,13 +258,6 @@ def permute_via_sort(val, keys, inverse_keys, axis: int = 0):
     return _permute_via_sort(keys, inverse_keys, val, axis)
 
 
-def check_int(layer_name: str, minimum: int, **values) -> None:
-    """Integers >= minimum; kept for counts that may be 0 (positive ones use `checks.check_positive`)."""
-    for key, value in values.items():
-        if not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"{layer_name}: {key} must be an integer >= {minimum}, got {key}={value!r}")
-
-
 def check_n_parallel_heads(layer_name: str, n_heads: int, n_parallel_heads) -> None:
     if not n_parallel_heads:
         return

@@ -29,7 +29,6 @@ from trax_sl.layers.research.attention_ops import (  # noqa: F401  (Trax's modul
     and_masks,
     apply_broadcasted_dropout,
     attend,
-    check_int,
     hash_vecs,
     hash_with_rotations,
     head_kernel_initializer,
@@ -91,7 +90,9 @@ class SelfAttention(DropoutRates, EfficientAttentionBase):
         use_reference_code=False,
     ):
         checks.check_positive("SelfAttention", d_qk=d_qk, d_v=d_v)
-        check_int("SelfAttention", 0, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
+        checks.check_non_negative(
+            "SelfAttention", n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after
+        )
         if chunk_len is not None:
             checks.check_positive("SelfAttention", chunk_len=chunk_len)
         elif n_chunks_before or n_chunks_after:

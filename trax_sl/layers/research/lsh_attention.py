@@ -30,7 +30,6 @@ from trax_sl.layers.research.attention_ops import (
     and_masks,
     apply_broadcasted_dropout,
     attend,
-    check_int,
     check_n_parallel_heads,
     forward_and_or_backward,
     hash_vecs,
@@ -63,7 +62,7 @@ class _LSHOptions:
         max_length_for_buckets,
     ):
         checks.check_positive(name, chunk_len=chunk_len, n_hashes=n_hashes)
-        check_int(name, 0, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
+        checks.check_non_negative(name, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
         checks.check_rate(name, attention_dropout=attention_dropout, output_dropout=output_dropout)
         if n_buckets is not None:
             factors = [n_buckets] if isinstance(n_buckets, int) else list(n_buckets)
