@@ -232,6 +232,114 @@ def test_layer_wise_matches_sequence_layers(layer, expected):
         np.testing.assert_allclose(got, np.asarray(rows), atol=2e-6)
 
 
+# --- Rotary query/key networks (the seed notebook's Transformer configuration) -----------------
+#
+# sequence_layers.jax 0.2, DotProductSelfAttention(num_heads=4, units_per_head=2,
+# max_past_horizon=4, max_future_horizon=0 or 2, num_kv_heads=2, use_bias=False,
+# SeparateQueryKeyValueProjection, query_network=key_network=
+# ApplyRotaryPositionalEncoding(max_wavelength=10000)) on the golden inputs and
+# projection; SL's step-wise outputs equal these to 6e-8.
+SL_ROPE_FUTURE0 = [
+    [
+        [0.142951, 0.152505, 0.142951, 0.152505, 0.401685, -0.209712, 0.401685, -0.209712],
+        [0.097852, 0.067386, 0.105714, 0.082224, 0.584262, 0.277245, 0.569244, 0.237190],
+        [0.101471, 0.029206, 0.087435, 0.016667, 0.769943, -0.132143, 0.735087, -0.110847],
+        [0.047371, -0.043830, 0.102061, 0.024393, 0.578929, -0.142086, 0.573453, -0.162133],
+        [0.092496, 0.042094, 0.044943, -0.018874, 0.346033, -0.015418, 0.374433, 0.006715],
+        [0.029005, -0.050041, 0.014096, 0.007820, 0.172741, 0.149497, 0.209654, 0.145508],
+    ],
+    [
+        [-0.132664, -0.379138, -0.132664, -0.379138, 1.085053, 1.485165, 1.085053, 1.485165],
+        [-0.351349, -0.391825, -0.324795, -0.390284, -0.166109, 1.134532, 0.024636, 1.187988],
+        [0.056369, 0.012314, -0.031754, -0.164451, 0.613710, 1.143772, 0.786720, 0.558605],
+        [0.058309, 0.036973, -0.019407, -0.111669, 0.543952, 0.623549, 0.554220, 0.629507],
+    ],
+]
+SL_ROPE_FUTURE2 = [
+    [
+        [0.211335, 0.181503, 0.196983, 0.160695, 0.761096, -0.217846, 0.759546, -0.172002],
+        [0.108443, 0.032018, 0.112952, 0.037161, 0.612289, -0.115957, 0.551024, -0.091920],
+        [0.044644, -0.030379, 0.019082, -0.051384, 0.401364, 0.005107, 0.361883, 0.016381],
+        [0.031906, 0.003799, 0.063488, 0.077434, 0.226312, 0.095145, 0.223598, 0.080249],
+        [0.094715, 0.094738, 0.052461, 0.030351, 0.213518, 0.083485, 0.238889, 0.100428],
+        [0.029005, -0.050041, 0.014096, 0.007820, 0.172741, 0.149497, 0.209654, 0.145508],
+    ],
+    [
+        [0.320711, 0.459481, 0.382637, 0.542212, 0.947865, 1.382732, 0.686725, 1.048597],
+        [0.092666, 0.108144, -0.020217, -0.066114, 0.567111, 0.513112, 0.591187, 0.572587],
+        [-0.053022, -0.140004, -0.041734, -0.174993, 0.499791, 0.995906, 0.564785, 0.480507],
+        [0.058309, 0.036973, -0.019407, -0.111669, 0.543952, 0.623549, 0.554220, 0.629507],
+    ],
+]
+
+
+def _rope_attention(future, mode):
+    return DotProductSelfAttention(
+        num_heads=4,
+        units_per_head=2,
+        max_past_horizon=4,
+        max_future_horizon=future,
+        num_kv_heads=2,
+        use_bias=False,
+        query_network=position.ApplyRotaryPositionalEncoding(max_wavelength=10000),
+        key_network=position.ApplyRotaryPositionalEncoding(max_wavelength=10000),
+        mode=mode,
+    )
+
+
+@pytest.mark.parametrize("future, expected", [(0, SL_ROPE_FUTURE0), (2, SL_ROPE_FUTURE2)])
+def test_rotary_networks_layer_wise_and_step_wise_match_sequence_layers(future, expected):
+    """The query/key networks run in the attention's mode: in predict mode RoPE counts positions
+    across blocks (they were left in 'train' mode, restarting at 0 every block)."""
+    x = _golden_inputs()
+    layer = _rope_attention(future, "eval")
+    weights, _ = layer.init(x)
+    weights = (_golden_projection(4, 2),) + weights[1:]
+    y = layer(x, weights=weights)
+    predict = _rope_attention(future, "predict")
+    assert all(network.mode == "predict" for network in predict.sublayers[1:])
+    _, state = predict.init(x[:, :1])
+    stream = x.pad_time(0, future, valid=False)
+    outputs, step = [], _compiled(predict)
+    for t in range(stream.shape[1]):
+        y_t, state = step(stream[:, t : t + 1], weights, state)
+        outputs.append(y_t)
+    y_step = seq.Sequence.concatenate_sequences(outputs)[:, future:]
+    for got in (y, y_step):
+        np.testing.assert_array_equal(np.asarray(got.mask), np.asarray(x.mask))
+        for row, rows in enumerate(expected):
+            values = np.asarray(got.values[row, : len(rows)]).reshape((len(rows), -1))
+            np.testing.assert_allclose(values, np.asarray(rows), atol=2e-6)
+
+
+@pytest.mark.parametrize("future", [0, 2])
+def test_rotary_networks_keep_the_contract(future):
+    """The issue's repro: the notebook's configuration through verify_contract."""
+
+    def make(mode):
+        return DotProductSelfAttention(
+            num_heads=4,
+            units_per_head=4,
+            max_past_horizon=4,
+            max_future_horizon=future,
+            num_kv_heads=2,
+            use_bias=False,
+            query_network=position.ApplyRotaryPositionalEncoding(max_wavelength=10000),
+            key_network=position.ApplyRotaryPositionalEncoding(max_wavelength=10000),
+            mode=mode,
+        )
+
+    test_utils.verify_contract(make, seq.Sequence(jnp.zeros((2, 12, 8)), jnp.ones((2, 12), bool)))
+
+
+def test_a_network_shared_by_queries_and_keys_stays_shared():
+    rope = position.ApplyRotaryPositionalEncoding()
+    layer = DotProductSelfAttention(
+        2, 2, max_past_horizon=2, query_network=rope, key_network=rope, mode="predict"
+    )
+    assert layer.sublayers[1] is layer.sublayers[2] and layer.sublayers[1].mode == "predict"
+
+
 def test_step_wise_with_cache_matches_sequence_layers_causal_numbers():
     """SL cannot step max_past_horizon=-1; our cached stream gives SL's layer-wise numbers."""
     x = _golden_inputs()

@@ -178,6 +178,10 @@ class DotProductSelfAttention(base.Layer):
             networks.append(
                 combinators.Serial() if network is None else _check_network(layer_name, key, network)
             )
+        # As SequenceLayers makes the networks in the attention's own context: in predict mode a
+        # RoPE network must count positions across blocks, in eval mode dropout must be off.
+        # One twin of all three keeps a network shared between them shared.
+        networks = combinators.Serial(*networks).with_mode(mode).sublayers
         super().__init__(name=name or layer_name)
         self._num_heads = num_heads
         self._num_kv_heads = num_kv_heads or num_heads
