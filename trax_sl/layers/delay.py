@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from trax_sl import sequence as seq
 from trax_sl.layers import base, streaming
+from trax_sl.sequence import as_sequence, like_input  # noqa: F401  (their old home; users' code imports them here)
 
 
 def _check_length(layer_name: str, length: int) -> None:
