@@ -168,6 +168,20 @@ def like_input(y: Sequence, was_sequence: bool):
     return y if was_sequence else y.values
 
 
+def plain_sequences(tree):
+    """`tree` with each MaskedSequence as a plain Sequence of the same arrays.
+
+    Whether invalid steps are known to be zero is not part of a signature:
+    code that compares signatures or carries a tree through a `lax.scan`
+    (whose carry must keep its pytree type) uses this on both sides.
+    """
+    return jax.tree.map(
+        lambda s: Sequence(s.values, s.mask) if isinstance(s, MaskedSequence) else s,
+        tree,
+        is_leaf=lambda s: isinstance(s, Sequence),
+    )
+
+
 def values_of(x):
     """The values of a Sequence (or of a Sequence signature); anything else as it is."""
     return x.values if isinstance(x, Sequence) else x

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from trax_sl import sequence as seq
 from trax_sl import shapes
 from trax_sl.layers import base, streaming
 
@@ -60,13 +61,17 @@ class Repeat(base.Layer):
 
         # One trace of the layer's init, vmapped: every repeat gets weights of its own.
         weights, state = jax.vmap(init_one)(jax.random.split(rng, self._n_repeats))
-        out = outputs[0]
-        if shapes.signature(jax.tree.leaves(out)) != shapes.signature(
-            jax.tree.leaves(input_signature)
-        ) or jax.tree.structure(out) != jax.tree.structure(input_signature):
+        out, expected = seq.plain_sequences(outputs[0]), seq.plain_sequences(input_signature)
+        if jax.tree.structure(out) != jax.tree.structure(expected):
+            raise ValueError(
+                f"Repeat: {layer.name} must map its input to the same signature to repeat, got "
+                f"{shapes.short_form(expected)} -> {shapes.short_form(out)} (the stack items differ: "
+                f"{jax.tree.structure(expected)} -> {jax.tree.structure(out)})"
+            )
+        if shapes.signature(jax.tree.leaves(out)) != shapes.signature(jax.tree.leaves(expected)):
             raise ValueError(
                 f"Repeat: {layer.name} must map its input to the same signature to repeat, "
-                f"got {shapes.short_form(input_signature)} -> {shapes.short_form(out)}"
+                f"got {shapes.short_form(expected)} -> {shapes.short_form(out)}"
             )
         return weights, state, out
 
@@ -77,11 +82,12 @@ class Repeat(base.Layer):
         def body(carry, weights_state_rng):
             w, s, r = weights_state_rng
             y, new_s = base.call_sublayer(0, layer, carry, w, s, r)
-            return y, new_s
+            return seq.plain_sequences(y), new_s
 
         if self._remat:
             body = jax.checkpoint(body)
-        y, new_state = jax.lax.scan(body, x, (weights, state, rngs))
+        # The carry keeps one pytree type: a masked input enters as a plain Sequence.
+        y, new_state = jax.lax.scan(body, seq.plain_sequences(x), (weights, state, rngs))
         return y, new_state
 
 

@@ -1,0 +1,65 @@
+"""Repeat and CheckpointGradient: one compiled body, the original's numbers, masked input."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import trax_sl.layers as tl
+from trax_sl import sequence as seq
+from trax_sl.layers import test_utils
+
+
+def _masked_input():
+    x = np.random.default_rng(3).standard_normal((2, 5, 3)).astype(np.float32)
+    return seq.Sequence.from_lengths(jnp.asarray(x), jnp.asarray([5, 3])).mask_invalid()
+
+
+# sequence_layers.jax 0.2: Repeat.Config(BatchNormalization.Config(), num_repeats=3) on
+# _masked_input(), training=True (batch statistics over the valid steps), with repeat r's
+# scale = 1 + 0.25 * (3r + c) and bias = 0.1 * (3r + c) - 0.3 for channel c; SL's epsilon 0.001.
+# Rows are the valid steps.
+SL_REPEAT_BATCHNORM_TRAIN = [
+    [
+        [2.587776, -6.139544, 5.730540],
+        [-1.486114, 0.115244, 1.408223],
+        [-3.753986, 0.771700, -3.022681],
+        [4.589952, 2.133048, 0.473543],
+        [-1.038726, -0.525390, -4.318208],
+    ],
+    [
+        [-1.209749, 2.894915, 1.251641],
+        [0.896246, 0.867262, 3.044239],
+        [1.814600, 3.082766, -0.567298],
+    ],
+]
+
+
+def test_repeat_takes_masked_input_and_matches_sequence_layers():
+    """A MaskedSequence (x.mask_invalid()) repeats like any Sequence (it was refused: the scan
+    carry changed pytree type from MaskedSequence to Sequence)."""
+    x = _masked_input()
+    layer = tl.Repeat(tl.BatchNorm(axis=(0, 1), epsilon=0.001), n_repeats=3)
+    weights, state = layer.init(x)
+    bias = 0.1 * np.arange(9, dtype=np.float32).reshape(3, 3) - 0.3
+    scale = 1.0 + 0.25 * np.arange(9, dtype=np.float32).reshape(3, 3)
+    assert [w.shape for w in weights] == [(3, 3), (3, 3)]  # (bias, scale), stacked per repeat
+    y, _ = layer.pure_fn(x, (jnp.asarray(bias), jnp.asarray(scale)), state, None)
+    assert isinstance(y, seq.Sequence)
+    np.testing.assert_array_equal(np.asarray(y.mask), np.asarray(x.mask))
+    for row, rows in enumerate(SL_REPEAT_BATCHNORM_TRAIN):
+        np.testing.assert_allclose(np.asarray(y.values[row, : len(rows)]), np.asarray(rows), atol=2e-5)
+
+
+def test_repeat_keeps_the_contract_on_masked_input():
+    test_utils.verify_contract(
+        lambda mode: tl.Repeat(tl.Serial(tl.Dense(4), tl.LayerNorm()), n_repeats=3),
+        seq.Sequence(jnp.zeros((2, 8, 4)), jnp.ones((2, 8), bool)).mask_invalid(),
+    )
+
+
+def test_repeat_names_what_changed():
+    x = seq.Sequence(jnp.zeros((2, 4, 3)), jnp.ones((2, 4), bool))
+    with pytest.raises(ValueError, match=r"Sequence\(f32\[2,4,3\]\) -> Sequence\(f16\[2,4,3\]\)"):
+        tl.Repeat(tl.Fn("Half", lambda v: v.astype(jnp.float16)), 2).init(x)
+    with pytest.raises(ValueError, match="the stack items differ"):
+        tl.Repeat(tl.combinators.StackOp(lambda v: v.values, name="Values"), 2).init(x)
