@@ -37,7 +37,12 @@ REGISTRY: dict[str, Entry] = {
     # --- combinators ---
     "Serial": Entry(lambda mode: tl.Serial(tl.Dense(4), tl.Relu(), tl.Delay(1, mode=mode)), X),
     "Parallel": Entry(lambda mode: tl.Parallel(tl.Dense(3), None, tl.Lookahead(1, mode=mode)), (X, X, X)),
-    "Branch": Entry(lambda mode: tl.Serial(tl.Branch(tl.Dense(4), tl.Lookahead(2, mode=mode)), tl.Add()), X),
+    "Branch": Entry(
+        lambda mode: tl.Serial(
+            tl.Branch(tl.Dense(4), tl.Lookahead(2, preserve_length_in_layer=True, mode=mode)), tl.Add()
+        ),
+        X,
+    ),
     "Residual": Entry(lambda mode: tl.Residual(tl.Dense(4), shortcut=tl.Dense(4)), X),
     "Select": Entry(lambda mode: tl.Select([1, 0, 1]), (X, X)),
     "Drop": Entry(lambda mode: tl.Serial(tl.Drop(), tl.Dense(2)), (X, X)),
@@ -120,7 +125,10 @@ REGISTRY: dict[str, Entry] = {
     # --- SequenceLayers-named and streaming layers ---
     "Delay": Entry(lambda mode: tl.Delay(2, mode=mode), X),
     "Lookahead": Entry(lambda mode: tl.Lookahead(2, mode=mode), X),
-    "Repeat": Entry(lambda mode: tl.Repeat(tl.Residual(tl.Dense(4), tl.Delay(1, mode=mode)), 3), X),
+    "Repeat": Entry(
+        lambda mode: tl.Repeat(tl.Residual(tl.Dense(4), tl.Delay(1, delay_layer_output=False, mode=mode)), 3),
+        X,
+    ),
     "CheckpointGradient": Entry(lambda mode: tl.CheckpointGradient(tl.Serial(tl.Dense(4), tl.Tanh())), X),
     "GatedLinearUnit": Entry(lambda mode: tl.GatedLinearUnit(), X),
     "LayerNorm": Entry(lambda mode: tl.LayerNorm(), X),
@@ -300,7 +308,8 @@ REGISTRY.update(
     {
         "ReversibleSerial": Entry(
             lambda mode: tl.ReversibleSerial(
-                tl.ReversibleHalfResidual(tl.Delay(1, mode=mode), tl.Dense(2)), tl.ReversibleConcatenatePair()
+                tl.ReversibleHalfResidual(tl.CausalConv(2, kernel_width=2, mode=mode)),
+                tl.ReversibleConcatenatePair(),
             ),
             PAIR,
         ),

@@ -1,4 +1,4 @@
-"""Delay and Lookahead: exact values, and the SequenceLayers notebook's latency examples."""
+"""Delay and Lookahead: SequenceLayers 0.2's values, layer-wise and step-wise, and the notebook's latencies."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -6,73 +6,149 @@ import pytest
 
 import trax_sl.layers as tl
 from trax_sl import Sequence
+from trax_sl.layers import test_utils
 from trax_sl.shapes import ShapeDtype
 
-X = jnp.arange(1.0, 19.0).reshape((1, 18, 1))  # The notebook's 18 steps, values 1..18.
+# The notebook's 18 steps (values 1..18) and a second row of 11 valid steps (19..29).
+X = jnp.arange(1.0, 37.0).reshape((2, 18, 1))
+LENGTHS = jnp.asarray([18, 11])
+
+# sequence_layers.jax 0.2 on Sequence(X, lengths 18 and 11): layer-wise, and step-wise one step
+# at a time after input_latency invalid steps (step outputs kept whole, output_latency included).
+# DELAY3: latencies (3, 0)
+SL_DELAY3 = {
+    "layer_values": [
+        [0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+        [0, 0, 0, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "layer_mask": [
+        [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "step_values": [
+        [0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+        [0, 0, 0, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "step_mask": [
+        [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+    ],
+}
+# DELAY2_STEP_ONLY: latencies (2, 2)
+SL_DELAY2_STEP_ONLY = {
+    "layer_values": [
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+        [19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "layer_mask": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "step_values": [
+        [0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+        [0, 0, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "step_mask": [
+        [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+    ],
+}
+# LOOKAHEAD3: latencies (0, 3)
+SL_LOOKAHEAD3 = {
+    "layer_values": [
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+        [22, 23, 24, 25, 26, 27, 28, 29, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "layer_mask": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "step_values": [
+        [0, 0, 0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+        [0, 0, 0, 22, 23, 24, 25, 26, 27, 28, 29, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "step_mask": [
+        [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+    ],
+}
+# LOOKAHEAD3_PRESERVE: latencies (0, 3)
+SL_LOOKAHEAD3_PRESERVE = {
+    "layer_values": [
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 0, 0, 0],
+        [22, 23, 24, 25, 26, 27, 28, 29, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "layer_mask": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "step_values": [
+        [0, 0, 0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+        [0, 0, 0, 22, 23, 24, 25, 26, 27, 28, 29, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    "step_mask": [
+        [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+    ],
+}
 
 
-def step_by_step(layer, x: Sequence, flush: int = 0, drop: int = 0) -> Sequence:
-    """Feeds x one step at a time (after `flush` invalid steps are appended), drops `drop` outputs."""
+def step_by_step(layer, x: Sequence, flush: int) -> Sequence:
+    """Feeds x one step at a time after appending `flush` invalid steps (nothing dropped)."""
     predict, state = tl.start_stream(layer, x[:, :1], layer.weights)
     x = x.pad_time(0, flush, valid=False)
     outputs = []
     for t in range(x.shape[1]):
         y, state = predict.pure_fn(x[:, t : t + 1], layer.weights, state, None)
         outputs.append(y)
-    return Sequence.concatenate_sequences(outputs)[:, drop:]
+    return Sequence.concatenate_sequences(outputs)
 
 
-def valid_values(y: Sequence):
-    return np.asarray(y.mask_invalid().values[0, :, 0])
+@pytest.mark.parametrize(
+    "make, latencies, expected",
+    [
+        (lambda: tl.Delay(3, mode="eval"), (3, 0), SL_DELAY3),
+        (lambda: tl.Delay(2, delay_layer_output=False, mode="eval"), (2, 2), SL_DELAY2_STEP_ONLY),
+        (lambda: tl.Lookahead(3, mode="eval"), (0, 3), SL_LOOKAHEAD3),
+        (lambda: tl.Lookahead(3, preserve_length_in_layer=True, mode="eval"), (0, 3), SL_LOOKAHEAD3_PRESERVE),
+    ],
+    ids=["delay", "delay_step_only", "lookahead", "lookahead_preserving_length"],
+)
+def test_layer_wise_and_step_wise_match_sequence_layers(make, latencies, expected):
+    """Delay(3): 18 steps in, 21 out, the first 3 invalid; Lookahead(3): the first 3 dropped."""
+    layer = make()
+    layer.init(ShapeDtype((2, 18, 1)))
+    assert (layer.input_latency, layer.output_latency) == latencies
+    x = Sequence.from_lengths(X, LENGTHS)
+    for y, which in ((layer(x), "layer"), (step_by_step(layer, x, flush=latencies[0]), "step")):
+        np.testing.assert_array_equal(np.asarray(y.mask).astype(int), expected[f"{which}_mask"])
+        np.testing.assert_array_equal(
+            np.asarray(y.mask_invalid().values[..., 0]), expected[f"{which}_values"]
+        )
 
 
-def test_delay_latencies_and_values_as_in_the_notebook():
-    layer = tl.Delay(3, mode="eval")
-    layer.init(ShapeDtype((1, 18, 1)))
-    assert (layer.input_latency, layer.output_latency) == (3, 0)
-    x = Sequence.from_values(X)
-    y = layer(x)
-    np.testing.assert_array_equal(valid_values(y), [0, 0, 0] + list(range(1, 16)))
-    assert bool(y.mask.all())
-    # Without flushing, the step-wise output is the layer-wise one; its inputs' last steps are still inside.
-    np.testing.assert_array_equal(valid_values(step_by_step(layer, x)), valid_values(y))
-    # Flushing input_latency invalid steps releases the last inputs.
-    flushed = step_by_step(layer, x, flush=3)
-    np.testing.assert_array_equal(valid_values(flushed)[:18], valid_values(y))
-    np.testing.assert_array_equal(valid_values(flushed)[18:], [16, 17, 18])
-
-
-def test_lookahead_latencies_and_values_as_in_the_notebook():
-    layer = tl.Lookahead(3, mode="eval")
-    layer.init(ShapeDtype((1, 18, 1)))
-    assert (layer.input_latency, layer.output_latency) == (0, 3)
-    x = Sequence.from_values(X)
-    y = layer(x)
-    np.testing.assert_array_equal(valid_values(y), list(range(4, 19)) + [0, 0, 0])
-    np.testing.assert_array_equal(y.mask[0], [True] * 15 + [False] * 3)
-    step = step_by_step(layer, x)
-    np.testing.assert_array_equal(step.mask[0, :3], [False] * 3)  # The dropped outputs are invalid.
-    trimmed = step[:, 3:]
-    np.testing.assert_array_equal(valid_values(trimmed), valid_values(y)[:15])
-
-
-def test_delay_without_delaying_the_layer_output():
-    layer = tl.Delay(2, delay_layer_output=False, mode="eval")
-    layer.init(ShapeDtype((1, 18, 1)))
-    assert (layer.input_latency, layer.output_latency) == (2, 2)
-    x = Sequence.from_values(X)
-    np.testing.assert_array_equal(valid_values(layer(x)), np.arange(1, 19))
-    step = step_by_step(layer, x, flush=2)
-    np.testing.assert_array_equal(step.mask[0, :2], [False, False])
-    np.testing.assert_array_equal(valid_values(step[:, 2:]), np.arange(1, 19))
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda mode: tl.Delay(3, mode=mode),
+        lambda mode: tl.Delay(2, delay_layer_output=False, mode=mode),
+        lambda mode: tl.Lookahead(3, mode=mode),
+        lambda mode: tl.Lookahead(2, preserve_length_in_layer=True, mode=mode),
+        lambda mode: tl.Serial(tl.Lookahead(2, mode=mode), tl.Dense(3), tl.Delay(3, mode=mode)),
+    ],
+    ids=["delay", "delay_step_only", "lookahead", "lookahead_preserving_length", "serial"],
+)
+def test_contract(make):
+    test_utils.verify_contract(make, ShapeDtype((2, 12, 3)))
 
 
 def test_plain_arrays_in_plain_arrays_out():
-    assert isinstance(tl.Delay(1)(X), jnp.ndarray) and not isinstance(tl.Delay(1)(X), Sequence)
-    np.testing.assert_array_equal(np.asarray(tl.Lookahead(1)(X))[0, :, 0], list(range(2, 19)) + [0])
+    y = tl.Delay(1)(X)
+    assert isinstance(y, jnp.ndarray) and not isinstance(y, Sequence) and y.shape == (2, 19, 1)
+    np.testing.assert_array_equal(np.asarray(tl.Lookahead(1)(X))[0, :, 0], list(range(2, 19)))
 
 
 @pytest.mark.parametrize("layer", [tl.Delay, tl.Lookahead])
 def test_negative_length_is_refused(layer):
-    with pytest.raises(ValueError, match="length must be >= 0, got length=-1"):
+    with pytest.raises(ValueError, match="length must be an integer >= 0, got length=-1"):
         layer(-1)

@@ -170,17 +170,18 @@ def test_half_residual_with_lsh_attention_recomputes_the_same_buckets():
 
 
 def test_contract_with_stream_state():
-    """A delayed residual carries a buffer in predict mode; the pair streams as the plain layers would."""
+    """A convolved residual carries a buffer in predict mode; the pair streams as the plain layers would."""
 
     def build(mode):
         return rv.ReversibleSerial(
-            rv.ReversibleHalfResidual(tl.Delay(1, mode=mode), tl.Dense(2)), rv.ReversibleConcatenatePair()
+            rv.ReversibleHalfResidual(tl.CausalConv(2, kernel_width=2, mode=mode)),
+            rv.ReversibleConcatenatePair(),
         )
 
     report = test_utils.verify_contract(build, (ShapeDtype((2, 4, 2)), ShapeDtype((2, 4, 2))))
-    assert (report.block_size, report.input_latency, report.output_latency) == (1, 1, 0)
+    assert (report.block_size, report.input_latency, report.output_latency) == (1, 0, 0)
     # The mode follows the sublayers' when not given.
-    assert rv.ReversibleSerial(rv.ReversibleHalfResidual(tl.Delay(1, mode="predict"))).mode == "predict"
+    assert rv.ReversibleSerial(rv.ReversibleHalfResidual(tl.CausalConv(2, mode="predict"))).mode == "predict"
     # A residual with output latency cannot be added step by step.
     assert not rv.ReversibleHalfResidual(tl.Lookahead(1)).supports_step
     with pytest.raises(base.LayerError, match="does not stream"):

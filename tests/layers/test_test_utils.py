@@ -76,9 +76,15 @@ class WrongLatency(delay.Lookahead):
         return 0
 
 
-def test_a_wrong_declared_latency_fails():
-    with pytest.raises(AssertionError, match="step-wise"):
-        test_utils.verify_contract(lambda mode: WrongLatency(2, mode=mode), SIGNATURE)
+@pytest.mark.parametrize(
+    "preserve_length, message",
+    [(True, "step-wise"), (False, "output has 6 steps for 8 input steps")],
+)
+def test_a_wrong_declared_latency_fails(preserve_length, message):
+    """Declared latency 0 for a two-step lookahead: the steps disagree, or the length does."""
+    layer = lambda mode: WrongLatency(2, preserve_length_in_layer=preserve_length, mode=mode)
+    with pytest.raises(AssertionError, match=message):
+        test_utils.verify_contract(layer, SIGNATURE)
 
 
 def test_a_layer_that_does_not_stream_is_refused():
@@ -101,12 +107,15 @@ def test_step_gradients_are_compared():
         test_utils.verify_contract(lambda mode: StepScaled(mode=mode), SIGNATURE)
 
 
+def _ahead(length, mode):
+    """A Lookahead that keeps the length layer-wise, so its branch lines up with the others."""
+    return delay.Lookahead(length, preserve_length_in_layer=True, mode=mode)
+
+
 def test_latency_alignment_of_branches_keeps_the_contract():
-    model = lambda mode: tl.Serial(
-        tl.Branch(delay.Lookahead(1, mode=mode), None, delay.Lookahead(3, mode=mode)), tl.Concatenate(3)
-    )
+    model = lambda mode: tl.Serial(tl.Branch(_ahead(1, mode), None, _ahead(3, mode)), tl.Concatenate(3))
     report = test_utils.verify_contract(model, SIGNATURE)
     assert (report.input_latency, report.output_latency) == (3, 3)
-    residual = lambda mode: tl.Residual(delay.Lookahead(2, mode=mode))
+    residual = lambda mode: tl.Residual(_ahead(2, mode))
     report = test_utils.verify_contract(residual, SIGNATURE)
     assert (report.input_latency, report.output_latency) == (2, 2)
