@@ -36,8 +36,8 @@ from .registry import BF16, F32, I32, REGISTRY
 FUZZED = sorted(name for name, entry in REGISTRY.items() if entry.space is not None)
 COMPOSABLE = sorted(name for name in FUZZED if REGISTRY[name].space.composes)
 MAX_TIME = 16
-# Compositions cost more per example and have more to find: five times the single-layer budget.
-COMPOSITION_SETTINGS = settings(max_examples=5 * settings.default.max_examples)
+# Compositions have the most to find: ten times the single-layer budget.
+COMPOSITION_SETTINGS = settings(max_examples=10 * settings.default.max_examples)
 
 
 def tolerance(dtype) -> dict:
