@@ -42,6 +42,8 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            # Contract fuzzing over each layer's option space (tests/layers/test_contract_fuzz.py).
+            "hypothesis>=6.100",
             "ruff",
             # The test suite executes the colab/ notebooks.
             "nbclient",

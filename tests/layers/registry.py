@@ -3,6 +3,11 @@
 `test_registry.py` runs `verify_contract` over the streamable entries, checks
 that the others declare `supports_step = False` and refuse predict mode, and
 fails when an exported layer is missing here.
+
+Streamable entries may also declare their option space (`Entry.space`): a
+Hypothesis strategy of constructor keywords, how to build the layer from
+(mode, options) and its input signature from the options.
+`test_contract_fuzz.py` draws from these spaces, alone and composed.
 """
 
 from __future__ import annotations
@@ -10,15 +15,64 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from hypothesis import strategies as st
 
 import trax_sl.layers as tl
 from trax_sl.shapes import ShapeDtype
 
 F32 = np.float32
+BF16 = jnp.bfloat16
+I32 = np.int32
+BOOL = np.bool_
 X = ShapeDtype((2, 8, 4))  # [batch, time, depth]
 IDS = ShapeDtype((2, 8), np.int32)
+
+
+def ranked_signature(options, batch, time, depth, dtype):
+    """`[batch, time, depth]`, or the rank `options['rank']` asks for: 2 drops depth, 4 adds a space axis of 3."""
+    rank = options.get("rank", 3)
+    middle = (3,) * (rank - 3)
+    return ShapeDtype((batch, time) + middle + (depth,)[: rank - 2], dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """A layer's option space, for the fuzzer.
+
+    options: a strategy of constructor-keyword dicts, each a configuration that
+      streams (keys starting with '_' or named 'rank' are for `signature` only).
+    build: `(mode, options) -> layer`.
+    signature: `(options, batch, time, depth, dtype) -> input signature`;
+      time is a multiple of the layer's block_size.
+    dtypes: input dtypes the layer takes (the first is the usual one).
+    depths: input depths the layer takes.
+    contract: `options -> extra verify_contract arguments`.
+    composes: whether compositions may use it on `[batch, time, depth]` floats.
+    """
+
+    options: st.SearchStrategy
+    build: Callable[[str, dict], tl.Layer]
+    signature: Callable = ranked_signature
+    dtypes: tuple = (F32,)
+    depths: tuple = (1, 2, 3, 4, 6, 8)
+    contract: Callable[[dict], dict] = lambda options: {}
+    composes: bool = True
+
+
+def _kwargs(options: dict) -> dict:
+    return {k: v for k, v in options.items() if not k.startswith("_") and k != "rank"}
+
+
+def built(constructor) -> Callable[[str, dict], tl.Layer]:
+    """`(mode, options) -> constructor(**options, mode=mode)`."""
+    return lambda mode, options: constructor(**_kwargs(options), mode=mode)
+
+
+def built_without_mode(constructor) -> Callable[[str, dict], tl.Layer]:
+    return lambda mode, options: constructor(**_kwargs(options))
 
 
 @dataclasses.dataclass
@@ -27,6 +81,215 @@ class Entry:
     signature: object
     streams: bool | None = True  # None: no time axis (cells), predict mode must equal eval
     contract: dict = dataclasses.field(default_factory=dict)  # extra verify_contract arguments
+    space: Space | None = None  # option space for test_contract_fuzz.py
+
+
+# --- Option spaces -------------------------------------------------------------------
+#
+# Each strategy draws only configurations that stream, by the rules the layers
+# document (not by asking the layer): a test that asserts supports_step then
+# catches a layer that wrongly refuses to stream.
+
+# Every padding a convolution or pooling takes by name ('SAME'/'VALID' are Trax's, lax's rules).
+TRAX_PADDINGS = (
+    "causal",
+    "reverse_causal",
+    "semicausal",
+    "same",
+    "SAME",
+    "causal_valid",
+    "reverse_causal_valid",
+    "VALID",
+)
+# SequenceLayers' layers (DepthwiseConv1D, Conv2D, Frame): lower case; 'same' is SequenceLayers'.
+SL_PADDINGS = (
+    "causal",
+    "reverse_causal",
+    "semicausal",
+    "same",
+    "causal_valid",
+    "reverse_causal_valid",
+    "valid",
+)
+
+
+@st.composite
+def time_window(draw, paddings=TRAX_PADDINGS, max_size=4, max_stride=3, max_dilation=2):
+    """(size, stride, dilation, padding) of a window along time that streams.
+
+    Every padding streams but 'valid', which streams only when windows do not
+    overlap: (size - 1) * dilation + 1 <= stride.
+    """
+    padding = draw(st.sampled_from(paddings))
+    stride = draw(st.integers(1, max_stride))
+    dilation = draw(st.integers(1, max_dilation))
+    largest = (stride - 1) // dilation + 1 if padding.lower() == "valid" else max_size
+    return draw(st.integers(1, largest)), stride, dilation, padding
+
+
+@st.composite
+def conv1d_options(draw):
+    size, stride, dilation, padding = draw(time_window())
+    return {
+        "filters": draw(st.integers(1, 4)),
+        "kernel_size": size,
+        "stride": stride,
+        "dilation_rate": dilation,
+        "padding": padding,
+        "use_bias": draw(st.booleans()),
+    }
+
+
+@st.composite
+def conv_options(draw):
+    size, stride, dilation, padding = draw(time_window())
+    return {
+        "filters": draw(st.integers(1, 4)),
+        "kernel_size": (size, draw(st.integers(1, 3))),
+        "strides": (stride, draw(st.integers(1, 2))),
+        "dilation_rate": (dilation, 1),
+        "padding": (padding, draw(st.sampled_from(("SAME", "VALID", "causal")))),
+        "use_bias": draw(st.booleans()),
+        "rank": 4,
+    }
+
+
+@st.composite
+def depthwise_conv1d_options(draw):
+    size, stride, dilation, padding = draw(time_window(SL_PADDINGS + ("SAME",)))
+    return {
+        "kernel_size": size,
+        "strides": stride,
+        "dilation_rate": dilation,
+        "padding": padding,
+        "depth_multiplier": draw(st.integers(1, 2)),
+        "use_bias": draw(st.booleans()),
+        "activation": draw(st.sampled_from((None, jax.nn.relu))),
+    }
+
+
+@st.composite
+def conv2d_options(draw):
+    size, stride, dilation, padding = draw(time_window(SL_PADDINGS))
+    groups = draw(st.sampled_from((1, 2)))
+    return {
+        "filters": groups * draw(st.integers(1, 2)),
+        "kernel_size": (size, draw(st.integers(1, 3))),
+        "strides": (stride, draw(st.integers(1, 2))),
+        "dilation_rate": (dilation, draw(st.integers(1, 2))),
+        "time_padding": padding,
+        "spatial_padding": draw(st.sampled_from(("same", "valid", "causal", "reverse_causal", (1, 0)))),
+        "groups": groups,
+        "use_bias": draw(st.booleans()),
+        "rank": 4,
+    }
+
+
+@st.composite
+def pool_options(draw, paddings=TRAX_PADDINGS):
+    size, stride, _, padding = draw(time_window(paddings, max_dilation=1))
+    rank = draw(st.sampled_from((3, 4)))
+    if rank == 3:
+        return {"pool_size": (size,), "strides": (stride,), "padding": padding, "rank": 3}
+    return {
+        "pool_size": (size, draw(st.integers(1, 2))),
+        "strides": (stride, draw(st.integers(1, 2))),
+        "padding": (padding, draw(st.sampled_from(("SAME", "VALID")))),
+        "rank": 4,
+    }
+
+
+@st.composite
+def framing(draw, max_length=5, max_step=3):
+    """(frame_length, frame_step, padding) of framing that streams (Frame, STFT)."""
+    length = draw(st.integers(1, max_length))
+    step = draw(st.integers(1, max_step))
+    paddings = [p for p in SL_PADDINGS if p != "valid" or length <= step]
+    past = draw(st.integers(0, length - 1))
+    padding = draw(st.sampled_from(paddings + [(past, length - 1 - past)]))
+    return length, step, padding
+
+
+@st.composite
+def frame_options(draw):
+    length, step, padding = draw(framing())
+    return {
+        "frame_length": length,
+        "frame_step": step,
+        "padding": padding,
+        "rank": draw(st.sampled_from((2, 3))),
+    }
+
+
+@st.composite
+def stft_options(draw):
+    length, step, padding = draw(framing(max_length=6))
+    return {
+        "frame_length": length,
+        "frame_step": step,
+        "fft_length": draw(st.integers(max(1, length - 2), 8)),
+        "window_fn": draw(st.sampled_from((tl.dsp.hann_window, None))),
+        "time_padding": padding,
+        "fft_padding": draw(st.sampled_from(("right", "center"))),
+        "output_magnitude": draw(st.booleans()),
+        "rank": draw(st.sampled_from((2, 3))),
+    }
+
+
+@st.composite
+def self_attention_options(draw, local: bool = False):
+    """DotProductSelfAttention's (or, `local`, LocalDotProductSelfAttention's) keywords that stream."""
+    num_kv_heads = draw(st.sampled_from((1, 2)))
+    options = {
+        "num_heads": num_kv_heads * draw(st.sampled_from((1, 2))),
+        "num_kv_heads": draw(st.sampled_from((None, num_kv_heads))),
+        "units_per_head": draw(st.sampled_from((2, 4))),  # Even: RoPE networks rotate halves.
+        "use_bias": draw(st.booleans()),
+        "attention_logits_soft_cap": draw(st.sampled_from((None, 5.0))),
+        "zero_fully_masked": draw(st.booleans()),
+        "_query_rope": draw(st.booleans()),
+        "_key_rope": draw(st.booleans()),
+        "_value_relu": draw(st.booleans()),
+    }
+    if options["num_kv_heads"] is None:
+        options["num_heads"] = num_kv_heads
+    if local:
+        options["block_size"] = draw(st.integers(1, 4))
+        options["max_past_horizon"] = draw(st.integers(1, 4))
+        options["max_future_horizon"] = draw(st.integers(0, 2))
+        return options
+    past = draw(st.integers(-1, 4))
+    future = draw(st.integers(0 if past else 1, 2))
+    options.update(max_past_horizon=past, max_future_horizon=future)
+    if past == -1:
+        # At least every valid step of a 16-step test input: no output is invalidated.
+        options["cache_size"] = draw(st.integers(16, 20))
+    return options
+
+
+def build_self_attention(constructor) -> Callable[[str, dict], tl.Layer]:
+    def build(mode, options):
+        return constructor(
+            **_kwargs(options),
+            query_network=tl.ApplyRotaryPositionalEncoding(mode=mode) if options["_query_rope"] else None,
+            key_network=tl.ApplyRotaryPositionalEncoding(mode=mode) if options["_key_rope"] else None,
+            value_network=tl.Relu() if options["_value_relu"] else None,
+            mode=mode,
+        )
+
+    return build
+
+
+def fixed(**options) -> st.SearchStrategy:
+    """A space with one point (layers without options)."""
+    return st.just(options)
+
+
+SPACES_OF_ACTIVATIONS = {
+    "ParametricRelu": st.fixed_dictionaries({"a": st.sampled_from((1.0, 0.5, 2.0))}),
+    "LeakyRelu": st.fixed_dictionaries({"a": st.sampled_from((0.01, 0.3))}),
+    "Elu": st.fixed_dictionaries({"a": st.sampled_from((1.0, 0.5))}),
+}
 
 
 def _dense(mode):
@@ -75,9 +338,42 @@ REGISTRY: dict[str, Entry] = {
     "Fn": Entry(lambda mode: tl.Fn("Square", lambda x: x * x), X),
     "PureLayer": Entry(lambda mode: tl.PureLayer(lambda x: 2.0 * x), X),
     # --- core ---
-    "Dense": Entry(_dense, X),
-    "Embedding": Entry(lambda mode: tl.Embedding(8, 3), IDS),
-    "Dropout": Entry(lambda mode: tl.Dropout(0.5, mode=mode), X),
+    "Dense": Entry(
+        _dense,
+        X,
+        space=Space(
+            st.fixed_dictionaries({"n_units": st.integers(1, 8), "use_bias": st.booleans()}),
+            built_without_mode(tl.Dense),
+            dtypes=(F32, BF16),
+        ),
+    ),
+    "Embedding": Entry(
+        lambda mode: tl.Embedding(8, 3),
+        IDS,
+        space=Space(
+            st.fixed_dictionaries({"vocab_size": st.integers(1, 10), "d_feature": st.integers(1, 6)}),
+            built_without_mode(tl.Embedding),
+            signature=lambda options, batch, time, depth, dtype: ShapeDtype((batch, time), dtype),
+            dtypes=(I32,),
+            # Ids past the vocabulary too: they clip to its last entry.
+            contract=lambda options: {"int_maxval": options["vocab_size"] + 2},
+            composes=False,
+        ),
+    ),
+    "Dropout": Entry(
+        lambda mode: tl.Dropout(0.5, mode=mode),
+        X,
+        space=Space(
+            st.fixed_dictionaries(
+                {
+                    "rate": st.sampled_from((0.0, 0.5, 0.9)),
+                    "shared_axes": st.sampled_from((None, (1,), (-1,))),
+                }
+            ),
+            built(tl.Dropout),
+            dtypes=(F32, BF16),
+        ),
+    ),
     "Weights": Entry(
         lambda mode: tl.Serial(tl.Weights(tl.RandomNormalInitializer(), shape=(1, 1, 4)), tl.Add()), X
     ),
@@ -101,7 +397,18 @@ REGISTRY: dict[str, Entry] = {
     "StopGradient": Entry(lambda mode: tl.StopGradient(), X),
     # --- activation_fns ---
     **{
-        name: Entry(lambda mode, name=name: getattr(tl, name)(), X)
+        name: Entry(
+            lambda mode, name=name: getattr(tl, name)(),
+            X,
+            space=Space(
+                SPACES_OF_ACTIVATIONS.get(name, fixed()),
+                built_without_mode(getattr(tl, name)),
+                dtypes=(F32, BF16),
+                depths=(2, 4, 6) if name == "Glu" else (1, 2, 3, 4, 6, 8),
+                # Repeated in a residual, x + exp(x) overflows: a composition would only find float32's end.
+                composes=name != "Exp",
+            ),
+        )
         for name in (
             "Relu",
             "ParametricRelu",
@@ -123,24 +430,149 @@ REGISTRY: dict[str, Entry] = {
     "Log": Entry(lambda mode: tl.Serial(tl.Exp(), tl.Log()), X),
     "ThresholdedLinearUnit": Entry(lambda mode: tl.ThresholdedLinearUnit(), X),
     # --- SequenceLayers-named and streaming layers ---
-    "Delay": Entry(lambda mode: tl.Delay(2, mode=mode), X),
-    "Lookahead": Entry(lambda mode: tl.Lookahead(2, mode=mode), X),
+    "Delay": Entry(
+        lambda mode: tl.Delay(2, mode=mode),
+        X,
+        space=Space(
+            st.fixed_dictionaries({"length": st.integers(0, 4), "delay_layer_output": st.booleans()}),
+            built(tl.Delay),
+            dtypes=(F32, BF16, I32, BOOL),
+        ),
+    ),
+    "Lookahead": Entry(
+        lambda mode: tl.Lookahead(2, mode=mode),
+        X,
+        space=Space(
+            st.fixed_dictionaries({"length": st.integers(0, 4), "preserve_length_in_layer": st.booleans()}),
+            built(tl.Lookahead),
+            dtypes=(F32, BF16, I32, BOOL),
+        ),
+    ),
     "Repeat": Entry(
         lambda mode: tl.Repeat(tl.Residual(tl.Dense(4), tl.Delay(1, delay_layer_output=False, mode=mode)), 3),
         X,
     ),
     "CheckpointGradient": Entry(lambda mode: tl.CheckpointGradient(tl.Serial(tl.Dense(4), tl.Tanh())), X),
     "GatedLinearUnit": Entry(lambda mode: tl.GatedLinearUnit(), X),
-    "LayerNorm": Entry(lambda mode: tl.LayerNorm(), X),
-    "RMSNorm": Entry(lambda mode: tl.RMSNorm(), X),
-    "BatchNorm": Entry(lambda mode: tl.BatchNorm(axis=(0, 1), mode=mode), X),
+    "LayerNorm": Entry(
+        lambda mode: tl.LayerNorm(),
+        X,
+        space=Space(
+            st.fixed_dictionaries(
+                {
+                    "center": st.booleans(),
+                    "epsilon": st.sampled_from((1e-6, 1e-2)),
+                    "rank": st.sampled_from((3, 4)),
+                }
+            ),
+            built_without_mode(tl.LayerNorm),
+            dtypes=(F32, BF16),
+        ),
+    ),
+    "RMSNorm": Entry(
+        lambda mode: tl.RMSNorm(),
+        X,
+        space=Space(
+            st.sampled_from((3, 4)).flatmap(
+                lambda rank: st.fixed_dictionaries(
+                    {
+                        "axis": st.sampled_from((-1, (-2, -1)) if rank == 4 else (-1,)),
+                        "epsilon": st.sampled_from((1e-6, 1e-2)),
+                        "use_scale": st.booleans(),
+                        "reductions_in_at_least_fp32": st.booleans(),
+                        "rank": st.just(rank),
+                    }
+                )
+            ),
+            built_without_mode(tl.RMSNorm),
+            dtypes=(F32, BF16),
+        ),
+    ),
+    "BatchNorm": Entry(
+        lambda mode: tl.BatchNorm(axis=(0, 1), mode=mode),
+        X,
+        space=Space(
+            st.sampled_from((3, 4)).flatmap(
+                lambda rank: st.fixed_dictionaries(
+                    {
+                        "axis": st.sampled_from(((0, 1), (0, 1, 2)) if rank == 4 else ((0, 1),)),
+                        "epsilon": st.sampled_from((1e-5, 1e-2)),
+                        "center": st.booleans(),
+                        "scale": st.booleans(),
+                        "rank": st.just(rank),
+                    }
+                )
+            ),
+            built(tl.BatchNorm),
+            dtypes=(F32, BF16),
+        ),
+    ),
     "FilterResponseNorm": Entry(lambda mode: tl.FilterResponseNorm(mode=mode), X, streams=False),
-    "GroupNorm": Entry(lambda mode: tl.GroupNorm(2, cumulative=True, mode=mode), X),
+    "GroupNorm": Entry(
+        lambda mode: tl.GroupNorm(2, cumulative=True, mode=mode),
+        X,
+        space=Space(
+            st.fixed_dictionaries(
+                {
+                    "num_groups": st.sampled_from((1, 2)),
+                    "cumulative": st.just(True),
+                    "epsilon": st.sampled_from((1e-6, 1e-2)),
+                    "use_bias": st.booleans(),
+                    "use_scale": st.booleans(),
+                    "rank": st.sampled_from((3, 4)),
+                }
+            ),
+            built(tl.GroupNorm),
+            dtypes=(F32, BF16),
+            depths=(2, 4, 6, 8),
+        ),
+    ),
     "PositionalEncoding": Entry(lambda mode: tl.PositionalEncoding(max_len=64, mode=mode), X),
-    "AddTimingSignal": Entry(lambda mode: tl.AddTimingSignal(mode=mode), X),
-    "ApplyRotaryPositionalEncoding": Entry(lambda mode: tl.ApplyRotaryPositionalEncoding(mode=mode), X),
-    "Frame": Entry(lambda mode: tl.Frame(4, 2, mode=mode), ShapeDtype((2, 16))),
-    "STFT": Entry(lambda mode: tl.STFT(8, 4, 8, output_magnitude=True, mode=mode), ShapeDtype((2, 16))),
+    "AddTimingSignal": Entry(
+        lambda mode: tl.AddTimingSignal(mode=mode),
+        X,
+        space=Space(
+            st.fixed_dictionaries(
+                {
+                    "min_timescale": st.sampled_from((1.0, 2.0)),
+                    "max_timescale": st.sampled_from((1.0e4, 10.0)),
+                    "trainable_scale": st.booleans(),
+                    "axes": st.sampled_from((None, -1)),
+                    "only_advance_position_for_valid_timesteps": st.booleans(),
+                    "rank": st.sampled_from((3, 4)),
+                }
+            ),
+            built(tl.AddTimingSignal),
+            dtypes=(F32, BF16),
+        ),
+    ),
+    "ApplyRotaryPositionalEncoding": Entry(
+        lambda mode: tl.ApplyRotaryPositionalEncoding(mode=mode),
+        X,
+        space=Space(
+            st.fixed_dictionaries(
+                {
+                    "max_wavelength": st.sampled_from((1.0e4, 10.0)),
+                    "only_advance_position_for_valid_timesteps": st.booleans(),
+                    "rank": st.sampled_from((3, 4)),
+                }
+            ),
+            built(tl.ApplyRotaryPositionalEncoding),
+            dtypes=(F32, BF16),
+            depths=(2, 4, 6, 8),
+        ),
+    ),
+    "Frame": Entry(
+        lambda mode: tl.Frame(4, 2, mode=mode),
+        ShapeDtype((2, 16)),
+        space=Space(frame_options(), built(tl.Frame), dtypes=(F32, BF16, I32)),
+    ),
+    "STFT": Entry(
+        lambda mode: tl.STFT(8, 4, 8, output_magnitude=True, mode=mode),
+        ShapeDtype((2, 16)),
+        # Complex spectra (output_magnitude=False) would turn a composition complex.
+        space=Space(stft_options(), built(tl.STFT), composes=False),
+    ),
     "InverseSTFT": Entry(
         lambda mode: tl.InverseSTFT(8, 4, 8, mode=mode),
         ShapeDtype((2, 4, 5), np.complex64),
@@ -167,22 +599,90 @@ IMAGE = ShapeDtype((2, 8, 5, 4))  # [batch, time, space, channels]
 REGISTRY.update(
     {
         # --- convolution and pooling ---
-        "Conv1d": Entry(lambda mode: tl.Conv1d(4, 3, stride=2, padding="causal", mode=mode), X),
-        "Conv": Entry(lambda mode: tl.Conv(2, (3, 3), padding=("causal", "SAME"), mode=mode), IMAGE),
-        "CausalConv": Entry(lambda mode: tl.CausalConv(3, kernel_width=3, mode=mode), X),
-        "CausalDepthwiseConv": Entry(lambda mode: tl.CausalDepthwiseConv(3, mode=mode), X),
-        "DepthwiseConv1D": Entry(lambda mode: tl.DepthwiseConv1D(3, padding="reverse_causal", mode=mode), X),
-        "Conv2D": Entry(lambda mode: tl.Conv2D(3, 3, strides=2, time_padding="causal", mode=mode), IMAGE),
-        "MaxPool": Entry(lambda mode: tl.MaxPool((2,), (2,), mode=mode), X),
-        "AvgPool": Entry(lambda mode: tl.AvgPool((2,), (2,), padding="causal", mode=mode), X),
-        "SumPool": Entry(lambda mode: tl.SumPool((2,), (1,), padding="causal", mode=mode), X),
+        "Conv1d": Entry(
+            lambda mode: tl.Conv1d(4, 3, stride=2, padding="causal", mode=mode),
+            X,
+            space=Space(conv1d_options(), built(tl.Conv1d), dtypes=(F32, BF16)),
+        ),
+        "Conv": Entry(
+            lambda mode: tl.Conv(2, (3, 3), padding=("causal", "SAME"), mode=mode),
+            IMAGE,
+            space=Space(conv_options(), built(tl.Conv), dtypes=(F32, BF16), composes=False),  # Rank 4 only.
+        ),
+        "CausalConv": Entry(
+            lambda mode: tl.CausalConv(3, kernel_width=3, mode=mode),
+            X,
+            space=Space(
+                st.fixed_dictionaries(
+                    {
+                        "filters": st.integers(1, 4),
+                        "kernel_width": st.integers(1, 4),
+                        "use_bias": st.booleans(),
+                    }
+                ),
+                built(tl.CausalConv),
+                dtypes=(F32, BF16),
+            ),
+        ),
+        "CausalDepthwiseConv": Entry(
+            lambda mode: tl.CausalDepthwiseConv(3, mode=mode),
+            X,
+            space=Space(
+                st.fixed_dictionaries({"kernel_size": st.integers(1, 4)}),
+                built(tl.CausalDepthwiseConv),
+                dtypes=(F32, BF16),
+            ),
+        ),
+        "DepthwiseConv1D": Entry(
+            lambda mode: tl.DepthwiseConv1D(3, padding="reverse_causal", mode=mode),
+            X,
+            space=Space(depthwise_conv1d_options(), built(tl.DepthwiseConv1D), dtypes=(F32, BF16)),
+        ),
+        "Conv2D": Entry(
+            lambda mode: tl.Conv2D(3, 3, strides=2, time_padding="causal", mode=mode),
+            IMAGE,
+            space=Space(
+                conv2d_options(), built(tl.Conv2D), dtypes=(F32, BF16), depths=(2, 4, 6, 8), composes=False
+            ),
+        ),
+        **{
+            name: Entry(
+                build,
+                X,
+                space=Space(
+                    # AvgPool documents that 'causal_valid' does not stream (padding valid, not averaged).
+                    pool_options(tuple(p for p in TRAX_PADDINGS if name != "AvgPool" or p != "causal_valid")),
+                    built(getattr(tl, name)),
+                    dtypes=(F32, BF16) if name == "AvgPool" else (F32, BF16, I32),
+                ),
+            )
+            for name, build in (
+                ("MaxPool", lambda mode: tl.MaxPool((2,), (2,), mode=mode)),
+                ("AvgPool", lambda mode: tl.AvgPool((2,), (2,), padding="causal", mode=mode)),
+                ("SumPool", lambda mode: tl.SumPool((2,), (1,), padding="causal", mode=mode)),
+            )
+        },
     }
 )
 REGISTRY.update(
     {
         # --- rnn ---
-        "LSTM": Entry(lambda mode: tl.LSTM(3, mode=mode), X),
-        "GRU": Entry(lambda mode: tl.GRU(3, mode=mode), X),
+        "LSTM": Entry(
+            lambda mode: tl.LSTM(3, mode=mode),
+            X,
+            space=Space(
+                st.fixed_dictionaries({"n_units": st.integers(1, 5), "return_state": st.booleans()}),
+                built(tl.LSTM),
+                dtypes=(F32, BF16),
+            ),
+        ),
+        "GRU": Entry(
+            lambda mode: tl.GRU(3, mode=mode),
+            X,
+            space=Space(
+                st.fixed_dictionaries({"n_units": st.integers(1, 5)}), built(tl.GRU), dtypes=(F32, BF16)
+            ),
+        ),
         "SRU": Entry(lambda mode: tl.SRU(4, mode=mode), X),
         "ScanSRUCell": Entry(
             lambda mode: tl.ScanSRUCell(mode),
@@ -242,12 +742,20 @@ REGISTRY.update(
                 2, 2, max_past_horizon=3, max_future_horizon=1, mode=mode
             ),
             X,
+            space=Space(
+                self_attention_options(), build_self_attention(tl.DotProductSelfAttention), dtypes=(F32, BF16)
+            ),
         ),
         "LocalDotProductSelfAttention": Entry(
             lambda mode: tl.LocalDotProductSelfAttention(
                 2, 2, block_size=3, max_past_horizon=2, max_future_horizon=1, mode=mode
             ),
             X,
+            space=Space(
+                self_attention_options(local=True),
+                build_self_attention(tl.LocalDotProductSelfAttention),
+                dtypes=(F32, BF16),
+            ),
         ),
         "CausalAttention": Entry(
             lambda mode: tl.CausalAttention(4, n_heads=2, max_inference_length=8, mode=mode), X

@@ -1044,3 +1044,40 @@ def test_non_streamable_combinators_say_so():
     assert tl.Cache(double()).supports_step is False
     assert tl.Cond(tl.Fn("C", lambda c: c > 0), double()).supports_step is False
     assert tl.Serial(double(), tl.Scan(cumulative_add())).supports_step is False
+
+
+# --- Found by tests/layers/test_contract_fuzz.py ---------------------------------------------
+
+
+@pytest.mark.parametrize("body", [tl.Relu(), tl.Serial(), tl.Dropout(0.0)], ids=["Relu", "Serial", "Dropout"])
+def test_repeat_of_a_weightless_layer_runs(body):
+    x = jnp.arange(8.0).reshape((1, 4, 2))
+    layer = tl.Repeat(body, 2)
+    weights, state = layer.init(ShapeDtype(x.shape))
+    y, _ = layer.pure_fn(x, weights, state, None)
+    np.testing.assert_allclose(y, body.pure_fn(body.pure_fn(x, (), (), None)[0], (), (), None)[0])
+
+
+def test_a_strided_layer_after_an_odd_latency_keeps_the_contract():
+    # Conv1d 'reverse_causal' (kernel 2): output_latency 1; then stride 2. Without realignment the
+    # second convolution windows steps (-1, 0), (1, 2), ... of the layer-wise first output
+    # step-wise; SequenceLayers asks for a Delay of -1 % 2 = 1 step there, Serial inserts it.
+    model = lambda mode: tl.Serial(
+        tl.Conv1d(2, 2, padding="reverse_causal", mode=mode),
+        tl.Conv1d(2, 1, stride=2, padding="causal", mode=mode),
+    )
+    tl.contract.verify_contract(model, ShapeDtype((1, 8, 2)), chunkings=[[1], [2, 1]])
+    layer = model("eval")
+    assert [sub.name for sub in layer.sublayers] == ["Conv1d", "Delay_1", "Conv1d"]
+    assert (layer.output_latency, layer.latency_period) == (1, 2)
+
+
+def test_a_strided_serial_nested_after_an_odd_latency_is_delayed_as_a_whole():
+    strided = lambda mode: tl.Serial(
+        tl.Conv1d(2, 2, stride=2, padding="causal", mode=mode),
+        tl.Conv1d(2, 2, stride=2, padding="causal", mode=mode),
+    )
+    assert strided("eval").latency_period == 4
+    model = lambda mode: tl.Serial(tl.Lookahead(1, preserve_length_in_layer=True, mode=mode), strided(mode))
+    assert [sub.name for sub in model("eval").sublayers] == ["Lookahead_1", "Delay_3", "Serial"]
+    tl.contract.verify_contract(model, ShapeDtype((2, 16, 2)))

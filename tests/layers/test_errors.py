@@ -420,3 +420,22 @@ def test_serial_says_which_sublayer_runs_short_of_inputs():
         tl.LayerError, match=r"Add\[1\] needs 2 items but 1 would be on the stack after Double\[0\]"
     ):
         model(jnp.ones((2, 3)))
+
+
+@pytest.mark.parametrize("serial_mode", ["train", "predict"])
+def test_a_bad_block_is_named_by_the_outermost_layer(serial_mode):
+    """Issue 13: a 7-step block for a model of block_size 8 names 8, not an inner layer's 2."""
+    convs = lambda mode: [
+        tl.Conv1d(8, 4, stride=2, padding="causal", mode=mode),
+        tl.Conv1d(8, 6, stride=4, padding="causal", mode=mode),
+    ]
+    model = tl.Serial(*convs("predict")) if serial_mode == "train" else tl.Serial(*convs("eval")).with_mode("predict")
+    assert model.block_size == 8
+    weights, state = model.init(ShapeDtype((2, 8, 3)))
+    with pytest.raises(tl.LayerError) as error:
+        model.pure_fn(jnp.zeros((2, 7, 3)), weights, state, None)
+    assert "Serial: in predict mode each block must be a multiple of block_size=8 time steps, got a block of 7" in str(
+        error.value
+    )
+    y, _ = model.pure_fn(jnp.zeros((2, 16, 3)), weights, state, None)
+    assert y.shape == (2, 2, 8)

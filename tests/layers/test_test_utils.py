@@ -70,6 +70,25 @@ def test_a_broken_layer_fails(broken, message):
         test_utils.verify_contract(lambda mode: CumSum(broken, mode=mode), SIGNATURE)
 
 
+class ForgetsStateInLongBlocks(CumSum):
+    """Correct for blocks of one or two steps; a block of three or more restarts the sum."""
+
+    def forward(self, x, weights, state, rng):
+        if self._mode == "predict" and x.shape[1] >= 3:
+            state = jnp.zeros_like(state)
+        return super().forward(x, weights, state, rng)
+
+
+def test_chunkings_choose_the_step_wise_runs():
+    layer = lambda mode: ForgetsStateInLongBlocks(mode=mode)
+    report = test_utils.verify_contract(layer, SIGNATURE, chunkings=[[1], [2, 1]])
+    assert report.chunkings == [[1], [2, 1]]  # In steps: block_size is 1.
+    with pytest.raises(AssertionError, match=r"step-wise \(blocks of \[3, 3, 2\]"):
+        test_utils.verify_contract(layer, SIGNATURE, chunkings=[[1], [3]])
+    with pytest.raises(ValueError, match="block counts >= 1"):
+        test_utils.verify_contract(layer, SIGNATURE, chunkings=[[0]])
+
+
 class WrongLatency(delay.Lookahead):
     @property
     def output_latency(self):

@@ -90,6 +90,10 @@ def as_signature(inputs):
     return shapes.signature(inputs)
 
 
+def _has_predict_mode_sublayer(layer: Layer) -> bool:
+    return any(sub.mode == "predict" or _has_predict_mode_sublayer(sub) for sub in layer.sublayers)
+
+
 class Layer:
     """Base class of layers: a function from stack items to stack items.
 
@@ -214,6 +218,11 @@ class Layer:
         """Whether predict mode keeps the streaming contract for this layer."""
         return self._spec().supports_step
 
+    @property
+    def latency_period(self) -> int:
+        """Step-wise input latencies must be multiples of it (a stride-k window's k); Serial sees to it."""
+        return self._spec().latency_period
+
     # --- The two override points --------------------------------------------
 
     def init_weights_and_state(self, input_signature, rng):
@@ -241,6 +250,10 @@ class Layer:
             self._check_arity(x)
             if self._mode == "predict":
                 streaming.check_predict_mode(self, x)
+            elif top_level and _has_predict_mode_sublayer(self):
+                # The outermost layer that receives the block names the block size the
+                # whole model needs (an inner layer would name its own, smaller one).
+                streaming.check_block(self, x)
             outputs, new_state = self._apply(x, weights, state, rng)
             self._check_outputs(outputs)
             return outputs, new_state

@@ -153,6 +153,17 @@ def _compare_outputs(name: str, what: str, expected, actual, atol: float, rtol: 
             )
 
 
+def _chunk_sizes(name: str, blocks, block_size: int) -> list[int]:
+    """Chunk sizes in steps from sizes in blocks (each an int >= 1)."""
+    blocks = list(blocks)
+    if not blocks or any(not isinstance(b, (int, np.integer)) or b < 1 for b in blocks):
+        raise ValueError(
+            f"verify_contract({name}): each chunking must be a non-empty list of block counts >= 1, "
+            f"got {blocks!r}"
+        )
+    return [int(b) * block_size for b in blocks]
+
+
 def _chunk_lengths(total: int, chunk_sizes) -> list[int]:
     lengths, start, i = [], 0, 0
     while start < total:
@@ -245,6 +256,7 @@ def verify_contract(
     int_maxval: int = 8,
     random_lengths: bool = True,
     streamed=None,
+    chunkings=None,
 ) -> ContractReport:
     """Checks that `layer_fn(mode)` keeps the streaming contract; raises AssertionError if not.
 
@@ -264,9 +276,12 @@ def verify_contract(
       streamed: per input, whether it is fed block by block (default: every
         time-bearing input); the others (e.g. a cross-attention source) are
         given whole at every step.
+      chunkings: the step-wise runs to compare, each a list of chunk sizes in
+        blocks (cycled until the input ends), e.g. `[[1], [3, 1, 2]]`;
+        default `[[1], [2], eight random sizes from 1 to 3]`.
 
-    Checks: layer-wise == step-wise over chunkings of 1x, 2x and random
-    multiples of block_size (after flushing `input_latency` invalid steps and
+    Checks: layer-wise == step-wise over chunkings (default: 1x, 2x and random
+    multiples of block_size) (after flushing `input_latency` invalid steps and
     dropping `output_latency` outputs, which must be invalid); output masks;
     padding invariance (garbage and NaN past the lengths, extra end padding);
     batch invariance (shuffled rows); gradients; predict-mode state shapes and
@@ -365,8 +380,9 @@ def verify_contract(
     _, state0 = streaming.start_stream(predict, shapes.signature(first_block), weights)
     state0_sig = shapes.signature(jax.tree.leaves(state0))
     step_fn = jax.jit(lambda x, w, s: predict.pure_fn(x, w, s, None))
-    random_sizes = [int(k) * block_size for k in rng.integers(1, 4, size=8)]
-    chunkings = [[block_size], [2 * block_size], random_sizes]
+    if chunkings is None:
+        chunkings = [[1], [2], [int(k) for k in rng.integers(1, 4, size=8)]]
+    chunkings = [_chunk_sizes(name, blocks, block_size) for blocks in chunkings]
     for sizes in chunkings:
         lengths = _chunk_lengths(total, sizes)
         y_step, states = _run_steps(predict, step_fn, x_stream, weights, state0, lengths, streamed)

@@ -86,8 +86,11 @@ class Repeat(base.Layer):
 
         if self._remat:
             body = jax.checkpoint(body)
-        # The carry keeps one pytree type: a masked input enters as a plain Sequence.
-        y, new_state = jax.lax.scan(body, seq.plain_sequences(x), (weights, state, rngs))
+        # The carry keeps one pytree type: a masked input enters as a plain Sequence. A body
+        # without weights, state or rng has nothing to scan over: the length says how often.
+        y, new_state = jax.lax.scan(
+            body, seq.plain_sequences(x), (weights, state, rngs), length=self._n_repeats
+        )
         return y, new_state
 
 

@@ -81,6 +81,7 @@ class Serial(Layer):
     def __init__(self, *sublayers, name: str | None = None, sublayers_to_print=None):
         layers = _ensure_flat(sublayers)
         n_in, n_out = serial_arity(layers) if layers else (1, 1)
+        layers = _in_phase(layers, n_in)
         super().__init__(n_in=n_in, n_out=n_out, name=name, sublayers_to_print=sublayers_to_print)
         self._sublayers = layers
 
@@ -137,6 +138,38 @@ class Serial(Layer):
             out = start * layer.output_ratio + layer.output_latency
             latencies = [out] * layer.n_out + latencies[layer.n_in :]
         return True
+
+
+def _in_phase(layers: tuple[Layer, ...], n_in: int) -> tuple[Layer, ...]:
+    """Inserts step-only Delays so that each layer's step-wise input latency is a multiple of its period.
+
+    A stride-k window after a layer with output latency L (say a lookahead
+    convolution) would, step-wise, window steps offset by L from the
+    layer-wise ones unless k divides L. SequenceLayers raises and asks for a
+    Delay of `-L % k` before the layer; Serial inserts it (identity
+    layer-wise, so only the step-wise latency grows). Printing the Serial
+    shows the inserted `Delay`.
+    """
+    try:
+        if not all(layer.supports_step for layer in layers):
+            return layers
+        latencies = [fractions.Fraction(0)] * n_in
+        phased = []
+        for layer in layers:
+            inputs = latencies[: layer.n_in]
+            start = inputs[0] if inputs else fractions.Fraction(0)
+            behind = -start % layer.latency_period
+            if behind and len(set(inputs)) == 1:
+                mode = built_mode([layer])
+                delays = [delay.Delay(int(behind), delay_layer_output=False, mode=mode) for _ in inputs]
+                phased.append(delays[0] if len(delays) == 1 else Parallel(*delays))
+                start += behind
+            phased.append(layer)
+            out = start * layer.output_ratio + layer.output_latency
+            latencies = [out] * layer.n_out + latencies[layer.n_in :]
+    except ValueError:  # Sublayers that cannot stream (e.g. branches whose output ratios differ).
+        return layers
+    return tuple(phased)
 
 
 def _no_op_for_none(layer):

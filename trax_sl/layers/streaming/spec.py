@@ -33,6 +33,10 @@ class StreamingSpec:
       receptive_field: (past, future) input steps an output sees (math.inf: unbounded).
       supports_step: whether predict mode keeps the streaming contract.
       why_not: when it does not step, why (said by the predict-mode refusal).
+      latency_period: the step-wise latency of the input (in input steps)
+        must be a multiple of it for the outputs to fall on the layer-wise
+        steps (default: output_ratio's denominator, a stride-k window's k).
+        Serial delays a sublayer's step-wise input to make it so.
     """
 
     block_size: int = 1
@@ -42,6 +46,12 @@ class StreamingSpec:
     receptive_field: tuple = (0, 0)
     supports_step: bool = True
     why_not: str = ""
+    latency_period: int | None = None
+
+    def __post_init__(self):
+        if self.latency_period is None:
+            period = fractions.Fraction(self.output_ratio).denominator
+            object.__setattr__(self, "latency_period", period)
 
     def not_streaming(self, why: str = "") -> StreamingSpec:
         """The same properties, for a layer that does not step (and why)."""
@@ -69,6 +79,7 @@ def of(layer) -> StreamingSpec:
         output_latency=layer.output_latency,
         receptive_field=layer.receptive_field,
         supports_step=layer.supports_step,
+        latency_period=layer.latency_period,
     )
 
 
@@ -84,7 +95,12 @@ def serial(specs: Iterable[StreamingSpec]) -> StreamingSpec:
     output_latency = fractions.Fraction(0)
     past = future = fractions.Fraction(0)
     steps = True
+    period = 1
     for spec in specs:
+        # An input latency L reaches this layer as L * ratio (Serial aligns the rest):
+        # the smallest L for which that is a multiple of the layer's period.
+        needed = spec.latency_period * ratio.denominator
+        period = math.lcm(period, needed // math.gcd(needed, ratio.numerator))
         # Smallest b with b * ratio a multiple of spec.block_size.
         needed = spec.block_size * ratio.denominator
         block = math.lcm(block, needed // math.gcd(needed, ratio.numerator))
@@ -102,6 +118,7 @@ def serial(specs: Iterable[StreamingSpec]) -> StreamingSpec:
         output_latency=ceil_latency(output_latency),
         receptive_field=(ceil_latency(past), ceil_latency(future)),
         supports_step=steps,
+        latency_period=period,
     )
 
 
@@ -132,4 +149,5 @@ def parallel(named_specs: Iterable[tuple[str, StreamingSpec]], where: str) -> St
             max(spec.receptive_field[1] for spec in specs),
         ),
         supports_step=all(spec.supports_step for spec in specs),
+        latency_period=math.lcm(*(spec.latency_period for spec in specs)),
     )
