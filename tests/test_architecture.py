@@ -27,7 +27,7 @@ FLOORS = (
     ),
     ("trax_sl.layers.base",),
     ("trax_sl.layers",),
-    ("trax_sl.models", "trax_sl.data", "trax_sl.optimizers"),
+    ("trax_sl.models", "trax_sl.data", "trax_sl.optimizers", "trax_sl.sl"),
     ("trax_sl.supervised",),
     ("trax_sl.trainer", "trax_sl.export"),
 )

@@ -164,8 +164,21 @@ def test_signature_of_tuple_with_sequence():
 def test_signature_rejects_non_arrays():
     with pytest.raises(TypeError, match="str"):
         shapes.signature("abc")
-    with pytest.raises(TypeError, match="dict"):
-        shapes.signature({"a": jnp.zeros(2)})
+    with pytest.raises(TypeError, match="str"):
+        shapes.signature({"a": "abc"})
+
+
+def test_a_dict_item_has_a_hashable_dict_signature():
+    # SequenceLayers' constants are one dict stack item (DESIGN §8): its signature is a dict that
+    # caches keyed on signatures (tl.start_stream's compiled init) accept.
+    sig = shapes.signature((jnp.zeros((2, 3)), {"source": Sequence.from_values(jnp.zeros((2, 4, 5)))}))
+    constants = sig[1]
+    assert isinstance(constants, dict) and isinstance(constants, shapes.NamedSignatures)
+    assert constants["source"].values == shapes.ShapeDtype((2, 4, 5))
+    hash(sig)
+    assert shapes.short_form(sig) == "(f32[2,3], {source: Sequence(f32[2,4,5])})"
+    structs = jax.tree.map(lambda s: s.as_struct(), constants)
+    assert isinstance(structs, shapes.NamedSignatures) and structs["source"].values.shape == (2, 4, 5)
 
 
 def test_from_abstract_turns_eval_shape_output_into_shape_dtypes():

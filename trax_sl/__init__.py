@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from trax_sl import data, layers, models, optimizers, shapes, supervised
+from trax_sl import data, layers, models, optimizers, shapes, sl, supervised
 from trax_sl.sequence import MaskedSequence, Sequence
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "models",
     "optimizers",
     "shapes",
+    "sl",
     "supervised",
 ]

@@ -51,6 +51,23 @@ _DTYPE_ABBREVIATIONS = {
 }
 
 
+class NamedSignatures(dict):
+    """The signature of a dict stack item (e.g. SequenceLayers' `constants`): a dict of signatures.
+
+    Hashable (by identity), unlike a dict, so that caches keyed on signatures
+    (compiled stream starts) accept it; a pytree like a dict.
+    """
+
+    __hash__ = object.__hash__
+
+
+jax.tree_util.register_pytree_with_keys(
+    NamedSignatures,
+    lambda d: (tuple((jax.tree_util.DictKey(k), v) for k, v in d.items()), tuple(d)),
+    lambda keys, values: NamedSignatures(zip(keys, values)),
+)
+
+
 def short_form(x) -> str:
     """Returns `f32[8,16]` for an array or signature; recurses into tuples.
 
@@ -61,6 +78,8 @@ def short_form(x) -> str:
         return x.short_form()
     if isinstance(x, (tuple, list)):
         return "(" + ", ".join(short_form(item) for item in x) + ")"
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{key}: {short_form(item)}" for key, item in x.items()) + "}"
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         dtype = str(np.dtype(x.dtype)) if x.dtype is not None else "?"
         dims = ",".join(str(d) for d in x.shape)
@@ -69,7 +88,7 @@ def short_form(x) -> str:
 
 
 def signature(obj):
-    """Returns the ShapeDtype tree of `obj`: arrays, tuples/lists and Sequences.
+    """Returns the ShapeDtype tree of `obj`: arrays, tuples/lists, dicts and Sequences.
 
     The structure is kept (a Sequence of arrays becomes a Sequence of
     ShapeDtypes: any pytree node class is rebuilt around the signatures of its
@@ -82,11 +101,15 @@ def signature(obj):
         return type(obj).tree_unflatten(aux, [signature(child) for child in children])
     if isinstance(obj, (tuple, list)):
         return tuple(signature(item) for item in obj)
+    if isinstance(obj, dict):  # One stack item of named side inputs (SequenceLayers' constants).
+        return NamedSignatures((key, signature(item)) for key, item in obj.items())
     if hasattr(obj, "shape") and hasattr(obj, "dtype"):
         return ShapeDtype(obj.shape, obj.dtype)
     if isinstance(obj, (bool, int, float, complex, np.generic)):
         return ShapeDtype((), np.asarray(obj).dtype)
-    raise TypeError(f"signature: expected an array, a Sequence or a tuple of them, got {type(obj).__name__}")
+    raise TypeError(
+        f"signature: expected an array, a Sequence or a tuple or dict of them, got {type(obj).__name__}"
+    )
 
 
 def from_abstract(tree):

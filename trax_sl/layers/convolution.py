@@ -67,6 +67,7 @@ class _Convolution(base.Layer):
         groups: int = 1,
         activation: Callable | None = None,
         mode: str = "train",
+        name: str | None = None,
     ):
         n = len(kernel_size)
         self._kernel_size = checks.positive_ints(layer_name, "kernel_size", kernel_size, n)
@@ -90,7 +91,7 @@ class _Convolution(base.Layer):
                 f"{layer_name}: dimension_numbers {dimension_numbers!r} do not fit a kernel with {n} "
                 f"spatial axes (kernel_size={kernel_size!r}); expected e.g. ('NHWC', 'HWIO', 'NHWC')"
             )
-        super().__init__(name=layer_name)
+        super().__init__(name=name or layer_name)
         self._filters, self._groups, self._activation = filters, groups, activation
         self._dimension_numbers = tuple(dimension_numbers)
         self._kernel_initializer, self._bias_initializer = kernel_initializer, bias_initializer
@@ -431,6 +432,7 @@ class DepthwiseConv1D(_Convolution):
         bias_init=_zeros,
         *,
         mode: str = "train",
+        name: str | None = None,
     ):
         for key, value in (
             ("kernel_size", kernel_size),
@@ -453,6 +455,7 @@ class DepthwiseConv1D(_Convolution):
             use_bias=use_bias,
             activation=activation,
             mode=mode,
+            name=name,
         )
         self._depth_multiplier = depth_multiplier
 
@@ -495,6 +498,7 @@ class Conv2D(_Convolution):
         bias_init=_zeros,
         *,
         mode: str = "train",
+        name: str | None = None,
     ):
         if not isinstance(time_padding, str):
             raise TypeError(f"Conv2D: time_padding must be a mode name, got time_padding={time_padding!r}")
@@ -513,4 +517,5 @@ class Conv2D(_Convolution):
             groups=groups,
             activation=activation,
             mode=mode,
+            name=name,
         )

@@ -294,11 +294,12 @@ class STFT(_Framed):
         fft_padding: str = "right",
         output_magnitude: bool = False,
         mode: str = "train",
+        name: str | None = None,
     ):
         checks.check_mode("STFT", mode)
         checks.check_positive("STFT", fft_length=fft_length)
         _check_fft_padding("STFT", fft_padding)
-        super().__init__(name="STFT")
+        super().__init__(name=name or "STFT")
         self._window = _framing_window("STFT", frame_length, frame_step, time_padding, "time_padding")
         self._fft_length = fft_length
         self._window_fn = window_fn
@@ -457,12 +458,17 @@ class LinearToMelSpectrogram(base.Layer):
     """
 
     def __init__(
-        self, num_mel_bins: int, sample_rate: float, lower_edge_hertz: float, upper_edge_hertz: float
+        self,
+        num_mel_bins: int,
+        sample_rate: float,
+        lower_edge_hertz: float,
+        upper_edge_hertz: float,
+        name: str | None = None,
     ):
         _check_mel_arguments(
             "LinearToMelSpectrogram", num_mel_bins, sample_rate, lower_edge_hertz, upper_edge_hertz
         )
-        super().__init__(name="LinearToMelSpectrogram")
+        super().__init__(name=name or "LinearToMelSpectrogram")
         self._num_mel_bins = num_mel_bins
         self._sample_rate = sample_rate
         self._lower_edge_hertz = lower_edge_hertz

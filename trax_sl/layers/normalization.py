@@ -141,6 +141,7 @@ class RMSNorm(base.Layer):
         scale_init=None,
         param_dtype=jnp.float32,
         reductions_in_at_least_fp32: bool = True,
+        name: str | None = None,
     ):
         """Returns an RMSNorm layer.
 
@@ -152,9 +153,10 @@ class RMSNorm(base.Layer):
             param_dtype: dtype of the scale.
             reductions_in_at_least_fp32: Reduce in at least float32 (else in
               the input dtype).
+            name: The layer's name.
         """
         _check_epsilon("RMSNorm", epsilon)
-        super().__init__(name="RMSNorm")
+        super().__init__(name=name or "RMSNorm")
         self._axis = axis
         self._epsilon = epsilon
         self._use_scale = use_scale
@@ -399,6 +401,7 @@ class GroupNorm(base.Layer):
         scale_init=None,
         param_dtype=jnp.float32,
         mode: str = "train",
+        name: str | None = None,
     ):
         """Returns a GroupNorm layer.
 
@@ -411,6 +414,7 @@ class GroupNorm(base.Layer):
             bias_init, scale_init: `(shape, rng) -> array`; default zeros and ones.
             param_dtype: dtype of scale and bias.
             mode: 'train', 'eval' or 'predict'.
+            name: The layer's name.
         """
         if not isinstance(num_groups, (int, np.integer)) or num_groups <= 0:
             raise ValueError(
@@ -420,7 +424,7 @@ class GroupNorm(base.Layer):
             raise TypeError(f"GroupNorm: axis must be one integer, got axis={axis!r}")
         _check_epsilon("GroupNorm", epsilon)
         checks.check_mode("GroupNorm", mode)
-        super().__init__(name=f"GroupNorm_{num_groups}")
+        super().__init__(name=name or f"GroupNorm_{num_groups}")
         self._num_groups = num_groups
         self._axis = axis
         self._epsilon = epsilon

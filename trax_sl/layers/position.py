@@ -228,6 +228,7 @@ class AddTimingSignal(base.Layer):
         param_dtype=jnp.float32,
         only_advance_position_for_valid_timesteps: bool = True,
         mode: str = "train",
+        name: str | None = None,
     ):
         if not 0 < min_timescale <= max_timescale:
             raise ValueError(
@@ -235,7 +236,7 @@ class AddTimingSignal(base.Layer):
                 f"min_timescale={min_timescale!r}, max_timescale={max_timescale!r}"
             )
         checks.check_mode("AddTimingSignal", mode)
-        super().__init__(name="AddTimingSignal")
+        super().__init__(name=name or "AddTimingSignal")
         self._min_timescale = min_timescale
         self._max_timescale = max_timescale
         self._trainable_scale = trainable_scale
@@ -300,13 +301,14 @@ class ApplyRotaryPositionalEncoding(base.Layer):
         axis: int = -1,
         only_advance_position_for_valid_timesteps: bool = True,
         mode: str = "train",
+        name: str | None = None,
     ):
         if not max_wavelength > 0:
             raise ValueError(
                 f"ApplyRotaryPositionalEncoding: max_wavelength must be > 0, got max_wavelength={max_wavelength!r}"
             )
         checks.check_mode("ApplyRotaryPositionalEncoding", mode)
-        super().__init__(name="ApplyRotaryPositionalEncoding")
+        super().__init__(name=name or "ApplyRotaryPositionalEncoding")
         self._max_wavelength = max_wavelength
         self._axis = axis
         self._only_valid = only_advance_position_for_valid_timesteps
