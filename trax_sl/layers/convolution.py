@@ -45,8 +45,8 @@ def _zeros(shape, rng):
 _NWC = ("NWC", "WIO", "NWC")
 
 
-class _Convolution(base.Layer):
-    """The convolution every layer of this module is; see the module docstring."""
+class Convolution(base.Layer):
+    """The convolution every layer of this module (and `sl.Conv1D`) is; see the module docstring."""
 
     handles_sequences = True
 
@@ -239,7 +239,7 @@ class _Convolution(base.Layer):
         return self._activation(y) if self._activation is not None else y
 
 
-class Conv(_Convolution):
+class Conv(Convolution):
     """Trax's general convolution, streaming along time (axis 1).
 
     n_in=1, n_out=1. With the default NHWC layout, `[batch, time, width,
@@ -365,7 +365,7 @@ class CausalConv(Conv):
         )
 
 
-class CausalDepthwiseConv(_Convolution):
+class CausalDepthwiseConv(Convolution):
     """Trax's causal depthwise convolution: `y[t, d] = sum_i w[k-1-i, d] * x[t-i, d]`.
 
     n_in=1, n_out=1; `[batch, time, depth]` -> `[batch, time, depth]`.
@@ -407,7 +407,7 @@ class CausalDepthwiseConv(_Convolution):
         return jnp.reshape(w, (w.shape[0], 1, w.shape[1]))
 
 
-class DepthwiseConv1D(_Convolution):
+class DepthwiseConv1D(Convolution):
     """SequenceLayers' depthwise 1-D convolution: each channel convolved on its own.
 
     n_in=1, n_out=1; `[batch, time, channels]` -> `[batch, time / strides,
@@ -469,7 +469,7 @@ class DepthwiseConv1D(_Convolution):
         return in_features
 
 
-class Conv2D(_Convolution):
+class Conv2D(Convolution):
     """SequenceLayers' 2-D convolution over time and one spatial axis.
 
     n_in=1, n_out=1; `[batch, time, space, channels]` -> `[batch, time /

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import trax_sl.layers as tl
 from trax_sl.layers import base, streaming
 from trax_sl.layers.combinators import StackOp
-from trax_sl.layers.combinators.control_flow import _reverse_time
+from trax_sl.layers.combinators.control_flow import reverse_time
 from trax_sl.sl import common
 
 
@@ -253,7 +253,7 @@ def Bidirectional(  # noqa: N802 (SequenceLayers' name)
             f"Bidirectional: the output ratios of forward ({forward.output_ratio}) and backward "
             f"({backward.output_ratio}) must be equal"
         )
-    flip = StackOp(lambda x: _reverse_time(x, 1), name="ReverseTime", supports_step=False)
+    flip = StackOp(lambda x: reverse_time(x, 1), name="ReverseTime", supports_step=False)
     merge = tl.Fn(f"Combine{combination.name.title()}", lambda a, b: combine(combination, a, b))
     if common.takes_constants(forward) or common.takes_constants(backward):
         forward, backward = _ignoring_constants(forward), _ignoring_constants(backward)

@@ -12,14 +12,14 @@ from collections.abc import Callable
 
 import trax_sl.layers as tl
 from trax_sl import checks
-from trax_sl.layers.convolution import _Convolution
+from trax_sl.layers.convolution import Convolution
 from trax_sl.sl import common
 
 Conv2D = tl.Conv2D
 DepthwiseConv1D = tl.DepthwiseConv1D
 
 
-class Conv1D(_Convolution):
+class Conv1D(Convolution):
     """SequenceLayers' 1-D convolution over time.
 
     n_in=1, n_out=1; `[batch, time, channels]` -> `[batch, time / strides,

@@ -294,7 +294,7 @@ class BatchLeadingAxes(Layer):
         return (w,), (s,), out
 
 
-def _reverse_time(x, axis: int):
+def reverse_time(x, axis: int):
     """Reverses time; a Sequence reverses each row's valid prefix in place."""
     if not isinstance(x, seq.Sequence):
         return jnp.flip(x, axis=axis)
@@ -317,6 +317,6 @@ def Bidirectional(forward_layer: Layer, axis: int = 1, merge_layer: Layer | None
     """
     backward_layer = forward_layer.with_mode(forward_layer.mode)
     # Reversing time needs the whole sequence: Bidirectional does not stream.
-    flip = StackOp(lambda x: _reverse_time(x, axis), name="ReverseTime", supports_step=False)
+    flip = StackOp(lambda x: reverse_time(x, axis), name="ReverseTime", supports_step=False)
     merge = Concatenate() if merge_layer is None else merge_layer
     return Serial(Branch(forward_layer, Serial(flip, backward_layer, flip)), merge, name="Bidirectional")
