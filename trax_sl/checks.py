@@ -27,6 +27,13 @@ def check_positive(where: str, **values) -> None:
             raise ValueError(f"{where}: {key} must be an integer >= 1, got {key}={value!r}")
 
 
+def check_mode_name(where: str, **values) -> None:
+    """Raises TypeError unless every value is a string naming a mode (e.g. a padding: 'causal')."""
+    for key, value in values.items():
+        if not isinstance(value, str):
+            raise TypeError(f"{where}: {key} must be a mode name, got {key}={value!r}")
+
+
 def check_non_negative(where: str, **values) -> None:
     """Raises ValueError unless every value is an integer >= 0 (a count that may be zero)."""
     for key, value in values.items():

@@ -107,6 +107,35 @@ def dot_product_attention(
     return jnp.einsum("...qk,...kd->...qd", probabilities.astype(values.dtype), values)
 
 
+def attend_options(
+    layer_name: str,
+    mode: str,
+    rng,
+    *,
+    dropout_rate: float,
+    soft_cap: float | None,
+    broadcast_dropout_across_queries: bool,
+    zero_fully_masked: bool,
+    query_scale: float | None,
+) -> dict:
+    """`dot_product_attention`'s keywords for a layer in `mode` (dropout only in 'train', where it needs `rng`)."""
+    dropout = dropout_rate if mode == "train" else 0.0
+    if dropout > 0.0 and rng is None:
+        raise ValueError(
+            f"{layer_name}: mode='train' with attention_probabilities_dropout_rate={dropout} needs an rng, got None"
+        )
+    options = {
+        "soft_cap": soft_cap,
+        "dropout_rate": dropout,
+        "broadcast_dropout_across_queries": broadcast_dropout_across_queries,
+        "rng": rng,
+        "zero_fully_masked": zero_fully_masked,
+    }
+    if query_scale is not None:
+        options["scale"] = query_scale
+    return options
+
+
 def multihead_attention(queries, keys, values, visible, **attend_kwargs):
     """Attention on SequenceLayers' head layout, with grouped key/value heads.
 

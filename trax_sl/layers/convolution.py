@@ -315,8 +315,7 @@ def Conv1d(  # noqa: N802
 
     Predict mode: the state holds the last `buffer_width` input steps and their mask.
     """
-    for key, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation_rate", dilation_rate)):
-        checks.check_positive("Conv1d", **{key: value})
+    checks.check_positive("Conv1d", kernel_size=kernel_size, stride=stride, dilation_rate=dilation_rate)
     return Conv(
         filters,
         (kernel_size,),
@@ -434,15 +433,14 @@ class DepthwiseConv1D(Convolution):
         mode: str = "train",
         name: str | None = None,
     ):
-        for key, value in (
-            ("kernel_size", kernel_size),
-            ("strides", strides),
-            ("dilation_rate", dilation_rate),
-            ("depth_multiplier", depth_multiplier),
-        ):
-            checks.check_positive("DepthwiseConv1D", **{key: value})
-        if not isinstance(padding, str):
-            raise TypeError(f"DepthwiseConv1D: padding must be a mode name, got padding={padding!r}")
+        checks.check_positive(
+            "DepthwiseConv1D",
+            kernel_size=kernel_size,
+            strides=strides,
+            dilation_rate=dilation_rate,
+            depth_multiplier=depth_multiplier,
+        )
+        checks.check_mode_name("DepthwiseConv1D", padding=padding)
         super().__init__(
             "DepthwiseConv1D",
             (kernel_size,),
@@ -500,8 +498,7 @@ class Conv2D(Convolution):
         mode: str = "train",
         name: str | None = None,
     ):
-        if not isinstance(time_padding, str):
-            raise TypeError(f"Conv2D: time_padding must be a mode name, got time_padding={time_padding!r}")
+        checks.check_mode_name("Conv2D", time_padding=time_padding)
         super().__init__(
             "Conv2D",
             checks.positive_ints("Conv2D", "kernel_size", kernel_size, 2),

@@ -225,18 +225,13 @@ class DotProductAttention(base.Layer):
         return seq.like_input(seq.Sequence(y, x.mask), was_sequence), tuple(new_state)
 
     def _attend_kwargs(self, rng) -> dict:
-        dropout = self._dropout_rate if self._mode == "train" else 0.0
-        if dropout > 0.0 and rng is None:
-            raise ValueError(
-                f"{self.name}: mode='train' with attention_probabilities_dropout_rate={dropout} needs an rng"
-            )
-        kwargs = {
-            "soft_cap": self._soft_cap,
-            "dropout_rate": dropout,
-            "broadcast_dropout_across_queries": self._broadcast_dropout,
-            "rng": rng,
-            "zero_fully_masked": self._zero_fully_masked,
-        }
-        if self._query_scale is not None:
-            kwargs["scale"] = self._query_scale
-        return kwargs
+        return attention_core.attend_options(
+            self.name,
+            self._mode,
+            rng,
+            dropout_rate=self._dropout_rate,
+            soft_cap=self._soft_cap,
+            broadcast_dropout_across_queries=self._broadcast_dropout,
+            zero_fully_masked=self._zero_fully_masked,
+            query_scale=self._query_scale,
+        )

@@ -47,14 +47,8 @@ class Conv1D(Convolution):
         name: str | None = None,
         mode: str = "train",
     ):
-        for key, value in (
-            ("kernel_size", kernel_size),
-            ("strides", strides),
-            ("dilation_rate", dilation_rate),
-        ):
-            checks.check_positive("Conv1D", **{key: value})
-        if not isinstance(padding, str):
-            raise TypeError(f"Conv1D: padding must be a mode name, got padding={padding!r}")
+        checks.check_positive("Conv1D", kernel_size=kernel_size, strides=strides, dilation_rate=dilation_rate)
+        checks.check_mode_name("Conv1D", padding=padding)
         super().__init__(
             "Conv1D",
             (kernel_size,),
