@@ -83,6 +83,12 @@ def of(layer) -> StreamingSpec:
     )
 
 
+def _inputs_for_multiple(n: int, ratio: fractions.Fraction) -> int:
+    """The smallest count b of input steps for which b * ratio is a multiple of n."""
+    needed = n * ratio.denominator
+    return needed // math.gcd(needed, ratio.numerator)
+
+
 def serial(specs: Iterable[StreamingSpec]) -> StreamingSpec:
     """The spec of layers applied one after another.
 
@@ -97,13 +103,9 @@ def serial(specs: Iterable[StreamingSpec]) -> StreamingSpec:
     steps = True
     period = 1
     for spec in specs:
-        # An input latency L reaches this layer as L * ratio (Serial aligns the rest):
-        # the smallest L for which that is a multiple of the layer's period.
-        needed = spec.latency_period * ratio.denominator
-        period = math.lcm(period, needed // math.gcd(needed, ratio.numerator))
-        # Smallest b with b * ratio a multiple of spec.block_size.
-        needed = spec.block_size * ratio.denominator
-        block = math.lcm(block, needed // math.gcd(needed, ratio.numerator))
+        block = math.lcm(block, _inputs_for_multiple(spec.block_size, ratio))
+        # An input latency L reaches this layer as L * ratio (Serial aligns the rest).
+        period = math.lcm(period, _inputs_for_multiple(spec.latency_period, ratio))
         input_latency += ceil_latency(spec.input_latency / ratio)
         output_latency = output_latency * spec.output_ratio + spec.output_latency
         spec_past, spec_future = spec.receptive_field
