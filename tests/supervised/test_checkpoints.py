@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -185,7 +186,9 @@ def test_a_restarted_loop_ends_as_an_uninterrupted_one(tmp_path):
     straight.run(20)
 
     stopped = make_loop(str(tmp_path / "stopped"), random_seed=0)
-    stopped.run(17)  # Checkpoint at 15, logged at 10; steps 16 and 17 are lost.
+    stopped.run(17)  # Checkpoints at 15 and 17 (the step run stops at), logged at 10.
+    # Killed before run's final save: the checkpoint of step 17 never happened, steps 16 and 17 are lost.
+    shutil.rmtree(tmp_path / "stopped" / "checkpoints" / "step_00000017")
     with open(tmp_path / "stopped" / "metrics.jsonl", "a") as f:
         f.write('{"step": 17, "train/lo')  # A line cut short by the crash.
     resumed = make_loop(str(tmp_path / "stopped"), random_seed=1)  # The checkpoint's weights and rng win.
@@ -197,6 +200,18 @@ def test_a_restarted_loop_ends_as_an_uninterrupted_one(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, straight.model.weights, resumed.model.weights)
     for mode, metric in [("train", "metrics/loss"), ("eval", "metrics/loss"), ("eval", "metrics/accuracy")]:
         assert straight.history.get(mode, metric) == resumed.history.get(mode, metric)
+
+
+def test_a_run_that_stops_between_checkpoints_resumes_where_it_stopped(tmp_path):
+    straight = make_loop(str(tmp_path / "straight"), random_seed=0)
+    straight.run(20)
+    stopped = make_loop(str(tmp_path / "stopped"), random_seed=0)
+    stopped.run(17)
+    resumed = make_loop(str(tmp_path / "stopped"), random_seed=1)
+    assert resumed.step == 17
+    resumed.run(3)
+    assert metrics_rows(tmp_path / "straight") == metrics_rows(tmp_path / "stopped")
+    jax.tree.map(np.testing.assert_array_equal, straight.model.weights, resumed.model.weights)
 
 
 def test_the_model_file_of_a_checkpoint_loads_with_init_from_file(tmp_path):

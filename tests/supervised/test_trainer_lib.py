@@ -101,6 +101,21 @@ def test_train_from_trax_style_gin_bindings_then_resume(tmp_path):
     ]
 
 
+def test_the_step_a_run_stops_at_is_saved_and_a_finished_run_says_so(tmp_path, capsys):
+    """Issue 14: 13 steps with checkpoints every 10 used to end with step 10 saved, and a rerun was silent."""
+    gin.parse_config(TRAX_STYLE_BINDINGS)
+    loop = trainer_lib.train(output_dir=str(tmp_path), steps=13)
+    saved = sorted(name for name in os.listdir(tmp_path / "checkpoints") if name.startswith("step_"))
+    assert saved[-1] == "step_00000013"
+    capsys.readouterr()
+    again = trainer_lib.train(output_dir=str(tmp_path), steps=13)
+    out = capsys.readouterr().out
+    assert f"Restored step 13 from {tmp_path}" in out
+    assert "Stop training, already reached the total training steps 13" in out
+    assert again.step == 13
+    jax.tree.map(np.testing.assert_array_equal, again.model.weights, loop.model.weights)
+
+
 def test_a_gin_typo_names_the_parameter():
     with pytest.raises(ValueError, match="Configurable 'train' doesn't have a parameter named 'stepz'"):
         gin.parse_config("train.stepz = 3")
@@ -138,7 +153,8 @@ def test_checkpoint_lowest_and_fine_tuning_from_a_checkpoint(tmp_path):
     )
     start, _ = TinyCopyLM().init_from_file(str(lowest / "model.weights"))
     jax.tree.map(np.testing.assert_array_equal, tuned.model.weights, start)
-    assert not os.path.exists(tmp_path / "tuned" / "checkpoints")  # eval_frequency None: no checkpoints.
+    # eval_frequency None: no periodic checkpoints, only the step the run stops at (issue 14).
+    assert os.listdir(tmp_path / "tuned" / "checkpoints") == ["step_00000002"]
 
 
 def test_what_trax_sl_does_not_provide_is_refused_clearly(tmp_path):

@@ -22,7 +22,6 @@ from collections.abc import Callable
 
 import gin
 import jax
-from absl import logging
 
 from trax_sl import layers as tl
 from trax_sl import optimizers as trax_opt
@@ -195,9 +194,13 @@ def train(
         n_checkpoints_to_keep=n_checkpoints_to_keep,
         progress_bar=progress_bar,
     )
+    chief = jax.process_index() == 0
+    if loop.step and chief:  # Shown at any log level, as Trax prints them.
+        print(f"Restored step {loop.step} from {output_dir}", flush=True)
     steps_to_go = steps - loop.step
     if steps_to_go <= 0:
-        logging.info("Stop training, already reached the total training steps %d", steps)
+        if chief:
+            print(f"Stop training, already reached the total training steps {steps}", flush=True)
         return loop
     loop.run(steps_to_go)
     return loop

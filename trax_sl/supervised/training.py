@@ -102,7 +102,8 @@ class Loop:
             output_dir: Where checkpoints, metrics.jsonl, event files and
                 config.gin go; None to write nothing.
             checkpoint_at: Function step -> bool; by default at step 1 and
-                every `tasks[0].n_steps_per_checkpoint` steps.
+                every `tasks[0].n_steps_per_checkpoint` steps. The step each
+                `run` stops at is saved too (with an output_dir).
             checkpoint_low_metric: Name of an eval metric: when it reaches a new
                 low at a checkpoint step, the checkpoint `lowest_<name>` is written.
             checkpoint_high_metric: The same for a new high (`highest_<name>`).
@@ -168,6 +169,7 @@ class Loop:
         self._checkpoint_high_metric = checkpoint_high_metric
 
         self._step = 0
+        self._saved_step = 0  # The newest step checkpoint written or restored (0: none).
         self._history = History()
         self._logger = MetricsLogger(self._output_dir, self._history, self._write_line, self._is_chief)
         self._last_log_time, self._last_log_step = time.time(), 0
@@ -284,6 +286,9 @@ class Loop:
             finally:
                 self._bar = None
         self._sync_models()
+        if self._output_dir is not None and self._saved_step != self._step:
+            # The step a run stops at is always saved: a restart must not train it again.
+            self.save_checkpoint()
 
     def _run_one_step(self, task_index: int) -> None:
         step = self._step
@@ -411,6 +416,8 @@ class Loop:
             return
         for trainer in self._trainers:  # Saved so that a resumed run logs the same mean losses.
             trainer.pending_losses = [float(x) for x in jax.device_get(trainer.pending_losses)]
+        if basename is None:
+            self._saved_step = self._step
         if not self._is_chief:
             return
         metadata = {
@@ -488,6 +495,7 @@ class Loop:
         self._history = History.from_dict(metadata.get("history", {}))
         self._logger.history = self._history
         self._last_log_step = self._step
+        self._saved_step = self._step
         if resuming and self._is_chief:
             self._logger.resume_at(self._step)
         self._sync_models()
