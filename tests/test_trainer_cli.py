@@ -17,6 +17,8 @@ import trax_sl
 from trax_sl import layers as tl
 from trax_sl import trainer
 
+from .supervised.test_dir_lock import HOLDER as LOCK_HOLDER
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(trax_sl.__file__)))
 STEPS = 40
 
@@ -192,6 +194,26 @@ def test_killed_with_sigkill_and_restarted_it_ends_as_an_uninterrupted_run(workd
     assert result.returncode == 0, result.stderr
     assert metrics_rows(output_dir) == metrics_rows(reference_dir)
     jax.tree.map(np.testing.assert_array_equal, final_weights(output_dir), final_weights(reference_dir))
+
+
+def test_a_second_trainer_on_a_busy_output_dir_exits_1_naming_the_first(workdir, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(tmp_path)],
+        env=cli_env(workdir),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        result = run_cli(workdir, f"--output_dir={tmp_path}")
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"OutputDirInUse: {tmp_path} is in use by another trainer (host " in result.stderr
+    assert f"pid {holder.pid}" in result.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_a_gin_typo_exits_1_naming_it_without_a_traceback(workdir, tmp_path):

@@ -30,7 +30,7 @@ from absl import app, flags, logging
 
 # Imported for their gin configurables, so that configs can name them.
 from trax_sl import data, layers, optimizers  # noqa: F401
-from trax_sl.supervised import checkpoints, lr_schedules, trainer_lib  # noqa: F401
+from trax_sl.supervised import checkpoints, dir_lock, lr_schedules, trainer_lib  # noqa: F401
 
 FLAGS = flags.FLAGS
 
@@ -126,7 +126,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _is_config_error(error: BaseException) -> bool:
-    if isinstance(error, (ConfigError, OSError, checkpoints.CheckpointError)):
+    if isinstance(error, (ConfigError, OSError, checkpoints.CheckpointError, dir_lock.OutputDirInUse)):
         return True
     # gin's error for a gin.REQUIRED parameter left unset.
     return isinstance(error, RuntimeError) and "Required bindings" in str(error)

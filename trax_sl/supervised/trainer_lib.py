@@ -18,6 +18,7 @@ checkpoint and stops at `steps`.
 from __future__ import annotations
 
 import collections
+import contextlib
 from collections.abc import Callable
 
 import gin
@@ -25,7 +26,7 @@ import jax
 
 from trax_sl import layers as tl
 from trax_sl import optimizers as trax_opt
-from trax_sl.supervised import lr_schedules, training
+from trax_sl.supervised import dir_lock, lr_schedules, training
 
 _DEFAULT_METRICS = {
     "loss": tl.WeightedCategoryCrossEntropy(),
@@ -90,7 +91,8 @@ def train(
 
     Args:
         output_dir: Directory for checkpoints, metrics.jsonl, event files and
-            config.gin; a run started again there resumes.
+            config.gin; a run started again there resumes. The run holds a
+            lock on it (`dir_lock`): a second run there raises OutputDirInUse.
         model: A function `mode -> Layer` (e.g. `trax_sl.models.TransformerLM`);
             called with mode='train' and mode='eval'.
         loss_fn: The loss layer, on `(model_output, targets, weights)`.
@@ -168,39 +170,41 @@ def train(
             for stream in additional_eval_streams or []
         ]
 
-    model_train = model(mode="train")
-    model_eval = model(mode="eval")
-    if init_checkpoint:
-        model_train.init_from_file(init_checkpoint, weights_only=True)
-        model_eval.weights = model_train.weights
-    loop = training.Loop(
-        model_train,
-        [train_task, *(additional_train_tasks or [])],
-        eval_model=model_eval,
-        eval_tasks=eval_tasks or None,
-        output_dir=output_dir,
-        checkpoint_at=None if checkpoints_at is None else (lambda step: step in checkpoints_at),
-        checkpoint_low_metric=checkpoint_lowest,
-        checkpoint_high_metric=checkpoint_highest,
-        permanent_checkpoint_at=(
-            None if permanent_checkpoints_at is None else (lambda step: step in permanent_checkpoints_at)
-        ),
-        n_devices=n_devices,
-        random_seed=random_seed,
-        loss_chunk_size=loss_chunk_size,
-        use_memory_efficient_trainer=use_memory_efficient_trainer,
-        adasum=adasum,
-        callbacks=callbacks,
-        n_checkpoints_to_keep=n_checkpoints_to_keep,
-        progress_bar=progress_bar,
-    )
-    chief = jax.process_index() == 0
-    if loop.step and chief:  # Shown at any log level, as Trax prints them.
-        print(f"Restored step {loop.step} from {output_dir}", flush=True)
-    steps_to_go = steps - loop.step
-    if steps_to_go <= 0:
-        if chief:
-            print(f"Stop training, already reached the total training steps {steps}", flush=True)
+    # One writer per output_dir (process 0 of a multi-process run holds the lock).
+    holds_lock = output_dir is not None and jax.process_index() == 0
+    with dir_lock.hold(output_dir) if holds_lock else contextlib.nullcontext():
+        model_train = model(mode="train")
+        model_eval = model(mode="eval")
+        if init_checkpoint:
+            model_train.init_from_file(init_checkpoint, weights_only=True)
+            model_eval.weights = model_train.weights
+        loop = training.Loop(
+            model_train,
+            [train_task, *(additional_train_tasks or [])],
+            eval_model=model_eval,
+            eval_tasks=eval_tasks or None,
+            output_dir=output_dir,
+            checkpoint_at=None if checkpoints_at is None else (lambda step: step in checkpoints_at),
+            checkpoint_low_metric=checkpoint_lowest,
+            checkpoint_high_metric=checkpoint_highest,
+            permanent_checkpoint_at=(
+                None if permanent_checkpoints_at is None else (lambda step: step in permanent_checkpoints_at)
+            ),
+            n_devices=n_devices,
+            random_seed=random_seed,
+            loss_chunk_size=loss_chunk_size,
+            use_memory_efficient_trainer=use_memory_efficient_trainer,
+            adasum=adasum,
+            callbacks=callbacks,
+            n_checkpoints_to_keep=n_checkpoints_to_keep,
+            progress_bar=progress_bar,
+        )
+        if loop.step and holds_lock:  # Shown at any log level, as Trax prints them.
+            print(f"Restored step {loop.step} from {output_dir}", flush=True)
+        steps_to_go = steps - loop.step
+        if steps_to_go <= 0:
+            if holds_lock:
+                print(f"Stop training, already reached the total training steps {steps}", flush=True)
+            return loop
+        loop.run(steps_to_go)
         return loop
-    loop.run(steps_to_go)
-    return loop
