@@ -196,6 +196,38 @@ def test_killed_with_sigkill_and_restarted_it_ends_as_an_uninterrupted_run(workd
     jax.tree.map(np.testing.assert_array_equal, final_weights(output_dir), final_weights(reference_dir))
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_preempted_run_saves_says_so_and_resumes_as_an_uninterrupted_run(workdir, reference_run, signum):
+    reference_dir, _ = reference_run
+    output_dir = workdir / f"preempted_{signum}"
+    process = subprocess.Popen(
+        cli_command(workdir, f"--output_dir={output_dir}"),
+        env=cli_env(workdir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint = output_dir / "checkpoints" / "step_00000010"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    name = signal.Signals(signum).name
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"trax_sl.trainer: stopped by {name} after step "), stderr
+    step = int(line.split("after step ")[1].split(";")[0])
+    assert line.endswith(f"saved checkpoint step_{step:08d}; run again to resume")
+    assert (output_dir / "checkpoints" / f"step_{step:08d}").is_dir()
+
+    result = run_cli(workdir, f"--output_dir={output_dir}")
+    assert result.returncode == 0, result.stderr
+    assert f"Restored step {step} from {output_dir}" in result.stdout
+    assert metrics_rows(output_dir) == metrics_rows(reference_dir)
+    jax.tree.map(np.testing.assert_array_equal, final_weights(output_dir), final_weights(reference_dir))
+
+
 def test_a_second_trainer_on_a_busy_output_dir_exits_1_naming_the_first(workdir, tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", LOCK_HOLDER, str(tmp_path)],

@@ -30,7 +30,7 @@ from absl import app, flags, logging
 
 # Imported for their gin configurables, so that configs can name them.
 from trax_sl import data, layers, optimizers  # noqa: F401
-from trax_sl.supervised import checkpoints, dir_lock, lr_schedules, trainer_lib  # noqa: F401
+from trax_sl.supervised import checkpoints, dir_lock, lr_schedules, preemption, trainer_lib  # noqa: F401
 
 FLAGS = flags.FLAGS
 
@@ -144,6 +144,9 @@ def main(argv) -> None:
             jax.config.update("jax_disable_jit", True)
         kwargs = {} if FLAGS.progress_bar is None else {"progress_bar": FLAGS.progress_bar}
         trainer_lib.train(output_dir=_output_dir_or_default(), **kwargs)
+    except preemption.Preempted as e:
+        print(f"trax_sl.trainer: {e.summary}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
     except Exception as e:
         if not _is_config_error(e):
             raise

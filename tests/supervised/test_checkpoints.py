@@ -146,7 +146,7 @@ def copy_inputs():
     )
 
 
-def make_loop(output_dir, random_seed=None):
+def make_loop(output_dir, random_seed=None, callbacks=None):
     """Evals and logs every 10 steps, checkpoints every 5: checkpoints at 15 hold unlogged losses."""
     inputs = copy_inputs()
     # A plain iterator (advanced on resume) for training, a restartable function for evals.
@@ -170,6 +170,7 @@ def make_loop(output_dir, random_seed=None):
         output_dir=output_dir,
         eval_at=lambda step: step % 10 == 0,
         random_seed=random_seed,
+        callbacks=callbacks,
     )
 
 

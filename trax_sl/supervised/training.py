@@ -50,7 +50,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from trax_sl import layers as tl
-from trax_sl.supervised import checkpoints, task_runners, train_step
+from trax_sl.supervised import checkpoints, preemption, task_runners, train_step
 from trax_sl.supervised.history import History
 from trax_sl.supervised.metrics_log import MetricsLogger, Scalar
 from trax_sl.supervised.tasks import EvalTask, TrainTask
@@ -270,11 +270,17 @@ class Loop:
     # --- Training -----------------------------------------------------------------------------
 
     def run(self, n_steps: int = 1) -> None:
-        """Runs `n_steps` training steps, with evals, logging and checkpoints where due."""
+        """Runs `n_steps` training steps, with evals, logging and checkpoints where due.
+
+        The step it stops at is saved (with an output_dir). A SIGTERM or SIGINT
+        stops it after the current step: it saves and raises
+        `preemption.Preempted`; a second signal aborts at once.
+        """
         if self._is_chief:
             self._logger.save_gin_config(gin.operative_config_str(), self._step)
         disable = not self._is_chief or (None if self._progress_bar is None else not self._progress_bar)
-        with tqdm.tqdm(total=n_steps, disable=disable, unit="step", dynamic_ncols=True) as bar:
+        stop = preemption.StopOnSignals(jax.process_count())
+        with tqdm.tqdm(total=n_steps, disable=disable, unit="step", dynamic_ncols=True) as bar, stop:
             self._bar = bar
             try:
                 for _ in range(n_steps):
@@ -283,12 +289,18 @@ class Loop:
                     self._run_one_step(task_index)
                     bar.update(1)
                     self._after_step()
+                    if stop.requested():
+                        break
             finally:
                 self._bar = None
-        self._sync_models()
-        if self._output_dir is not None and self._saved_step != self._step:
-            # The step a run stops at is always saved: a restart must not train it again.
-            self.save_checkpoint()
+            self._sync_models()
+            if self._output_dir is not None and self._saved_step != self._step:
+                # The step a run stops at is always saved: a restart must not train it again.
+                self.save_checkpoint()
+        if stop.signum is not None:
+            self._logger.close()  # Event files flushed; metrics.jsonl is written line by line.
+            saved = None if self._output_dir is None else checkpoints.step_name(self._step)
+            raise preemption.Preempted(stop.signum, self._step, saved)
 
     def _run_one_step(self, task_index: int) -> None:
         step = self._step

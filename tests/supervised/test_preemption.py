@@ -1,0 +1,59 @@
+"""SIGTERM / SIGINT stop a run at a step boundary, save it, and the resumed run equals an uninterrupted one."""
+
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from trax_sl.supervised import callbacks, preemption
+
+from .test_checkpoints import make_loop, metrics_rows
+
+
+def signal_at(step: int, *signums: int):
+    """A callback class that sends `signums` to this process during `step`."""
+
+    class Signal(callbacks.TrainingStepCallback):
+        def call_at(self, at):
+            return at == step
+
+        def on_step_begin(self, at):
+            pass
+
+        def on_step_end(self, at):
+            for signum in signums:
+                os.kill(os.getpid(), signum)
+
+    return Signal
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_after_the_step_saves_it_and_the_resumed_run_is_the_same(tmp_path, signum):
+    straight = make_loop(str(tmp_path / "straight"), random_seed=0)
+    straight.run(20)
+
+    stopped = make_loop(str(tmp_path / "stopped"), random_seed=0, callbacks=[signal_at(12, signum)])
+    before = signal.getsignal(signum)
+    with pytest.raises(preemption.Preempted) as stop:
+        stopped.run(20)
+    assert signal.getsignal(signum) == before  # The loop's handlers are gone again.
+    name = signal.Signals(signum).name
+    assert str(stop.value) == f"stopped by {name} after step 12; saved checkpoint step_00000012; run again to resume"
+    assert stop.value.exit_code == 128 + signum
+    assert os.path.isdir(tmp_path / "stopped" / "checkpoints" / "step_00000012")
+
+    resumed = make_loop(str(tmp_path / "stopped"), random_seed=1)
+    assert resumed.step == 12
+    resumed.run(8)
+    assert metrics_rows(tmp_path / "straight") == metrics_rows(tmp_path / "stopped")
+    jax.tree.map(np.testing.assert_array_equal, straight.model.weights, resumed.model.weights)
+
+
+def test_a_second_sigint_aborts_at_once(tmp_path):
+    loop = make_loop(str(tmp_path), random_seed=0, callbacks=[signal_at(3, signal.SIGINT, signal.SIGINT)])
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(20)
+    assert loop.step == 3  # Interrupted inside step 3: nothing saved after it.
+    assert not os.path.exists(tmp_path / "checkpoints" / "step_00000003")
