@@ -203,16 +203,20 @@ def test_a_restarted_loop_ends_as_an_uninterrupted_one(tmp_path):
         assert straight.history.get(mode, metric) == resumed.history.get(mode, metric)
 
 
-def test_a_run_that_stops_between_checkpoints_resumes_where_it_stopped(tmp_path):
+def resume_to_20_steps_as_an_uninterrupted_run(tmp_path, stopped_at: int) -> None:
+    """Resumes the run in tmp_path/'stopped' (expected at `stopped_at`) to step 20; checks it equals a straight run."""
     straight = make_loop(str(tmp_path / "straight"), random_seed=0)
     straight.run(20)
-    stopped = make_loop(str(tmp_path / "stopped"), random_seed=0)
-    stopped.run(17)
-    resumed = make_loop(str(tmp_path / "stopped"), random_seed=1)
-    assert resumed.step == 17
-    resumed.run(3)
+    resumed = make_loop(str(tmp_path / "stopped"), random_seed=1)  # The checkpoint's weights and rng win.
+    assert resumed.step == stopped_at
+    resumed.run(20 - stopped_at)
     assert metrics_rows(tmp_path / "straight") == metrics_rows(tmp_path / "stopped")
     jax.tree.map(np.testing.assert_array_equal, straight.model.weights, resumed.model.weights)
+
+
+def test_a_run_that_stops_between_checkpoints_resumes_where_it_stopped(tmp_path):
+    make_loop(str(tmp_path / "stopped"), random_seed=0).run(17)
+    resume_to_20_steps_as_an_uninterrupted_run(tmp_path, stopped_at=17)
 
 
 def test_the_model_file_of_a_checkpoint_loads_with_init_from_file(tmp_path):

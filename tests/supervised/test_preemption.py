@@ -3,13 +3,11 @@
 import os
 import signal
 
-import jax
-import numpy as np
 import pytest
 
 from trax_sl.supervised import callbacks, preemption
 
-from .test_checkpoints import make_loop, metrics_rows
+from .test_checkpoints import make_loop, resume_to_20_steps_as_an_uninterrupted_run
 
 
 def signal_at(step: int, *signums: int):
@@ -31,9 +29,6 @@ def signal_at(step: int, *signums: int):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_after_the_step_saves_it_and_the_resumed_run_is_the_same(tmp_path, signum):
-    straight = make_loop(str(tmp_path / "straight"), random_seed=0)
-    straight.run(20)
-
     stopped = make_loop(str(tmp_path / "stopped"), random_seed=0, callbacks=[signal_at(12, signum)])
     before = signal.getsignal(signum)
     with pytest.raises(preemption.Preempted) as stop:
@@ -44,11 +39,7 @@ def test_a_signal_stops_after_the_step_saves_it_and_the_resumed_run_is_the_same(
     assert stop.value.exit_code == 128 + signum
     assert os.path.isdir(tmp_path / "stopped" / "checkpoints" / "step_00000012")
 
-    resumed = make_loop(str(tmp_path / "stopped"), random_seed=1)
-    assert resumed.step == 12
-    resumed.run(8)
-    assert metrics_rows(tmp_path / "straight") == metrics_rows(tmp_path / "stopped")
-    jax.tree.map(np.testing.assert_array_equal, straight.model.weights, resumed.model.weights)
+    resume_to_20_steps_as_an_uninterrupted_run(tmp_path, stopped_at=12)
 
 
 def test_a_second_sigint_aborts_at_once(tmp_path):

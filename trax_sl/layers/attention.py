@@ -25,6 +25,7 @@ import numpy as np
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
 from trax_sl.layers import attention_core, base, combinators, convolution, core, streaming
+from trax_sl.layers import rng as rng_lib
 from trax_sl.layers.position import PositionalEncoding  # noqa: F401 (Trax keeps it in attention)
 
 # --- Masks ---------------------------------------------------------------------
@@ -202,11 +203,7 @@ class _Heads(base.Layer):
 
 
 def _dropout_rate(layer: base.Layer, dropout: float, rng) -> float:
-    if layer.mode != "train" or dropout == 0.0:
-        return 0.0
-    if rng is None:
-        raise ValueError(f"{layer.name}: mode='train' with dropout={dropout} needs an rng, got None")
-    return dropout
+    return rng_lib.train_rate(layer.name, layer.mode, rng, dropout=dropout)
 
 
 class DotProductAttention(base.Layer):

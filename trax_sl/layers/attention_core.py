@@ -35,6 +35,7 @@ import numpy as np
 
 from trax_sl import sequence as seq
 from trax_sl import shapes
+from trax_sl.layers import rng as rng_lib
 
 # SequenceLayers' and Trax's logit for invisible keys; finite, so a query that
 # sees nothing gets a uniform average instead of NaN.
@@ -119,11 +120,7 @@ def attend_options(
     query_scale: float | None,
 ) -> dict:
     """`dot_product_attention`'s keywords for a layer in `mode` (dropout only in 'train', where it needs `rng`)."""
-    dropout = dropout_rate if mode == "train" else 0.0
-    if dropout > 0.0 and rng is None:
-        raise ValueError(
-            f"{layer_name}: mode='train' with attention_probabilities_dropout_rate={dropout} needs an rng, got None"
-        )
+    dropout = rng_lib.train_rate(layer_name, mode, rng, attention_probabilities_dropout_rate=dropout_rate)
     options = {
         "soft_cap": soft_cap,
         "dropout_rate": dropout,

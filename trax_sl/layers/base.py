@@ -90,10 +90,6 @@ def as_signature(inputs):
     return shapes.signature(inputs)
 
 
-def _has_predict_mode_sublayer(layer: Layer) -> bool:
-    return any(sub.mode == "predict" or _has_predict_mode_sublayer(sub) for sub in layer.sublayers)
-
-
 class Layer:
     """Base class of layers: a function from stack items to stack items.
 
@@ -188,6 +184,15 @@ class Layer:
             spec = self._streaming_spec_memo = self.streaming_spec
         return spec
 
+    def _has_predict_mode_sublayer(self) -> bool:
+        # Memoised like the spec: modes and sublayers are fixed once built (with_mode makes twins).
+        found = self.__dict__.get("_predict_inside_memo")
+        if found is None:
+            found = self._predict_inside_memo = any(
+                sub.mode == "predict" or sub._has_predict_mode_sublayer() for sub in self.sublayers
+            )
+        return found
+
     @property
     def block_size(self) -> int:
         """Time steps of input per predict-mode step (blocks are multiples)."""
@@ -250,7 +255,7 @@ class Layer:
             self._check_arity(x)
             if self._mode == "predict":
                 streaming.check_predict_mode(self, x)
-            elif top_level and _has_predict_mode_sublayer(self):
+            elif top_level and self._has_predict_mode_sublayer():
                 # The outermost layer that receives the block names the block size the
                 # whole model needs (an inner layer would name its own, smaller one).
                 streaming.check_block(self, x)
@@ -462,6 +467,7 @@ class Layer:
                 new._mode = mode
                 new._jitted_pure_fn = None
                 new._streaming_spec_memo = None
+                new._predict_inside_memo = None
                 memo[id(layer)] = new
                 new._sublayers = tuple(twin(sub) for sub in layer._sublayers)
                 if new._sublayers_to_print is not None:

@@ -24,3 +24,17 @@ def split_rng(rng, n: int):
     if rng is None:
         return [None] * n
     return [jax.random.fold_in(rng, i) for i in range(n)]
+
+
+def train_rate(where: str, mode: str, rng, **rate) -> float:
+    """The dropout-like rate to apply: `rate`'s one value in 'train' mode, else 0.0.
+
+    Raises:
+      ValueError: a non-zero rate in 'train' mode without an rng (naming `where` and the field).
+    """
+    ((key, value),) = rate.items()
+    if mode != "train" or value == 0.0:
+        return 0.0
+    if rng is None:
+        raise ValueError(f"{where}: mode='train' with {key}={value} needs an rng, got None")
+    return value

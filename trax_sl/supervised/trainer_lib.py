@@ -171,8 +171,8 @@ def train(
         ]
 
     # One writer per output_dir (process 0 of a multi-process run holds the lock).
-    holds_lock = output_dir is not None and jax.process_index() == 0
-    with dir_lock.hold(output_dir) if holds_lock else contextlib.nullcontext():
+    chief = jax.process_index() == 0
+    with dir_lock.hold(output_dir) if output_dir is not None and chief else contextlib.nullcontext():
         model_train = model(mode="train")
         model_eval = model(mode="eval")
         if init_checkpoint:
@@ -199,11 +199,11 @@ def train(
             n_checkpoints_to_keep=n_checkpoints_to_keep,
             progress_bar=progress_bar,
         )
-        if loop.step and holds_lock:  # Shown at any log level, as Trax prints them.
+        if loop.step and chief:  # Shown at any log level, as Trax prints them.
             print(f"Restored step {loop.step} from {output_dir}", flush=True)
         steps_to_go = steps - loop.step
         if steps_to_go <= 0:
-            if holds_lock:
+            if chief:
                 print(f"Stop training, already reached the total training steps {steps}", flush=True)
             return loop
         loop.run(steps_to_go)

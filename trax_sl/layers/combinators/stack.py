@@ -131,13 +131,17 @@ class Serial(Layer):
         """
         latencies = [fractions.Fraction(0)] * self.n_in
         for layer in self.sublayers:
-            inputs = latencies[: layer.n_in]
-            if len(set(inputs)) > 1:
+            if len(set(latencies[: layer.n_in])) > 1:
                 return False
-            start = inputs[0] if inputs else fractions.Fraction(0)
-            out = start * layer.output_ratio + layer.output_latency
-            latencies = [out] * layer.n_out + latencies[layer.n_in :]
+            latencies = _latencies_after(layer, latencies)
         return True
+
+
+def _latencies_after(layer: Layer, latencies: list) -> list:
+    """The step-wise latency of each stack item after `layer` (its inputs at one latency)."""
+    start = latencies[0] if layer.n_in else fractions.Fraction(0)
+    out = start * layer.output_ratio + layer.output_latency
+    return [out] * layer.n_out + latencies[layer.n_in :]
 
 
 def _in_phase(layers: tuple[Layer, ...], n_in: int) -> tuple[Layer, ...]:
@@ -157,16 +161,15 @@ def _in_phase(layers: tuple[Layer, ...], n_in: int) -> tuple[Layer, ...]:
         phased = []
         for layer in layers:
             inputs = latencies[: layer.n_in]
-            start = inputs[0] if inputs else fractions.Fraction(0)
-            behind = -start % layer.latency_period
+            behind = -inputs[0] % layer.latency_period if inputs else 0
             if behind and len(set(inputs)) == 1:
                 mode = built_mode([layer])
                 delays = [delay.Delay(int(behind), delay_layer_output=False, mode=mode) for _ in inputs]
-                phased.append(delays[0] if len(delays) == 1 else Parallel(*delays))
-                start += behind
+                realign = delays[0] if len(delays) == 1 else Parallel(*delays)
+                phased.append(realign)
+                latencies = _latencies_after(realign, latencies)
             phased.append(layer)
-            out = start * layer.output_ratio + layer.output_latency
-            latencies = [out] * layer.n_out + latencies[layer.n_in :]
+            latencies = _latencies_after(layer, latencies)
     except ValueError:  # Sublayers that cannot stream (e.g. branches whose output ratios differ).
         return layers
     return tuple(phased)
