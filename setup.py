@@ -38,6 +38,8 @@ setup(
         "optax>=0.2.3",
         "tqdm>=4.60",
         "tensorflow-datasets>=4.9.4",
+        # Training checkpoints (asynchronous, atomic, sharded across processes).
+        "orbax-checkpoint>=0.11.0",
     ],
     extras_require={
         "test": [

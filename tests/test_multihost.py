@@ -24,6 +24,7 @@ import pytest
 import trax_sl
 from trax_sl import layers as tl
 from trax_sl import trainer
+from trax_sl.supervised import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(trax_sl.__file__)))
 STEPS = 6
@@ -141,8 +142,7 @@ def metrics_rows(output_dir):
 
 def final_weights(output_dir):
     model = tl.Serial(tl.Embedding(8, 16), tl.Dropout(0.3), tl.Dense(8))
-    path = output_dir / "checkpoints" / f"step_{STEPS:08d}" / "model.weights"
-    return model.init_from_file(str(path))[0]
+    return checkpoints.load_model(str(output_dir / "checkpoints" / f"step_{STEPS:08d}"), model)[0]
 
 
 def test_two_processes_train_as_one_process_with_their_devices(tmp_path):

@@ -16,6 +16,7 @@ import pytest
 import trax_sl
 from trax_sl import layers as tl
 from trax_sl import trainer
+from trax_sl.supervised import checkpoints
 
 from .supervised.test_dir_lock import HOLDER as LOCK_HOLDER
 
@@ -143,8 +144,7 @@ def metrics_rows(output_dir):
 
 def final_weights(output_dir):
     model = tl.Serial(tl.Embedding(8, 16), tl.Dense(8))
-    path = output_dir / "checkpoints" / f"step_{STEPS:08d}" / "model.weights"
-    return model.init_from_file(str(path))[0]
+    return checkpoints.load_model(str(output_dir / "checkpoints" / f"step_{STEPS:08d}"), model)[0]
 
 
 @pytest.fixture(scope="module")
@@ -172,15 +172,29 @@ def test_a_trax_style_gin_file_runs(reference_run):
     ]
 
 
-def test_killed_with_sigkill_and_restarted_it_ends_as_an_uninterrupted_run(workdir, reference_run):
-    reference_dir, _ = reference_run
-    output_dir = workdir / "killed"
-    process = subprocess.Popen(
+def start_run(workdir, output_dir):
+    """The trainer on copy.gin in the background, its output discarded (to be killed)."""
+    return subprocess.Popen(
         cli_command(workdir, f"--output_dir={output_dir}"),
         env=cli_env(workdir),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def restart_and_compare(workdir, output_dir, reference_dir):
+    """Runs the trainer again on output_dir; its metrics and final weights must equal the reference run's."""
+    result = run_cli(workdir, f"--output_dir={output_dir}")
+    assert result.returncode == 0, result.stderr
+    assert metrics_rows(output_dir) == metrics_rows(reference_dir)
+    jax.tree.map(np.testing.assert_array_equal, final_weights(output_dir), final_weights(reference_dir))
+    return result
+
+
+def test_killed_with_sigkill_and_restarted_it_ends_as_an_uninterrupted_run(workdir, reference_run):
+    reference_dir, _ = reference_run
+    output_dir = workdir / "killed"
+    process = start_run(workdir, output_dir)
     checkpoint = output_dir / "checkpoints" / "step_00000010"
     deadline = time.time() + 240
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
@@ -190,10 +204,7 @@ def test_killed_with_sigkill_and_restarted_it_ends_as_an_uninterrupted_run(workd
     saved = sorted(os.listdir(output_dir / "checkpoints"))
     assert "step_00000010" in saved and f"step_{STEPS:08d}" not in saved  # Killed mid-training.
 
-    result = run_cli(workdir, f"--output_dir={output_dir}")
-    assert result.returncode == 0, result.stderr
-    assert metrics_rows(output_dir) == metrics_rows(reference_dir)
-    jax.tree.map(np.testing.assert_array_equal, final_weights(output_dir), final_weights(reference_dir))
+    restart_and_compare(workdir, output_dir, reference_dir)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -221,11 +232,8 @@ def test_a_preempted_run_saves_says_so_and_resumes_as_an_uninterrupted_run(workd
     assert line.endswith(f"saved checkpoint step_{step:08d}; run again to resume")
     assert (output_dir / "checkpoints" / f"step_{step:08d}").is_dir()
 
-    result = run_cli(workdir, f"--output_dir={output_dir}")
-    assert result.returncode == 0, result.stderr
+    result = restart_and_compare(workdir, output_dir, reference_dir)
     assert f"Restored step {step} from {output_dir}" in result.stdout
-    assert metrics_rows(output_dir) == metrics_rows(reference_dir)
-    jax.tree.map(np.testing.assert_array_equal, final_weights(output_dir), final_weights(reference_dir))
 
 
 def test_a_second_trainer_on_a_busy_output_dir_exits_1_naming_the_first(workdir, tmp_path):
@@ -328,3 +336,91 @@ def test_distributed_flags_reach_jax_distributed_initialize(capsys, tmp_path, mo
     status, _ = run_main(capsys, *flags, f"--config_file={missing}")
     assert status == 1
     assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}]
+
+
+def test_killed_inside_an_async_checkpoint_save_it_resumes_from_the_one_before(workdir, reference_run):
+    reference_dir, _ = reference_run
+    output_dir = workdir / "killed_while_saving"
+    process = start_run(workdir, output_dir)
+    root, deadline = output_dir / "checkpoints", time.time() + 240
+    # Files are written in a background thread into a temporary directory: kill -9 while it exists.
+    while process.poll() is None and time.time() < deadline:
+        if root.is_dir() and any(".orbax-checkpoint-tmp" in name for name in os.listdir(root)):
+            os.kill(process.pid, signal.SIGKILL)
+            break
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    left = sorted(os.listdir(root))
+    assert any(".orbax-checkpoint-tmp" in name for name in left), left  # Killed inside the save.
+
+    restart_and_compare(workdir, output_dir, reference_dir)
+    assert not any(".orbax-checkpoint-tmp" in name for name in os.listdir(root))
+
+
+def limit_file_size(n_bytes):
+    """preexec_fn: writes past `n_bytes` fail with EFBIG (as on a full disk) instead of killing the process."""
+
+    def limit():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
+
+    return limit
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_one_line_and_loses_nothing(workdir):
+    # A wider model, whose checkpoint files (unlike the logs) outgrow the 16 KB the run may write per file.
+    args = ["--config=TinyLM.d_model = 512", "--config=train.steps = 12"]
+    env = {k: v for k, v in cli_env(workdir).items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    reference = subprocess.run(
+        cli_command(workdir, f"--output_dir={workdir / 'wide'}", *args),
+        check=False,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert reference.returncode == 0, reference.stderr
+    output_dir = workdir / "disk_full"
+    full = subprocess.run(
+        cli_command(workdir, f"--output_dir={output_dir}", *args),
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size(16 * 1024),
+    )
+    assert full.returncode == 1, full.stderr
+    assert "Traceback" not in full.stderr
+    line = full.stderr.strip().splitlines()[-1]
+    assert line.startswith("trax_sl.trainer: error: CheckpointError: ") and "could not" in line, full.stderr
+    assert "File too large" in line
+    assert checkpoints.Checkpoints(str(output_dir / "checkpoints"), create=False).steps() == []
+
+    again = subprocess.run(
+        cli_command(workdir, f"--output_dir={output_dir}", *args),
+        check=False,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert metrics_rows(output_dir) == metrics_rows(workdir / "wide")
+    model = tl.Serial(tl.Embedding(8, 512), tl.Dense(8))
+    restored, expected = (
+        checkpoints.load_model(str(path / "checkpoints"), model)[0] for path in (output_dir, workdir / "wide")
+    )
+    jax.tree.map(np.testing.assert_array_equal, restored, expected)
+
+
+def test_resuming_under_another_optimizer_exits_1_naming_both(workdir, tmp_path):
+    assert run_cli(workdir, f"--output_dir={tmp_path}", "--config=train.steps = 2").returncode == 0
+    result = run_cli(
+        workdir, f"--output_dir={tmp_path}", "--config=train.steps = 4", "--config=train.optimizer = @SGD"
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"trax_sl.trainer: error: CheckpointMismatchError: {tmp_path}/checkpoints/step_00000002 was saved "
+        "with optimizer(s) Adam; this run uses SGD"
+    )

@@ -21,7 +21,9 @@ from __future__ import annotations
 import datetime
 import importlib
 import importlib.util  # Also lets gin report a missing config file (it uses importlib.util unimported).
+import logging as std_logging
 import os
+import re
 import sys
 
 import gin
@@ -120,9 +122,10 @@ def _init_distributed() -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    """The error's message on one line, without gin's caret markers."""
+    """The error's message on one line, without gin's caret markers and call-site note."""
     lines = [line.strip() for line in str(error).splitlines()]
-    return " ".join(line for line in lines if line and set(line) != {"^"})
+    text = " ".join(line for line in lines if line and set(line) != {"^"})
+    return re.sub(r" In call to configurable '[\w.]+' \(<[^>]*>\)$", "", text)
 
 
 def _is_config_error(error: BaseException) -> bool:
@@ -132,11 +135,36 @@ def _is_config_error(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "Required bindings" in str(error)
 
 
+class _NoBackgroundTracebacks(std_logging.Filter):
+    """Drops the tracebacks logged when a background checkpoint write fails.
+
+    The failure reaches the loop as a CheckpointError, which the trainer
+    reports in one line; Orbax's own log lines (without their tracebacks)
+    stay, asyncio's about its failed tasks go.
+    """
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.name == "asyncio" and "exception was never retrieved" in str(record.msg):
+            return False  # The writer's tasks, garbage-collected at exit after the failure was reported.
+        if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _quiet_closed_event_loops(unraisable) -> None:
+    """sys.unraisablehook: Orbax's writer threads may call into an event loop it already closed."""
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv) -> None:
     """Trains as the flags say; configuration mistakes exit with status 1 and one line."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(FLAGS.log_level)
+    logging.get_absl_handler().addFilter(_NoBackgroundTracebacks())
+    sys.unraisablehook = _quiet_closed_event_loops
     try:
         _init_distributed()
         _gin_parse_configs()

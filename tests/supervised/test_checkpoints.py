@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trax_sl import data, optimizers, shapes
+from trax_sl import data, optimizers
 from trax_sl import layers as tl
-from trax_sl.layers import serialization
 from trax_sl.supervised import checkpoints, training
 
 V = 8
@@ -35,6 +34,9 @@ def compilation_cache(tmp_path_factory):
         jax.config.update(name, value)
 
 
+DESCRIPTION = checkpoints.Description("Serial[Dense]", ("Adam",), None)
+
+
 def checkpoint_of(step, scale=1.0):
     weights = ((jnp.full((2, 3), scale), ()), {"b": jnp.arange(4, dtype=jnp.int32)})
     state = ((), jnp.ones((1,), jnp.bfloat16) * scale)
@@ -42,25 +44,40 @@ def checkpoint_of(step, scale=1.0):
     return checkpoints.Checkpoint(step, weights, state, trainer, {"train_positions": [step]})
 
 
-def signatures(checkpoint):
-    def to_struct(tree):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+def save_all(directory, steps, n_to_keep=None, permanent=()):
+    """Saves checkpoint_of(step, scale=step) for each step; returns the closed Checkpoints' directory."""
+    found = checkpoints.Checkpoints(str(directory), n_to_keep)
+    for step in steps:
+        found.save(checkpoint_of(step, scale=float(step)), DESCRIPTION, permanent=step in permanent)
+    found.close()
+    return str(directory)
 
-    model = (to_struct(checkpoint.model_weights), to_struct(checkpoint.model_state))
-    return model, to_struct(checkpoint.trainer)
+
+def restore_from(directory, step=None, expected=None, description=DESCRIPTION):
+    found = checkpoints.Checkpoints(str(directory), create=False)
+    expected = expected or checkpoint_of(0)
+    try:
+        if step is None:
+            return found.restore_latest(lambda s: found.restore(s, expected, description))
+        return found.restore(step, expected, description)
+    finally:
+        found.close()
 
 
 def test_round_trip_by_name(tmp_path):
     saved = checkpoint_of(7, scale=2.5)
-    path = checkpoints.save(str(tmp_path), checkpoints.step_name(7), saved, shapes.ShapeDtype((1, 3)))
-    assert path == str(tmp_path / "checkpoints" / "step_00000007")
-    assert sorted(os.listdir(path)) == ["checkpoint.json", "model.weights", "trainer.weights"]
-    names = serialization.read_header(os.path.join(path, "model.weights"))["arrays"]
-    assert sorted(names) == ["state[1]", "weights[0][0]", "weights[1]['b']"]
-    trainer_names = serialization.read_header(os.path.join(path, "trainer.weights"))["arrays"]
-    assert sorted(trainer_names) == ["weights['rng']", "weights['tasks'][0]['mu']"]
-
-    restored = checkpoints.restore(path, *signatures(saved))
+    found = checkpoints.Checkpoints(str(tmp_path))
+    path = found.save(saved, DESCRIPTION)
+    found.close()
+    assert path == str(tmp_path / "step_00000007")
+    assert sorted(os.listdir(path)) == [
+        "_CHECKPOINT_METADATA",
+        "commit_success.txt",
+        "meta",
+        "model",
+        "trainer",
+    ]
+    restored = restore_from(tmp_path, 7)
     assert restored.step == 7 and restored.metadata == {"train_positions": [7]}
     for ours, theirs in [
         (saved.model_weights, restored.model_weights),
@@ -73,71 +90,82 @@ def test_round_trip_by_name(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
-def test_restore_matches_names_not_order_and_names_what_is_missing_or_different(tmp_path):
-    path = checkpoints.save(str(tmp_path), "named", checkpoint_of(1))
-    (weights_sig, state_sig), trainer_sig = signatures(checkpoint_of(1))
+def test_restore_matches_names_not_order_and_names_both_sides_of_a_mismatch(tmp_path):
+    save_all(tmp_path, [1])
+    expected = checkpoint_of(1)
     # Dict entries are matched by key: a tree built in another order restores the same arrays.
-    reordered = {"tasks": trainer_sig["tasks"], "rng": trainer_sig["rng"]}
-    assert checkpoints.restore(path, (weights_sig, state_sig), reordered).trainer["rng"].tolist() == [1, 2]
-    with pytest.raises(checkpoints.CheckpointError, match="has no array \"weights\\['extra'\\]\""):
-        checkpoints.restore(path, (weights_sig, state_sig), dict(trainer_sig, extra=trainer_sig["rng"]))
-    wider = ((jax.ShapeDtypeStruct((2, 4), jnp.float32), ()), weights_sig[1])
+    expected.trainer = {"tasks": expected.trainer["tasks"], "rng": expected.trainer["rng"]}
+    assert restore_from(tmp_path, 1, expected).trainer["rng"].tolist() == [1, 2]
+    expected.trainer = dict(expected.trainer, extra=expected.trainer["rng"])
     with pytest.raises(
-        checkpoints.CheckpointError, match=r"weights\[0\]\[0\] is float32\[2, 3\] in the file"
+        checkpoints.CheckpointMismatchError, match=r"\['extra'\] \(uint32\[2\]\) is missing there"
     ):
-        checkpoints.restore(path, (wider, state_sig), trainer_sig)
+        restore_from(tmp_path, 1, expected)
+    wider = checkpoint_of(1)
+    wider.model_weights = ((jnp.zeros((2, 4)), ()), wider.model_weights[1])
+    other = checkpoints.Description("Serial[Wider]", ("Adam",))
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError,
+        match=r"holds model 'Serial\[Dense\]', which does not fit this run's model 'Serial\[Wider\]': "
+        r"\[0\]\[0\]\[0\] is float32\[2, 3\] there, float32\[2, 4\] here",
+    ):
+        restore_from(tmp_path, 1, wider, other)
+    sgd = checkpoints.Description("Serial[Dense]", ("SGD",))
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError, match="saved with optimizer.s. Adam; this run uses SGD"
+    ):
+        restore_from(tmp_path, 1, description=sgd)
+    # A mismatch is not corruption: no fallback to older checkpoints (they would not fit either).
+    save_all(tmp_path, [2])
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="step_00000002"):
+        restore_from(tmp_path, description=sgd)
 
 
-def test_a_crash_mid_write_leaves_the_last_checkpoint_and_no_half_written_one(tmp_path, monkeypatch):
-    checkpoints.save(str(tmp_path), checkpoints.step_name(1), checkpoint_of(1))
-    real_save_layer = serialization.save_layer
-
-    def crash_on_second_file(path, *args):
-        if path.endswith("trainer.weights"):
-            raise KeyboardInterrupt  # As if killed mid-write.
-        real_save_layer(path, *args)
-
-    monkeypatch.setattr(serialization, "save_layer", crash_on_second_file)
-    with pytest.raises(KeyboardInterrupt):
-        checkpoints.save(str(tmp_path), checkpoints.step_name(2), checkpoint_of(2))
-    assert [step for step, _ in checkpoints.step_checkpoints(str(tmp_path))] == [1]
-    # A leftover of a harder crash (no cleanup ran) is ignored, then removed.
-    os.makedirs(tmp_path / "checkpoints" / ".tmp-step_00000003-abc")
-    assert [step for step, _ in checkpoints.step_checkpoints(str(tmp_path))] == [1]
-    checkpoints.remove_leftovers(str(tmp_path))
-    assert os.listdir(tmp_path / "checkpoints") == ["step_00000001"]
+def test_a_crash_mid_write_leaves_the_last_checkpoint_and_no_half_written_one(tmp_path):
+    save_all(tmp_path, [1])
+    # What a save killed mid-write leaves: Orbax's temporary directory, never a step's name.
+    leftover = tmp_path / "step_00000002.orbax-checkpoint-tmp"
+    shutil.copytree(tmp_path / "step_00000001", leftover)
+    (leftover / "commit_success.txt").unlink()
+    assert checkpoints.Checkpoints(str(tmp_path), create=False).steps() == [1]
+    save_all(tmp_path, [2])  # Opened for writing, the leftover is removed before the next save.
+    assert sorted(os.listdir(tmp_path)) == ["step_00000001", "step_00000002"]
+    assert restore_from(tmp_path).step == 2
 
 
-def test_prune_keeps_the_newest_and_the_permanent(tmp_path):
-    for step in range(1, 7):
-        checkpoints.save(str(tmp_path), checkpoints.step_name(step), checkpoint_of(step), permanent=step == 2)
-        checkpoints.prune(str(tmp_path), 3)
-    assert [step for step, _ in checkpoints.step_checkpoints(str(tmp_path))] == [2, 4, 5, 6]
+def test_pruning_keeps_the_newest_and_the_permanent(tmp_path):
+    save_all(tmp_path, range(1, 7), n_to_keep=3, permanent=(2,))
+    assert checkpoints.Checkpoints(str(tmp_path), create=False).steps() == [2, 4, 5, 6]
+    # Reopened, it knows step 2 is permanent from its metadata.
+    save_all(tmp_path, [7, 8], n_to_keep=3)
+    assert checkpoints.Checkpoints(str(tmp_path), create=False).steps() == [2, 6, 7, 8]
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
-    for step in (1, 2, 3):
-        checkpoints.save(str(tmp_path), checkpoints.step_name(step), checkpoint_of(step, scale=float(step)))
-    model_file = tmp_path / "checkpoints" / "step_00000003" / "model.weights"
-    model_file.write_bytes(model_file.read_bytes()[:-40])  # Truncated.
-    json_file = tmp_path / "checkpoints" / "step_00000002" / "checkpoint.json"
-    json_file.write_text("{not json")
-    sigs = signatures(checkpoint_of(1))
+    save_all(tmp_path, [1, 2, 3])
+    for data_file in (tmp_path / "step_00000003" / "model").rglob("d/*"):
+        data_file.write_bytes(data_file.read_bytes()[:-8])  # Truncated.
+    (tmp_path / "step_00000002" / "meta" / "metadata").write_text("{not json")
     with caplog.at_level(logging.WARNING):
-        restored = checkpoints.restore_latest(str(tmp_path), lambda p: checkpoints.restore(p, *sigs))
+        restored = restore_from(tmp_path)
     assert restored.step == 1
     np.testing.assert_array_equal(restored.model_weights[0][0], np.ones((2, 3)))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2
     assert "step_00000003 is unusable" in warnings[0] and "step_00000002 is unusable" in warnings[1]
+    # The unusable ones are moved aside, so that saving their steps again meets nothing.
+    assert checkpoints.Checkpoints(str(tmp_path), create=False).steps() == [1]
+    assert sorted(p.name[:13] for p in (tmp_path / "unusable").iterdir()) == [
+        "step_00000002",
+        "step_00000003",
+    ]
 
-    model_file = tmp_path / "checkpoints" / "step_00000001" / "model.weights"
-    model_file.write_bytes(b"garbage")
+    (tmp_path / "step_00000001" / "meta" / "metadata").write_text("[]")
     with pytest.raises(
-        checkpoints.CheckpointError, match="No usable checkpoint in .*step_00000001.*not a trax_sl"
+        checkpoints.CheckpointError, match="No usable checkpoint in .*step_00000001.*metadata format"
     ):
-        checkpoints.restore_latest(str(tmp_path), lambda p: checkpoints.restore(p, *sigs))
-    assert checkpoints.restore_latest(str(tmp_path / "empty"), lambda p: None) is None
+        restore_from(tmp_path)
+    os.makedirs(tmp_path / "empty")
+    assert restore_from(tmp_path / "empty") is None
 
 
 def copy_inputs():
@@ -219,11 +247,48 @@ def test_a_run_that_stops_between_checkpoints_resumes_where_it_stopped(tmp_path)
     resume_to_20_steps_as_an_uninterrupted_run(tmp_path, stopped_at=17)
 
 
-def test_the_model_file_of_a_checkpoint_loads_with_init_from_file(tmp_path):
+def test_the_model_of_a_checkpoint_loads_by_path(tmp_path):
     loop = make_loop(str(tmp_path))
     loop.run(5)
+    loop.close()
     model = tl.Serial(tl.Embedding(V, 16), tl.Dropout(0.3), tl.Dense(V))
-    weights, _ = model.init_from_file(str(tmp_path / "checkpoints" / "step_00000005" / "model.weights"))
-    jax.tree.map(np.testing.assert_array_equal, weights, loop.model.weights)
-    with pytest.raises(checkpoints.CheckpointError, match="step_00000099.*checkpoint.json: missing"):
+    for path in ("checkpoints/step_00000005", "checkpoints", "."):
+        weights, _ = checkpoints.load_model(str(tmp_path / path), model)
+        jax.tree.map(np.testing.assert_array_equal, weights, loop.model.weights)
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError,
+        match=r"holds model .Serial\[Embedding_8_16 Dropout Dense_8\]., which does not fit .Serial\[Embedding_8_16 Dropout Dense_4\].",
+    ):
+        checkpoints.load_model(str(tmp_path), tl.Serial(tl.Embedding(V, 16), tl.Dropout(0.3), tl.Dense(4)))
+    with pytest.raises(checkpoints.CheckpointError, match="step_00000099: unreadable metadata"):
         loop.load_checkpoint(filename="step_00000099")
+
+
+def test_a_restart_with_no_checkpoint_drops_the_metrics_of_the_run_that_never_checkpointed(tmp_path):
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    # Killed before its first checkpoint: rows and events of steps a restart trains again.
+    (stopped / "metrics.jsonl").write_text('{"step": 10, "train/loss": 9.0}\n{"step": 20, "tr')
+    make_loop(str(stopped), random_seed=0).run(20)
+    make_loop(str(tmp_path / "straight"), random_seed=0).run(20)
+    assert metrics_rows(stopped) == metrics_rows(tmp_path / "straight")
+
+
+def test_a_named_checkpoint_is_never_without_a_complete_copy_while_it_is_replaced(tmp_path):
+    named = checkpoints.Checkpoints(str(tmp_path / "lowest_loss"), n_to_keep=1)
+    named.save(checkpoint_of(4, 4.0), DESCRIPTION)
+    named.wait()
+    named.save(checkpoint_of(8, 8.0), DESCRIPTION)  # Written in the background from here.
+    seen = []
+    while named._manager.is_saving_in_progress():
+        final = [
+            name
+            for name in os.listdir(tmp_path / "lowest_loss")
+            if name.startswith("step_") and "." not in name
+        ]
+        assert final, "no complete copy"
+        seen.append(tuple(sorted(final)))
+    named.close()
+    assert os.listdir(tmp_path / "lowest_loss") == ["step_00000008"]
+    assert restore_from(tmp_path / "lowest_loss").step == 8
+    assert seen and ("step_00000004",) in seen, seen  # Polled while the new copy was being written.

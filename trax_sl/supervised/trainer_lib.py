@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 from collections.abc import Callable
 
 import gin
@@ -26,7 +27,7 @@ import jax
 
 from trax_sl import layers as tl
 from trax_sl import optimizers as trax_opt
-from trax_sl.supervised import dir_lock, lr_schedules, training
+from trax_sl.supervised import checkpoints, dir_lock, lr_schedules, training
 
 _DEFAULT_METRICS = {
     "loss": tl.WeightedCategoryCrossEntropy(),
@@ -116,8 +117,9 @@ def train(
         loss_chunk_size: Accepted for Trax configs; has no effect.
         use_memory_efficient_trainer: Accepted for Trax configs; has no effect.
         adasum: Accepted for Trax configs; has no effect.
-        init_checkpoint: A `model.weights` file (e.g. from a checkpoint) to start
-            from, weights only (fine-tuning).
+        init_checkpoint: Weights to start from (fine-tuning): a checkpoint
+            directory of a run (a step's, a named one such as `lowest_loss`, or
+            an output_dir: its newest step) or a `Layer.save_to_file` file.
         callbacks: `callbacks.TrainingStepCallback` subclasses.
         n_weights_shards: Must be 1: weight sharding is not provided yet.
         additional_train_tasks: More `training.TrainTask`s, trained in turn with the first.
@@ -175,7 +177,10 @@ def train(
     with dir_lock.hold(output_dir) if output_dir is not None and chief else contextlib.nullcontext():
         model_train = model(mode="train")
         model_eval = model(mode="eval")
-        if init_checkpoint:
+        if init_checkpoint and os.path.isdir(init_checkpoint):
+            model_train.weights, _ = checkpoints.load_model(init_checkpoint, model_train)
+            model_eval.weights = model_train.weights
+        elif init_checkpoint:
             model_train.init_from_file(init_checkpoint, weights_only=True)
             model_eval.weights = model_train.weights
         loop = training.Loop(
@@ -202,9 +207,12 @@ def train(
         if loop.step and chief:  # Shown at any log level, as Trax prints them.
             print(f"Restored step {loop.step} from {output_dir}", flush=True)
         steps_to_go = steps - loop.step
-        if steps_to_go <= 0:
-            if chief:
-                print(f"Stop training, already reached the total training steps {steps}", flush=True)
-            return loop
-        loop.run(steps_to_go)
+        try:
+            if steps_to_go <= 0:
+                if chief:
+                    print(f"Stop training, already reached the total training steps {steps}", flush=True)
+            else:
+                loop.run(steps_to_go)
+        finally:
+            loop.close()
         return loop

@@ -26,30 +26,38 @@ on the device; the host waits for it only at logging steps.
 Devices: data parallel over all local devices (`n_devices` for fewer), each
 on a slice of the global batch. With several processes (`jax.distributed`)
 each process's batches are its part of the global batch; process 0 alone
-writes files and logs, every process restores the same checkpoint files.
+writes logs and metrics, every process takes part in saving checkpoints
+(Orbax) and restores the same checkpoint files.
+
+Checkpoints (see `checkpoints`) are written in a background thread while
+training goes on; each `run` waits for them before it returns, and `close`
+releases the writer.
 
 Resuming: a loop whose `output_dir` holds checkpoints continues from the
 newest usable one (weights, state, optimizer state, step, rng, history and
 the batches taken from each task's data), so a run killed and started again
 ends as an uninterrupted one would; metrics.jsonl is cut back to the
-checkpoint's step so it reads the same too.
+checkpoint's step (emptied when there is none) so it reads the same too.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 
 import gin
 import jax
 import numpy as np
+import optax
 import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
 from trax_sl import layers as tl
+from trax_sl.layers import serialization
 from trax_sl.supervised import checkpoints, preemption, task_runners, train_step
 from trax_sl.supervised.history import History
 from trax_sl.supervised.metrics_log import MetricsLogger, Scalar
@@ -89,6 +97,7 @@ class Loop:
         callbacks: list[type] | None = None,
         n_checkpoints_to_keep: int | None = 3,
         progress_bar: bool | None = None,
+        async_checkpoints: bool = True,
     ):
         """Configures a training `Loop`, including a random initialization or a restored checkpoint.
 
@@ -123,6 +132,8 @@ class Loop:
             n_checkpoints_to_keep: Step checkpoints kept (the newest; permanent
                 ones are kept besides); None keeps all.
             progress_bar: Show a progress bar; None shows one when stderr is a terminal.
+            async_checkpoints: Write checkpoint files in a background thread
+                while training goes on (each `run` waits for them before it returns).
         """
         tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
         if not tasks:
@@ -149,6 +160,8 @@ class Loop:
         self._n_devices = jax.local_device_count() if n_devices is None else n_devices
         self._output_dir = None if output_dir is None else os.path.expanduser(output_dir)
         self._n_checkpoints_to_keep = n_checkpoints_to_keep
+        self._async_checkpoints = async_checkpoints
+        self._checkpoint_dirs: dict[str | None, checkpoints.Checkpoints] = {}
         self._progress_bar = progress_bar
         self._bar = None
 
@@ -190,7 +203,6 @@ class Loop:
         if self._output_dir is not None:
             if self._is_chief:
                 os.makedirs(self._output_dir, exist_ok=True)
-                checkpoints.remove_leftovers(self._output_dir)
             self.load_checkpoint()
         if jax.process_count() > 1:
             # Processes on different steps (a stale shared file system) would hang in the first step.
@@ -297,6 +309,7 @@ class Loop:
             if self._output_dir is not None and self._saved_step != self._step:
                 # The step a run stops at is always saved: a restart must not train it again.
                 self.save_checkpoint()
+            self.wait_for_checkpoints()
         if stop.signum is not None:
             self._logger.close()  # Event files flushed; metrics.jsonl is written line by line.
             saved = None if self._output_dir is None else checkpoints.step_name(self._step)
@@ -414,8 +427,29 @@ class Loop:
         )
         return {"rng": jax.random.key_data(self._rng), "tasks": tasks}
 
+    def _description(self) -> checkpoints.Description:
+        return checkpoints.Description(
+            model=checkpoints.model_summary(self._model),
+            optimizers=tuple(_optimizer_name(task.optimizer) for task in self._tasks),
+            input_signature=serialization.signature_to_json(self._model_input_signature),
+        )
+
+    def _checkpoints_named(self, name: str | None) -> checkpoints.Checkpoints:
+        """The step checkpoints (name None) or the named checkpoint `name`, opened once."""
+        if name not in self._checkpoint_dirs:
+            root = checkpoints.checkpoints_root(self._output_dir)
+            if name is None:
+                found = checkpoints.Checkpoints(root, self._n_checkpoints_to_keep, self._async_checkpoints)
+            else:
+                found = checkpoints.Checkpoints(os.path.join(root, name), 1, self._async_checkpoints)
+            self._checkpoint_dirs[name] = found
+        return self._checkpoint_dirs[name]
+
     def save_checkpoint(self, basename: str | None = None, permanent: bool = False) -> None:
-        """Saves a checkpoint of the current step (see `checkpoints`).
+        """Starts saving a checkpoint of the current step (see `checkpoints`).
+
+        The files are written in the background (`wait_for_checkpoints` waits);
+        every process of a multi-process run calls it.
 
         Args:
             basename: None for the step checkpoint `step_<step>` (the ones a
@@ -430,8 +464,6 @@ class Loop:
             trainer.pending_losses = [float(x) for x in jax.device_get(trainer.pending_losses)]
         if basename is None:
             self._saved_step = self._step
-        if not self._is_chief:
-            return
         metadata = {
             "train_positions": [task.data_position for task in self._tasks],
             "eval_positions": [task.data_position for task in self._eval_tasks],
@@ -441,11 +473,22 @@ class Loop:
         checkpoint = checkpoints.Checkpoint(
             self._step, self._model_weights, self._model_state, self._trainer_tree(), metadata
         )
-        name = basename or checkpoints.step_name(self._step)
-        path = checkpoints.save(self._output_dir, name, checkpoint, self._model_input_signature, permanent)
-        logging.info("Saved checkpoint %s", path)
-        if basename is None:
-            checkpoints.prune(self._output_dir, self._n_checkpoints_to_keep)
+        path = self._checkpoints_named(basename).save(checkpoint, self._description(), permanent)
+        logging.info("Saving checkpoint %s", path)
+
+    def wait_for_checkpoints(self) -> None:
+        """Waits until every checkpoint started is written (`checkpoints.CheckpointError` if one failed)."""
+        for found in self._checkpoint_dirs.values():
+            found.wait()
+
+    def close(self) -> None:
+        """Waits for pending checkpoints and releases their writer threads and the event files."""
+        try:
+            for found in self._checkpoint_dirs.values():
+                found.close()
+        finally:
+            self._checkpoint_dirs = {}
+            self._logger.close()
 
     def load_checkpoint(self, directory: str | None = None, filename: str | None = None) -> None:
         """Restores a checkpoint: the newest usable step checkpoint, or the one named `filename`.
@@ -458,29 +501,38 @@ class Loop:
 
         Raises:
             checkpoints.CheckpointError: If checkpoints exist but none is usable
-                (or the named one is not).
+                (or the named one is not), or they are of another model or optimizer.
         """
         directory = directory or self._output_dir
         if directory is None:
             return
-        if filename is not None:
-            checkpoint = self._restore(os.path.join(checkpoints.checkpoints_root(directory), filename))
-        else:
-            checkpoint = checkpoints.restore_latest(directory, self._restore)
-            if checkpoint is None:
-                return
-        self._apply(checkpoint, resuming=directory == self._output_dir)
+        own = directory == self._output_dir
+        found, step = _checkpoint_location(directory, filename, self._checkpoints_named if own else None)
+        try:
+            if step is not None:
+                checkpoint = self._restore(found, step)
+            else:
+                checkpoint = found.restore_latest(lambda step: self._restore(found, step))
+        finally:
+            if found is not self._checkpoint_dirs.get(None):
+                found.close()
+        if checkpoint is None:
+            if own and self._is_chief:
+                self._logger.resume_at(0)  # Rows of a run that never checkpointed are not this run's.
+            return
+        self._apply(checkpoint, resuming=own)
 
-    def _restore(self, path: str) -> checkpoints.Checkpoint:
-        checkpoint = checkpoints.restore(
-            path, _shapes((self._model_weights, self._model_state)), _shapes(self._trainer_tree())
+    def _restore(self, found: checkpoints.Checkpoints, step: int) -> checkpoints.Checkpoint:
+        expected = checkpoints.Checkpoint(
+            step, self._model_weights, self._model_state, self._trainer_tree(), {}
         )
+        checkpoint = found.restore(step, expected, self._description())
         metadata = checkpoint.metadata
         for key, tasks in (("train_positions", self._tasks), ("eval_positions", self._eval_tasks)):
             if len(metadata.get(key, ())) != len(tasks):
-                raise checkpoints.CheckpointError(
-                    f"{path} was saved with {len(metadata.get(key, ()))} {key.split('_')[0]} tasks, "
-                    f"this loop has {len(tasks)}"
+                raise checkpoints.CheckpointMismatchError(
+                    f"{found.path(step)} was saved with {len(metadata.get(key, ()))} "
+                    f"{key.split('_')[0]} tasks, this loop has {len(tasks)}"
                 )
         return checkpoint
 
@@ -512,6 +564,33 @@ class Loop:
             self._logger.resume_at(self._step)
         self._sync_models()
         logging.info("Restored the checkpoint of step %d.", self._step)
+
+
+def _optimizer_name(optimizer) -> str:
+    return (
+        "optax transformation"
+        if isinstance(optimizer, optax.GradientTransformation)
+        else type(optimizer).__name__
+    )
+
+
+def _checkpoint_location(directory: str, filename: str | None, open_own):
+    """(Checkpoints, step or None for the newest) of checkpoint `filename` in output dir `directory`."""
+    root = checkpoints.checkpoints_root(directory)
+    match = re.fullmatch(r"step_(\d+)", filename or "")
+    name = None if filename is None or match else filename
+    if open_own is not None and name is None:
+        found = open_own(None)
+    else:
+        found = checkpoints.Checkpoints(root if name is None else os.path.join(root, name), create=False)
+    if match:
+        return found, int(match.group(1))
+    if name is None:
+        return found, None
+    steps = found.steps()
+    if not steps:
+        raise checkpoints.CheckpointError(f"{found.directory}: no checkpoint named {name!r}")
+    return found, steps[-1]
 
 
 def _seed(random_seed: int | None) -> int:
