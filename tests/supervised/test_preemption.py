@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -23,6 +24,8 @@ def signal_at(step: int, *signums: int):
         def on_step_end(self, at):
             for signum in signums:
                 os.kill(os.getpid(), signum)
+                # Pending signals of one kind merge into one: let the handler run before the next.
+                time.sleep(0.1)
 
     return Signal
 
