@@ -372,38 +372,23 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_one_line_and_los
     # A wider model, whose checkpoint files (unlike the logs) outgrow the 16 KB the run may write per file.
     args = ["--config=TinyLM.d_model = 512", "--config=train.steps = 12"]
     env = {k: v for k, v in cli_env(workdir).items() if not k.startswith("JAX_COMPILATION_CACHE")}
-    reference = subprocess.run(
-        cli_command(workdir, f"--output_dir={workdir / 'wide'}", *args),
-        check=False,
-        env=env,
-        capture_output=True,
-        timeout=300,
-    )
+
+    def run_wide(output_dir, **kwargs):
+        command = cli_command(workdir, f"--output_dir={output_dir}", *args)
+        return subprocess.run(command, check=False, env=env, capture_output=True, timeout=300, **kwargs)
+
+    reference = run_wide(workdir / "wide")
     assert reference.returncode == 0, reference.stderr
     output_dir = workdir / "disk_full"
-    full = subprocess.run(
-        cli_command(workdir, f"--output_dir={output_dir}", *args),
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_file_size(16 * 1024),
-    )
+    full = run_wide(output_dir, text=True, preexec_fn=limit_file_size(16 * 1024))
     assert full.returncode == 1, full.stderr
     assert "Traceback" not in full.stderr
     line = full.stderr.strip().splitlines()[-1]
     assert line.startswith("trax_sl.trainer: error: CheckpointError: ") and "could not" in line, full.stderr
     assert "File too large" in line
-    assert checkpoints.Checkpoints(str(output_dir / "checkpoints"), create=False).steps() == []
+    assert checkpoints.step_checkpoints(str(output_dir)) == []
 
-    again = subprocess.run(
-        cli_command(workdir, f"--output_dir={output_dir}", *args),
-        check=False,
-        env=env,
-        capture_output=True,
-        timeout=300,
-    )
+    again = run_wide(output_dir)
     assert again.returncode == 0, again.stderr
     assert metrics_rows(output_dir) == metrics_rows(workdir / "wide")
     model = tl.Serial(tl.Embedding(8, 512), tl.Dense(8))

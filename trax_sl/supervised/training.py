@@ -603,10 +603,6 @@ def _seed(random_seed: int | None) -> int:
     return seed
 
 
-def _shapes(tree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
-
-
 def _at_step_1_and_every_nth_step(period: int | None) -> Callable[[int], bool]:
     """A function that is true at step 1 and at multiples of `period` (never if None)."""
     if not period:
