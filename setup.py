@@ -7,6 +7,10 @@ from setuptools import find_packages, setup
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
+# The repository's one address: the notebooks' Colab install cell and the README's Open in Colab
+# links are written from it by `python tools/sync_notebooks.py` (tests/test_colab_install.py checks).
+REPOSITORY_URL = "https://github.com/trax-sl/trax_sl"
+
 
 def _version() -> str:
     with open(os.path.join(_HERE, "trax_sl", "__init__.py"), encoding="utf-8") as f:
@@ -27,6 +31,8 @@ setup(
     description="Trax-style layer combinators on modern JAX with SequenceLayers-style streaming",
     long_description=_long_description(),
     long_description_content_type="text/markdown",
+    url=REPOSITORY_URL,
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["trax_sl", "trax_sl.*"]),
     include_package_data=True,
@@ -57,6 +63,7 @@ setup(
         "tf": ["tensorflow"],
     },
     classifiers=[
+        "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],

@@ -2,7 +2,8 @@
 
 Each notebook is executed headless by nbclient in a fresh kernel of this
 interpreter (so of this venv, importing this checkout's trax_sl: the install
-cell is skipped and nothing touches the network), in a temporary directory,
+cell is skipped and nothing touches the network; tests/test_colab_install.py
+checks what it would install), in a temporary directory,
 with matplotlib's inline backend. A cell that raises fails the test; so does
 a cell that draws with matplotlib but leaves no image/png output. The run
 time of each notebook is printed (`pytest -s` shows it).
@@ -28,7 +29,6 @@ KERNEL_NAME = "trax_sl_tests"
 # Figures each notebook must draw at least (so the image check cannot pass vacuously).
 # sequence_layers_intro is SequenceLayers' introduction translated cell by cell: it draws nothing.
 MIN_FIGURES = {"intro": 1, "streaming": 4, "training": 1, "devices": 1, "sequence_layers_intro": 0}
-INSTALL_LINE = '%pip install -q "trax_sl @ git+https://github.com/<org>/trax_sl"'
 
 
 def _ids(paths):
@@ -54,15 +54,6 @@ def test_notebook_is_stored_without_outputs(path):
     for i, cell in enumerate(_code_cells(notebook)):
         assert cell.outputs == [], f"{path.name}: code cell {i} has stored outputs; strip them"
         assert cell.execution_count is None, f"{path.name}: code cell {i} has an execution count"
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_opens_by_installing_trax_sl_only_when_missing(path):
-    first = _code_cells(nbformat.read(path, as_version=4))[0].source
-    lines = [line.strip() for line in first.splitlines()]
-    # The install runs in the except branch only, after the import it guards.
-    assert lines.index("try:") < lines.index("import trax_sl") < lines.index("except ImportError:")
-    assert lines.index("except ImportError:") < lines.index(INSTALL_LINE)
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,44 @@ def test_bad_constructions_raise_value_error(values_shape, mask_shape):
         Sequence(jnp.zeros(values_shape), jnp.ones(mask_shape, bool))
 
 
+_INT_MASK_MESSAGE = (
+    "Sequence: mask must have dtype bool (True at valid steps), got a mask of dtype int32 and "
+    "shape (1, 4). Convert it first: pass mask.astype(bool) or mask != 0 (or build the Sequence "
+    "with Sequence.from_lengths(values, lengths))"
+)
+
+
+def test_int_mask_is_refused_with_the_fix():
+    # [1, 1, 2, 0] once became [1, 1, 0, 0] without a word (issue 15).
+    with pytest.raises(ValueError) as info:
+        Sequence(jnp.ones((1, 4, 2)), jnp.asarray([[1, 1, 2, 0]], jnp.int32))
+    assert str(info.value) == _INT_MASK_MESSAGE
+
+
+@pytest.mark.parametrize(
+    "mask, dtype_name",
+    [
+        (np.array([[1.0, 1.0, 0.0, 0.0]], np.float32), "float32"),
+        (jnp.asarray([[1, 0, 0, 0]], jnp.uint8), "uint8"),
+        ([[1, 1, 0, 0]], "int64"),
+        (ShapeDtype((1, 4), np.float32), "float32"),
+    ],
+)
+def test_non_bool_masks_are_refused_naming_their_dtype(mask, dtype_name):
+    with pytest.raises(ValueError, match=rf"got a mask of dtype {dtype_name} and shape \(1, 4\).*mask != 0"):
+        Sequence(jnp.ones((1, 4, 2)), mask)
+
+
+def test_non_bool_mask_is_refused_under_jit_and_bool_masks_still_work():
+    with pytest.raises(ValueError, match="dtype int32"):
+        jax.jit(lambda v, m: Sequence(v, m).lengths())(jnp.ones((1, 4)), jnp.ones((1, 4), jnp.int32))
+    s = Sequence(jnp.ones((1, 4)), _mask([[1, 1, 0, 0]]))
+    with pytest.raises(ValueError, match="dtype int32"):
+        Sequence.concatenate_sequences([s, Sequence(jnp.ones((1, 1)), jnp.ones((1, 1), jnp.int32))])
+    assert jax.jit(lambda v, m: Sequence(v, m).lengths())(s.values, s.mask).tolist() == [2]
+    assert Sequence(jnp.ones((1, 2)), [[True, False]]).mask == [[True, False]]
+
+
 def test_from_values_is_all_valid():
     v = _values((2, 3, 4))
     s = Sequence.from_values(v)

@@ -409,3 +409,32 @@ def test_resuming_under_another_optimizer_exits_1_naming_both(workdir, tmp_path)
         f"trax_sl.trainer: error: CheckpointMismatchError: {tmp_path}/checkpoints/step_00000002 was saved "
         "with optimizer(s) Adam; this run uses SGD"
     )
+
+
+def test_a_file_as_output_dir_or_a_wrongly_typed_gin_value_exits_1_naming_it(capsys, tmp_path):
+    model = [
+        "--config=train.model = @test_trainer_cli.InProcessLM",
+        "--config=train.inputs = @trax_sl.data.addition_inputs",
+    ]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    status, error = run_main(capsys, *model, f"--output_dir={a_file}")
+    assert (status, error) == (
+        1,
+        (
+            f"trax_sl.trainer: error: NotADirectoryError: train: output_dir {a_file} is a file, not a "
+            f"directory; pass a directory (it is created if missing)"
+        ),
+    )
+    assert a_file.read_text() == "not a directory"
+    status, error = run_main(
+        capsys, *model, "--config=train.steps = '20'", f"--output_dir={tmp_path / 'out'}"
+    )
+    assert (status, error) == (
+        1,
+        (
+            "trax_sl.trainer: error: BindingTypeError: train.steps = '20' has type str, but train's steps "
+            "takes int (write 20 without quotes)"
+        ),
+    )
+    assert not (tmp_path / "out").exists()  # Refused before anything ran.

@@ -17,11 +17,30 @@ def expand_mask(mask, ndim: int):
     return jnp.reshape(mask, tuple(mask.shape) + (1,) * (ndim - mask.ndim))
 
 
+def _check_mask_dtype(mask) -> None:
+    """Raises ValueError unless `mask` is bool: an int or float mask has no single meaning.
+
+    Reads the dtype only (static under `jit`), so it costs nothing per step.
+    """
+    dtype = getattr(mask, "dtype", None)
+    if dtype is None and isinstance(mask, (list, tuple)):
+        dtype = np.asarray(mask).dtype
+    if dtype is None or np.dtype(dtype) == np.bool_:
+        return
+    raise ValueError(
+        f"Sequence: mask must have dtype bool (True at valid steps), got a mask of dtype "
+        f"{np.dtype(dtype).name} and shape {tuple(np.shape(mask))}. Convert it first: pass "
+        f"mask.astype(bool) or mask != 0 (or build the Sequence with "
+        f"Sequence.from_lengths(values, lengths))"
+    )
+
+
 @jax.tree_util.register_pytree_node_class
 class Sequence:
     """A batch of sequences: `values [batch, time, ...]` and `mask [batch, time]`.
 
-    `mask[b, t]` is True where step t of row b is valid. Invalid steps may hold
+    `mask[b, t]` is True where step t of row b is valid; it must be bool (an
+    int or float mask is refused, with the fix). Invalid steps may hold
     anything (garbage, NaN); `mask_invalid()` zeroes them. A registered pytree,
     so Sequences pass through `jax.jit`, `jax.vmap` and `jax.grad`.
     """
@@ -39,6 +58,7 @@ class Sequence:
                 f"[batch, time]; got values {tuple(values_shape)} and mask "
                 f"{tuple(mask_shape)}"
             )
+        _check_mask_dtype(mask)
         self.values = values
         self.mask = mask
 

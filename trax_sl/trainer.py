@@ -19,8 +19,7 @@ when the environment sets `JAX_COORDINATOR_ADDRESS`, or with `--distributed`
 from __future__ import annotations
 
 import datetime
-import importlib
-import importlib.util  # Also lets gin report a missing config file (it uses importlib.util unimported).
+import importlib.util  # noqa: F401 (lets gin report a missing config file: it uses importlib.util unimported)
 import logging as std_logging
 import os
 import re
@@ -31,7 +30,7 @@ import jax
 from absl import app, flags, logging
 
 # Imported for their gin configurables, so that configs can name them.
-from trax_sl import data, layers, optimizers  # noqa: F401
+from trax_sl import data, gin_types, layers, models, optimizers  # noqa: F401
 from trax_sl.supervised import checkpoints, dir_lock, lr_schedules, preemption, trainer_lib  # noqa: F401
 
 FLAGS = flags.FLAGS
@@ -61,15 +60,8 @@ class ConfigError(Exception):
     """A mistake in the run's configuration, reported in one line without a traceback."""
 
 
-def _import_configurables() -> None:
-    # trax_sl.models is being written alongside; import it once it exists.
-    if importlib.util.find_spec("trax_sl.models") is not None:
-        importlib.import_module("trax_sl.models")
-
-
 def _gin_parse_configs() -> None:
     """Parses the gin files and bindings of the flags (after `--data_dir` and `--model`)."""
-    _import_configurables()
     config_files = FLAGS.config_file or []
     for path in config_files:
         if not os.path.isfile(path):
@@ -129,7 +121,14 @@ def _one_line(error: BaseException) -> str:
 
 
 def _is_config_error(error: BaseException) -> bool:
-    if isinstance(error, (ConfigError, OSError, checkpoints.CheckpointError, dir_lock.OutputDirInUse)):
+    config_errors = (
+        ConfigError,
+        OSError,
+        checkpoints.CheckpointError,
+        dir_lock.OutputDirInUse,
+        gin_types.BindingTypeError,
+    )
+    if isinstance(error, config_errors):
         return True
     # gin's error for a gin.REQUIRED parameter left unset.
     return isinstance(error, RuntimeError) and "Required bindings" in str(error)

@@ -1,6 +1,7 @@
 """The local corpus builder (no network, no TensorFlow) and python_chars_inputs over it."""
 
 import itertools
+import logging
 import os
 import sys
 
@@ -8,6 +9,7 @@ import gin
 import jax
 import numpy as np
 import pytest
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from trax_sl import data
 from trax_sl.data import python_corpus
@@ -54,6 +56,47 @@ def test_builder_writes_array_record_without_tensorflow(corpus):
     assert "python_stdlib_chars-validation.array_record-00000-of-00001" in written
     assert "tensorflow" not in sys.modules
     assert data.prepare_python_corpus(files, data_dir=data_dir) == name  # Prepared once, then reused.
+
+
+def test_first_build_says_one_line_and_no_tfds_download_noise(tmp_path, capfd, caplog):
+    # Issue 15: tfds announced "Downloading and preparing dataset Unknown size ..." and warned
+    # "Variant folder ... has no dataset_info.json" on every first run, downloading nothing.
+    files = []
+    for name, text in TEXTS.items():
+        path = tmp_path / "sources" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        files.append(str(path))
+    data_dir = str(tmp_path / "tfds")
+    caplog.set_level(logging.DEBUG, logger="absl")
+    name = data.prepare_python_corpus(files, data_dir=data_dir)
+    out, err = capfd.readouterr()
+    size = sum(len(t.encode()) for t in TEXTS.values()) / 1e6
+    assert out == (
+        f"Preparing the Python-sources corpus (3 files, {size:.1f} MB) in {data_dir}/{name}/1.0.0 "
+        "(first run only; later runs reuse it)\n"
+    )
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    for noise in ("Downloading", "download", "dataset_info.json", "Using custom data configuration"):
+        assert noise not in out + err + logged
+    assert "Generating" not in err  # tfds' progress bars ...
+    assert tqdm_utils._active  # ... are back on for other datasets.
+    data.prepare_python_corpus(files, data_dir=data_dir)
+    assert capfd.readouterr() == ("", "")  # Later runs say nothing.
+
+
+def test_a_failing_first_build_still_raises(tmp_path, monkeypatch):
+    path = tmp_path / "a.py"
+    path.write_text("A = 1\n")
+
+    def broken(self, files, root):
+        raise OSError(f"cannot read {files[0]}")
+        yield
+
+    monkeypatch.setattr(python_corpus.PythonStdlibChars, "_generate_examples", broken)
+    with pytest.raises(OSError, match="cannot read .*a.py"):
+        data.prepare_python_corpus([str(path), str(path)], data_dir=str(tmp_path / "tfds"))
+    assert tqdm_utils._active
 
 
 def test_tfds_reads_the_splits_in_file_order(corpus):

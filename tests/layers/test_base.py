@@ -613,6 +613,73 @@ def test_with_mode_carries_the_interactive_cache():
     np.testing.assert_allclose(twin(_x()), layer(_x()), rtol=1e-6)
 
 
+def _conv_attention_lm(max_len=16):
+    return tl.Serial(
+        tl.Embedding(10, 8),
+        tl.CausalConv(8, kernel_width=3),
+        tl.PositionalEncoding(max_len=max_len),
+        tl.CausalAttention(8, n_heads=2, max_inference_length=64),
+        tl.Dense(10),
+    )
+
+
+def test_a_predict_twin_of_a_trained_model_streams_call_by_call_as_in_trax():
+    model = _conv_attention_lm()
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 12), 0, 10)
+    model.init(tokens, rng=jax.random.PRNGKey(1))
+    whole = model.with_mode("eval")(tokens)
+    streaming = model.with_mode("predict")
+    blocks = [streaming(tokens[:, :4]), streaming(tokens[:, 4:5]), streaming(tokens[:, 5:12])]
+    np.testing.assert_allclose(np.concatenate(blocks, axis=1), whole, atol=1e-5)
+    # Setting the state (or init) starts a new stream.
+    streaming.state = tl.start_stream(model, tokens[:, :1], model.weights)[1]
+    np.testing.assert_allclose(streaming(tokens[:, :4]), whole[:, :4], atol=1e-5)
+
+
+def test_a_predict_mode_model_initialised_on_a_block_streams_call_by_call():
+    model = _conv_attention_lm()
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 6), 0, 10)
+    weights, _ = model.init(tokens, rng=jax.random.PRNGKey(1))
+    predict = _conv_attention_lm().with_mode("predict")
+    predict.init(ShapeDtype((2, 1), jnp.int32))
+    predict.weights = weights
+    steps = [predict(tokens[:, t : t + 1]) for t in range(6)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), model.with_mode("eval")(tokens), atol=1e-5)
+
+
+def test_an_interactive_stream_past_its_cache_raises_for_arrays_and_masks_sequences():
+    model = _conv_attention_lm(max_len=6)
+    tokens = jnp.ones((1, 8), jnp.int32)
+    model.init(tokens[:, :6])
+    assert model.stream_capacity == 6
+    streaming = model.with_mode("predict")
+    streaming(tokens[:, :4])
+    with pytest.raises(ValueError) as caught:
+        streaming(tokens[:, :4])
+    assert str(caught.value) == (
+        "Serial: this predict-mode stream has taken 4 steps and the block has 4, but the stream holds "
+        "6 steps (PositionalEncoding max_len=6); start a new stream (layer.init, or set layer.state) "
+        "or build the model with a larger cache"
+    )
+    assert np.isfinite(streaming(tokens[:, :2])).all()  # The refused block changed nothing.
+    # A Sequence's steps past the cache come out invalid (never NaN).
+    fresh = model.with_mode("predict")
+    out = fresh(Sequence.from_values(tokens))
+    np.testing.assert_array_equal(out.mask, [[True] * 6 + [False] * 2])
+    assert np.isfinite(out.values).all()
+
+
+def test_init_given_a_tuple_of_ints_says_what_to_pass():
+    with pytest.raises(tl.LayerError) as caught:
+        tl.Dense(3).init((4, 5))
+    assert "cause: TypeError: expected a ShapeDtype or example inputs, got the tuple of ints (4, 5); " in str(
+        caught.value
+    )
+    assert "pass tl.ShapeDtype((4, 5)) (float32) or an example array such as jnp.zeros((4, 5))" in str(
+        caught.value
+    )
+
+
 def test_with_mode_rejects_unknown_mode():
     with pytest.raises(ValueError, match="mode"):
         Affine(2).with_mode("inference")

@@ -101,7 +101,7 @@ def test_positional_encoding_predict_mode_keeps_each_rows_position():
 
 
 def test_positional_encoding_past_max_len():
-    """Layer-wise a too-long input raises; a stream past max_len gives NaN, never a clamped row."""
+    """Layer-wise a too-long input raises; a stream past max_len gives invalid zero steps, never a clamped row."""
     with pytest.raises(base.LayerError, match="the input has 5 steps, more than max_len=4"):
         ps.PositionalEncoding(max_len=4, mode="eval").init(ShapeDtype((1, 5, 4)))
     layer = ps.PositionalEncoding(max_len=4, mode="predict")
@@ -109,8 +109,16 @@ def test_positional_encoding_past_max_len():
     x = seq.Sequence(jnp.zeros((2, 6, 4)), jnp.array([[True] * 6, [True, False, True, True, True, True]]))
     y, state = _stream(layer, x, [2, 2, 2])
     np.testing.assert_array_equal(state, [6, 5])
-    assert np.all(np.isfinite(y.values[0, :4])) and np.all(np.isnan(y.values[0, 4:]))
-    assert np.all(np.isfinite(y.values[1, 2:5])) and np.all(np.isnan(y.values[1, 5]))
+    np.testing.assert_array_equal(y.mask, [[True] * 4 + [False] * 2, [True, False] + [True] * 3 + [False]])
+    np.testing.assert_allclose(y.values[0, :4], [_table_row(p) for p in range(4)], atol=1e-6)
+    np.testing.assert_array_equal(y.values[0, 4:], 0.0)
+    np.testing.assert_array_equal(y.values[1, 5], 0.0)
+    # Arrays carry no mask: their steps past max_len are zero, and the capacity says where that starts.
+    table, state = layer.init(ShapeDtype((1, 3, 4)))
+    first, state = layer.pure_fn(jnp.ones((1, 3, 4)), table, state, None)
+    second, _ = layer.pure_fn(jnp.ones((1, 3, 4)), table, state, None)
+    assert np.all(first != 0) and np.all(second[0, 0] != 0) and np.all(second[0, 1:] == 0)
+    assert layer.stream_capacity == 4
 
 
 def test_positional_encoding_d_feature_projects_the_table():

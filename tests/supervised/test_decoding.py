@@ -123,3 +123,49 @@ def test_encoder_decoder_decoding_feeds_the_target_path():
     )
     logits = model((jnp.asarray(source), jnp.asarray(tokens)))[0]
     np.testing.assert_array_equal(np.argmax(logits, axis=-1), tokens)
+
+
+def positional_lm(max_len=8):
+    model = tl.Serial(
+        tl.ShiftRight(mode="eval"),
+        tl.Embedding(VOCAB, 16),
+        tl.PositionalEncoding(max_len=max_len, mode="eval"),
+        tl.CausalAttention(16, n_heads=2, max_inference_length=64, mode="eval"),
+        tl.Dense(VOCAB),
+    )
+    model.init(jax.ShapeDtypeStruct((2, max_len), jnp.int32), jax.random.PRNGKey(1))
+    return model
+
+
+def test_a_prompt_and_max_length_past_the_cache_are_refused_before_compiling():
+    model = positional_lm(max_len=8)
+    before = decoding._decode._cache_size()
+    with pytest.raises(ValueError) as caught:
+        decoding.autoregressive_sample(model, max_length=12)
+    assert str(caught.value).startswith(
+        "autoregressive_sample: a prompt of 1 token(s) (start_id and the context) and max_length=12 "
+        "need 12 positions, but the model's predict-mode stream holds 8 (PositionalEncoding max_len=8); "
+        "pass max_length <= 8 or build the model with a larger cache"
+    )
+    with pytest.raises(ValueError, match=r"a prompt of 4 token\(s\) .* and max_length=6 need 9 positions"):
+        decoding.autoregressive_sample(model, context=np.zeros((1, 3), np.int32), max_length=6)
+    assert decoding._decode._cache_size() == before
+    # The KV cache bounds the stream too, named by its own argument.
+    with pytest.raises(ValueError, match=r"holds 64 \(DotProductCausalAttention max_inference_length=64\)"):
+        decoding.autoregressive_sample(positional_lm(max_len=100), max_length=65)
+    # Exactly full is fine, and equals the layer-wise greedy choice at every position.
+    tokens = decoding.autoregressive_sample(model, batch_size=2, temperature=0.0, max_length=8, eos_id=99)
+    assert tokens.shape == (2, 8) and np.isfinite(model(jnp.asarray(tokens))).all()
+    np.testing.assert_array_equal(np.argmax(model(jnp.asarray(tokens)), axis=-1), tokens)
+
+
+def test_a_stream_ends_at_the_cache_with_an_error_not_garbage():
+    model = positional_lm(max_len=8)
+    expected = decoding.autoregressive_sample(model, batch_size=2, temperature=0.0, max_length=8, eos_id=99)
+    stream = decoding.autoregressive_sample_stream(model, batch_size=2, temperature=0.0, chunk_length=3)
+    tokens = [next(stream) for _ in range(8)]
+    np.testing.assert_array_equal(np.stack(tokens, axis=1), expected)
+    with pytest.raises(
+        ValueError, match=r"holds 8 positions \(PositionalEncoding max_len=8\) and all 8 tokens"
+    ):
+        next(stream)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import gin
 import numpy as np
 
-from trax_sl import shapes
+from trax_sl import checks, shapes
 from trax_sl.data.batching import example_length
 from trax_sl.sequence import Sequence
 
@@ -103,20 +103,52 @@ def FilterByLength(  # noqa: N802
     min_length: int | None = 0,
     length_keys: list[int] | None = None,
     length_axis: int = 0,
+    max_consecutive_rejections: int = 100_000,
 ) -> StreamFn:
     """Returns a stream function that keeps examples with min_length <= length <= max_length.
 
     The length is the largest size on `length_axis` over `length_keys` (the
     first two features by default). None leaves a bound open.
+
+    Args:
+        max_length: The longest length kept; None for no upper bound.
+        min_length: The shortest length kept; None for no lower bound.
+        length_keys: The features whose size is the example's length.
+        length_axis: The axis of those features that holds the length.
+        max_consecutive_rejections: After this many examples in a row fail
+            the bounds the stream raises ValueError instead of reading on: a
+            repeating source whose every example is rejected would otherwise
+            hang without a word.
     """
     if max_length is None and min_length is None:
         raise ValueError("FilterByLength: give max_length, min_length or both; got neither")
+    checks.check_positive("FilterByLength", max_consecutive_rejections=max_consecutive_rejections)
+    where = f"FilterByLength(max_length={max_length}, min_length={min_length})"
 
     def filtered(generator):
+        rejected = []  # The lengths of the current run of rejected examples (the first few).
+        n_rejected, shortest, longest = 0, None, None
         for example in generator:
             length = example_length(example, length_axis, length_keys)
             if (max_length is None or length <= max_length) and (min_length is None or length >= min_length):
+                n_rejected = 0
                 yield example
+                continue
+            if n_rejected == 0:
+                rejected, shortest, longest = [], length, length
+            n_rejected += 1
+            shortest, longest = min(shortest, length), max(longest, length)
+            if len(rejected) < 5:
+                rejected.append(length)
+            if n_rejected >= max_consecutive_rejections:
+                keys = "the first two features" if length_keys is None else f"features {list(length_keys)}"
+                raise ValueError(
+                    f"{where}: rejected {n_rejected} examples in a row, with lengths from {shortest} to "
+                    f"{longest} (the first: {', '.join(map(str, rejected))}); the length is the largest size on axis "
+                    f"{length_axis} of {keys}. Widen max_length/min_length, set length_keys and "
+                    f"length_axis to the sequence features, or raise max_consecutive_rejections if long "
+                    f"runs of rejected examples are expected"
+                )
 
     return filtered
 

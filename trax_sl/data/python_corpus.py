@@ -15,9 +15,11 @@ file, starting with the first, goes to `validation`, the others to `train`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
+import logging
 import os
 import sys
 import sysconfig
@@ -29,6 +31,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from trax_sl import checks
 from trax_sl.data.inputs import Inputs
@@ -92,6 +95,20 @@ class PythonStdlibChars(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=True,
         )
 
+    # tfds announces every first build as "Downloading and preparing dataset Unknown size ...",
+    # though this one downloads nothing; these two hooks (tfds' own) say what happens instead.
+    def _log_download_bytes(self) -> None:
+        files = list(self.builder_config.files) or stdlib_files()
+        megabytes = sum(os.path.getsize(f) for f in files) / 1e6
+        print(
+            f"Preparing the Python-sources corpus ({len(files)} files, {megabytes:.1f} MB) in "
+            f"{self.data_dir} (first run only; later runs reuse it)",
+            flush=True,
+        )
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _split_generators(self, dl_manager):
         del dl_manager  # Everything is local.
         files = list(self.builder_config.files) or stdlib_files()
@@ -134,10 +151,38 @@ def prepare_python_corpus(files: Sequence[str] | None = None, data_dir: str | No
 
 
 def _builder(files, data_dir) -> PythonStdlibChars:
-    builder = PythonStdlibChars(config=_config_for(files), data_dir=data_dir)
-    if not builder.is_prepared():
-        builder.download_and_prepare(file_format="array_record")
+    """The corpus builder, prepared (once per data_dir and config) without tfds' first-run noise."""
+    with _without_absl_records(_FIRST_RUN_WARNINGS):
+        builder = PythonStdlibChars(config=_config_for(files), data_dir=data_dir)
+        if not builder.is_prepared():
+            # tfds' switch is global: turned off for this build only, then put back as it was.
+            progress_bar = getattr(tqdm_utils, "_active", True)
+            tfds.display_progress_bar(False)
+            try:
+                builder.download_and_prepare(file_format="array_record")
+            finally:
+                tfds.display_progress_bar(progress_bar)
     return builder
+
+
+# What tfds warns while it makes a builder whose data is not there yet: expected on a first
+# run, and for a `files` config (not one of BUILDER_CONFIGS) on every run.
+_FIRST_RUN_WARNINGS = ("Variant folder ", "Using custom data configuration: ")
+
+
+@contextlib.contextmanager
+def _without_absl_records(prefixes: tuple[str, ...]):
+    """Drops the records of absl's logger (which tfds logs to) whose message starts with `prefixes`."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(prefixes)
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _read_split(builder, split: str) -> np.ndarray:
@@ -171,7 +216,8 @@ def python_chars_inputs(
     Args:
         batch_size: Windows per batch (per host).
         sequence_length: Bytes per window.
-        data_dir: Where the corpus is prepared; tfds' default if None.
+        data_dir: Where the corpus is prepared; tfds' default if None
+            (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
         files: Text files to use instead of the stdlib modules.
         seed: Seeds the training windows.
     """

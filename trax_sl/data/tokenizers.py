@@ -34,7 +34,7 @@ class _ByteVocab:
     vocab_size = 256
 
     def encode(self, text: str | bytes) -> np.ndarray:
-        data = text if isinstance(text, bytes) else text.encode("utf-8")
+        data = text if isinstance(text, bytes) else _utf8(text)
         return np.frombuffer(data, np.uint8).astype(np.int32)
 
     def decode(self, ids: np.ndarray) -> str:
@@ -63,10 +63,31 @@ class _SentencePieceVocab:
 
     def encode(self, text: str | bytes) -> np.ndarray:
         text = text.decode("utf-8") if isinstance(text, bytes) else text
-        return np.asarray(self._processor.encode(text), np.int32)
+        try:
+            return np.asarray(self._processor.encode(text), np.int32)
+        except Exception:
+            # sentencepiece's own error for a lone surrogate names neither the text nor the place.
+            _utf8(text)
+            raise
 
     def decode(self, ids: np.ndarray) -> str:
         return self._processor.decode(ids.tolist())
+
+
+def _utf8(text: str) -> bytes:
+    """`text` as UTF-8; a ValueError naming the place where that is impossible (a lone surrogate)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        start = max(0, e.start - 20)
+        excerpt = ("..." if start else "") + repr(text[start : e.start + 20])[1:-1]
+        excerpt += "..." if e.start + 20 < len(text) else ""
+        raise ValueError(
+            f"Tokenize: cannot encode the text '{excerpt}' ({len(text)} characters) as UTF-8: it holds "
+            f"{text[e.start]!r} at position {e.start}, a lone surrogate (half of a UTF-16 pair, not a "
+            f"character), which UTF-8 cannot encode. Clean the text first, e.g. "
+            f"text.encode('utf-8', errors='replace').decode('utf-8') makes each such character '?'"
+        ) from e
 
 
 @functools.lru_cache(maxsize=16)

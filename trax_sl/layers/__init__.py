@@ -220,6 +220,7 @@ from trax_sl.layers.rnn import (
 )
 from trax_sl.layers.self_attention import DotProductSelfAttention, LocalDotProductSelfAttention
 from trax_sl.layers.streaming import start_stream
+from trax_sl.layers.model_summary import parameter_count, summary
 
 # Test helpers load on first use, so that `import trax_sl.layers` does not pay
 # for them: `tl.contract.verify_contract` (and its old name `tl.test_utils`).

@@ -314,9 +314,10 @@ class DotProductCausalAttention(base.Layer):
 
     Predict mode: the state holds a KV cache of `max_inference_length` slots
     per row, filled with the row's valid steps (invalid steps take none), and
-    each row's count of valid steps. A row's output is invalid (mask False)
-    from its (max_inference_length + 1)-th valid step on: the cache never
-    drops keys silently (Trax's clamps its index and overwrites the last slot).
+    each row's count of valid steps. A row's output is invalid (mask False,
+    zero values) from its (max_inference_length + 1)-th valid step on: the
+    cache never drops keys silently (Trax's clamps its index and overwrites
+    the last slot).
     """
 
     handles_sequences = True
@@ -329,7 +330,13 @@ class DotProductCausalAttention(base.Layer):
         self._max_length = int(max_inference_length)
         self._mode = mode
 
-    streaming_spec = streaming.StreamingSpec(receptive_field=(math.inf, 0))
+    @property
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        return streaming.StreamingSpec(
+            receptive_field=(math.inf, 0),
+            capacity=self._max_length,
+            capacity_source=f"{self.name} max_inference_length={self._max_length}",
+        )
 
     def init_weights_and_state(self, input_signature, rng):
         if self._mode != "predict":

@@ -316,7 +316,8 @@ def self_attention_step(
         seen = cache.slots.reshape((-1, 1)) + jnp.cumsum(valid.astype(jnp.int32), axis=1)
         visible = (np.arange(length).reshape((1, 1, -1)) < seen[:, :, None])[:, None]
         out = attend_fn(q, new_keys, new_values, visible)
-        q_mask = q_mask & (seen <= length)
+        q_mask = q_mask & (seen <= length)  # Past the cache: invalid, with zero values (below).
+        out = jnp.where(seq.expand_mask(q_mask, out.ndim), out, 0)
         new_cache = StreamCache(new_keys, new_values, slots, q_all[:, time:], q_mask_all[:, time:])
         return seq.Sequence(out, q_mask), new_cache
 

@@ -64,6 +64,8 @@ class _Scope(threading.local):
 
     init_seen: set | None = None
     shared_weights: dict | None = None
+    # Set while tl.summary traces an init: recorder(layer, init_fn) returns the init_fn to run.
+    init_recorder = None
 
 
 _scope = _Scope()
@@ -87,6 +89,12 @@ def _to_structs(signature):
 
 def as_signature(inputs):
     """Accepts a signature or example inputs; returns a signature."""
+    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(d, int) for d in inputs):
+        raise TypeError(
+            f"expected a ShapeDtype or example inputs, got the tuple of ints {tuple(inputs)}; "
+            f"pass tl.ShapeDtype({tuple(inputs)}) (float32) or an example array such as "
+            f"jnp.zeros({tuple(inputs)})"
+        )
     return shapes.signature(inputs)
 
 
@@ -106,6 +114,10 @@ class Layer:
 
     handles_sequences = False
     _mode = "train"
+    # Interactive streaming (predict mode): whether the cached state must first become a
+    # stream's (after with_mode of a trained model), and the array steps streamed so far.
+    _stream_pending = False
+    _stream_steps = 0
     # Set on combinators the library builds inside others (Branch's Parallel),
     # so error paths show the layers users wrote.
     hidden_in_paths = False
@@ -171,9 +183,10 @@ class Layer:
         sublayer does. Combinators compose their sublayers' specs
         (`streaming.serial`, `streaming.parallel`); wrappers inherit theirs.
         """
-        if all(sub.supports_step for sub in self.sublayers):
-            return streaming.POINTWISE
-        return streaming.NOT_STREAMING
+        spec = streaming.POINTWISE
+        if not all(sub.supports_step for sub in self.sublayers):
+            spec = streaming.NOT_STREAMING
+        return streaming.spec.bounded_by(spec, (streaming.spec.of(sub) for sub in self.sublayers))
 
     def _spec(self) -> streaming.StreamingSpec:
         # Memoised: a spec is a function of the constructor arguments, and
@@ -222,6 +235,17 @@ class Layer:
     def supports_step(self) -> bool:
         """Whether predict mode keeps the streaming contract for this layer."""
         return self._spec().supports_step
+
+    @property
+    def stream_capacity(self) -> int | None:
+        """The most valid input steps a predict-mode stream takes (None: unbounded).
+
+        Set by the model's KV caches and position tables (e.g. `max_len`).
+        Past it a stream's outputs are invalid: masked with zero values for
+        Sequences, zero values for arrays. An interactive call (`model(x)`)
+        on arrays that would pass it raises ValueError instead.
+        """
+        return self._spec().capacity
 
     @property
     def latency_period(self) -> int:
@@ -319,8 +343,8 @@ class Layer:
         except TypeError as e:
             raise LayerError(self, "init", input_signature, e) from e
         weights, state, _ = self.init_tree(signature, default_rng() if rng is None else rng)
-        self._weights, self._state = weights, state
-        self._initialized = True
+        self._weights, self._initialized = weights, True
+        self.state = state
         return weights, state
 
     def init_tree(self, input_signature, rng):
@@ -337,7 +361,10 @@ class Layer:
             first = id(self) not in _scope.init_seen
             _scope.init_seen.add(id(self))
             self._check_arity(input_signature)
-            weights, state, out = self.init_with_output_signature(input_signature, rng)
+            init = self.init_with_output_signature
+            if _scope.init_recorder is not None:
+                init = _scope.init_recorder(self, init)
+            weights, state, out = init(input_signature, rng)
             return (weights if first else SHARED), state, out
         except LayerError as e:
             e.enter(self)
@@ -400,18 +427,28 @@ class Layer:
 
     @state.setter
     def state(self, state):
+        """Sets the cached state; in predict mode this (re)starts the interactive stream."""
         self._state = state
+        self._stream_pending, self._stream_steps = False, 0
 
     def __call__(self, x, weights=None, state=None, rng=None):
         """Runs the layer interactively, compiled and cached per input signature.
 
         Falls back on the cached weights and state; a layer without weights
-        needs no `init`. The new state goes to the cache.
+        needs no `init`. The new state goes to the cache. In predict mode the
+        cache holds a stream, as in Trax: each call takes the next block and
+        advances it (after `with_mode('predict')` of an initialised model the
+        first call starts the stream from the model's weights and state).
         """
         if weights is None and not self._initialized:
             self._init_weightless(x)
         elif state is None and not self._initialized:  # Weights given, no state yet: a fresh one.
-            self._state = self.init_tree(shapes.signature(x), default_rng())[1]
+            self.state = self.init_tree(shapes.signature(x), default_rng())[1]
+        elif state is None and self._stream_pending:
+            self.state = streaming.start_stream(self, shapes.signature(x), self._weights, self._state)[1]
+        steps = self._stream_steps
+        if state is None and (self._mode == "predict" or self._has_predict_mode_sublayer()):
+            steps = streaming.steps_after_block(self, self._stream_steps, x)
         weights = self._weights if weights is None else weights
         state = self._state if state is None else state
         if self._jitted_pure_fn is None:
@@ -428,7 +465,7 @@ class Layer:
             except TypeError as bad_input:
                 raise LayerError(self, "__call__", x, bad_input) from bad_input
             raise LayerError(self, "__call__", x, e) from e
-        self._state = new_state
+        self._state, self._stream_steps = new_state, steps
         return outputs
 
     def _init_weightless(self, x) -> None:
@@ -468,6 +505,7 @@ class Layer:
                 new._jitted_pure_fn = None
                 new._streaming_spec_memo = None
                 new._predict_inside_memo = None
+                new._stream_pending, new._stream_steps = mode == "predict", 0
                 memo[id(layer)] = new
                 new._sublayers = tuple(twin(sub) for sub in layer._sublayers)
                 if new._sublayers_to_print is not None:

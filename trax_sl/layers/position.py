@@ -20,7 +20,7 @@ import numpy as np
 
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import base
+from trax_sl.layers import base, streaming
 from trax_sl.layers import initializers as init
 
 _FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
@@ -64,6 +64,11 @@ def _sinusoid_table(max_len: int, d_feature: int) -> np.ndarray:
     return pe
 
 
+def invalid_past_table(y: seq.Sequence, positions, table_size: int) -> seq.Sequence:
+    """`y` with the steps whose position is past a table of `table_size` rows invalid (zero values)."""
+    return seq.Sequence(y.values, y.mask & (positions < table_size)).mask_invalid()
+
+
 class PositionalEncoding(base.Layer):
     """Adds a (trainable) positional embedding, initialized to Trax's sinusoids.
 
@@ -81,8 +86,9 @@ class PositionalEncoding(base.Layer):
     Past max_len: layer-wise, an input of more than `max_len` steps raises a
     ValueError. In predict mode positions are only known at run time: a step
     whose position is `>= max_len` (a stream longer than `max_len` valid
-    steps, or a train-mode offset too large) gets NaN values, never a clamped
-    or wrapped embedding.
+    steps) comes out invalid (masked, zero values; `stream_capacity` is
+    max_len); a train-mode offset too large gives NaN. Never a clamped or
+    wrapped embedding.
 
     Predict mode: the state holds each row's count of valid steps so far
     (`[batch]` int32); the block's positions continue from it.
@@ -127,6 +133,12 @@ class PositionalEncoding(base.Layer):
         self._d_feature = d_feature
         self._mode = mode
 
+    @property
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        return streaming.StreamingSpec(
+            capacity=self._max_len, capacity_source=f"{self.name} max_len={self._max_len}"
+        )
+
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)
         if len(values.shape) != 3:
@@ -166,6 +178,8 @@ class PositionalEncoding(base.Layer):
         if self._mode == "train" and self._dropout > 0.0:
             embedding = embedding * self._dropout_multiplier(rng_dropout, x.shape, embedding.dtype)
         y = x.apply_values(lambda v: v + embedding.astype(v.dtype))
+        if predict:
+            y = invalid_past_table(y, positions, self._max_len)
         return seq.like_input(y, was_sequence), (next_start if predict else state)
 
     def _need_rng(self, rng, why: str) -> None:

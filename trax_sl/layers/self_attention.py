@@ -10,6 +10,8 @@ SequenceLayers cannot step, streams with a cache of `cache_size` steps.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -210,6 +212,11 @@ class DotProductSelfAttention(base.Layer):
                 attention_core.horizon_field(self._future),
             ),
         )
+        if self._past < 0 and self._cache_size is not None:
+            spec = dataclasses.replace(
+                spec, capacity=self._cache_size, capacity_source=f"{self.name} cache_size={self._cache_size}"
+            )
+        spec = streaming.spec.bounded_by(spec, (streaming.spec.of(sub) for sub in self.sublayers))
         if self._future < 0 or (self._past < 0 and self._cache_size is None):
             return spec.not_streaming(
                 "global attention (max_past_horizon=-1) needs cache_size to stream"

@@ -76,6 +76,30 @@ def _predict_twin(model: base.Layer) -> base.Layer:
     return cached[1]
 
 
+def _capacity(model: base.Layer) -> tuple[int | None, str]:
+    """(positions the model's predict-mode stream holds (None: unbounded), what sets that)."""
+    predict_model = _predict_twin(model)
+    return predict_model.stream_capacity, predict_model._spec().capacity_source
+
+
+def check_capacity(model: base.Layer, prompt_length: int, max_length: int) -> None:
+    """Raises ValueError (before anything compiles) when the prompt and max_length overflow the model's cache.
+
+    Sampling `max_length` tokens after a prompt of `prompt_length` (start_id
+    and the context) reads the model's outputs at `prompt_length +
+    max_length - 1` positions, which the predict-mode stream must hold.
+    """
+    capacity, source = _capacity(model)
+    needed = prompt_length + max_length - 1
+    if capacity is not None and needed > capacity:
+        raise ValueError(
+            f"autoregressive_sample: a prompt of {prompt_length} token(s) (start_id and the context) "
+            f"and max_length={max_length} need {needed} positions, but the model's predict-mode "
+            f"stream holds {capacity} ({source}); pass max_length <= {capacity - prompt_length + 1} "
+            f"or build the model with a larger cache"
+        )
+
+
 def _start(model, weights, state, batch_size: int, inputs):
     """(core without ShiftRight, its weights, its fresh stream state)."""
     predict_model = _predict_twin(model)
@@ -185,6 +209,8 @@ def autoregressive_sample(
       the last row's eos.
     """
     del accelerate
+    prefix = _prefix(batch_size, start_id, context)
+    check_capacity(model, prefix.shape[1], max_length)
     core, core_weights, core_state = _start(
         model, model.weights if weights is None else weights, state, batch_size, inputs
     )
@@ -193,7 +219,7 @@ def autoregressive_sample(
         inputs,
         core_weights,
         core_state,
-        jnp.asarray(_prefix(batch_size, start_id, context)),
+        jnp.asarray(prefix),
         jax.random.PRNGKey(0) if rng is None else rng,
         length=max_length,
         temperature=float(temperature),
@@ -225,7 +251,9 @@ def autoregressive_sample_stream(
 
     Tokens are sampled on the device `chunk_length` at a time by the same
     compiled loop as `autoregressive_sample` (the stream's state carries over
-    between chunks), and yielded one by one.
+    between chunks), and yielded one by one. A model whose predict-mode
+    stream holds N positions (`stream_capacity`) yields N tokens, then raises
+    ValueError naming its cache.
     """
     del accelerate, eval_min_length, eval_mode
     core, core_weights, stream_state = _start(
@@ -233,7 +261,10 @@ def autoregressive_sample_stream(
     )
     rng = jax.random.PRNGKey(0) if rng is None else rng
     last = jnp.asarray(_prefix(batch_size, start_id, None))
-    while True:
+    capacity, source = _capacity(model)
+    left = capacity
+    while left is None or left > 0:
+        length = chunk_length if left is None else min(chunk_length, left)
         rng, chunk_rng = jax.random.split(rng)
         tokens, stream_state, last = _decode_chunk(
             core,
@@ -242,7 +273,13 @@ def autoregressive_sample_stream(
             stream_state,
             last,
             chunk_rng,
-            length=chunk_length,
+            length=length,
             temperature=float(temperature),
         )
+        left = None if left is None else left - length
         yield from np.asarray(tokens).T
+    raise ValueError(
+        f"autoregressive_sample_stream: the model's predict-mode stream holds {capacity} positions "
+        f"({source}) and all {capacity} tokens were sampled; build the model with a larger cache "
+        f"to sample more"
+    )

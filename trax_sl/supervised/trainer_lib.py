@@ -25,6 +25,7 @@ from collections.abc import Callable
 import gin
 import jax
 
+from trax_sl import gin_types
 from trax_sl import layers as tl
 from trax_sl import optimizers as trax_opt
 from trax_sl.supervised import checkpoints, dir_lock, lr_schedules, training
@@ -129,6 +130,12 @@ def train(
         progress_bar: Show a progress bar; None shows one when stderr is a terminal.
     """
     del save_graphs  # Trax uses it only without use_loop.
+    gin_types.check_bindings()
+    if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NotADirectoryError(
+            f"train: output_dir {output_dir} is a file, not a directory; pass a directory "
+            f"(it is created if missing)"
+        )
     if not use_loop:
         raise ValueError("train: use_loop=False asks for Trax's old Trainer, which trax_sl does not provide")
     if n_weights_shards != 1:

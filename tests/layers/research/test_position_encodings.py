@@ -115,13 +115,15 @@ def test_axial_concatenates_the_axis_embeddings_of_each_grid_cell():
     # Position p is cell (p // 3, p % 3).
     expected = [[10, 1, 2], [10, 3, 4], [10, 5, 6], [20, 1, 2], [20, 3, 4], [20, 5, 6]]
     np.testing.assert_allclose(y[0], expected)
-    # Shorter inputs take the first positions; a stream past the grid gets NaN.
+    # Shorter inputs take the first positions; a stream past the grid gets invalid, zero steps.
     np.testing.assert_allclose(layer(jnp.zeros((1, 2, 3)), weights=(w0, w1))[0], expected[:2])
     streamed, _ = _stream(
         layer.with_mode("predict"), seq.Sequence.from_values(jnp.zeros((1, 8, 3))), [4, 4], weights=(w0, w1)
     )
     np.testing.assert_allclose(streamed.values[0, :6], expected)
-    assert np.all(np.isnan(streamed.values[0, 6:]))
+    np.testing.assert_array_equal(streamed.mask[0], [True] * 6 + [False] * 2)
+    np.testing.assert_array_equal(streamed.values[0, 6:], 0.0)
+    assert layer.stream_capacity == 6
 
 
 def test_axial_errors():

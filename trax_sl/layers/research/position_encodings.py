@@ -24,7 +24,7 @@ import numpy as np
 
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import base, position
+from trax_sl.layers import base, position, streaming
 from trax_sl.layers import initializers as init
 
 
@@ -64,7 +64,8 @@ class AxialPositionalEncoding(base.Layer):
     layer-wise; shorter inputs take the first positions here.
 
     Predict mode: the state holds each row's count of valid steps (`[batch]`
-    int32). Positions past the grid give NaN, never a wrapped embedding.
+    int32). Steps whose position is past the grid come out invalid (masked,
+    zero values; `stream_capacity` is prod(shape)), never a wrapped embedding.
     """
 
     handles_sequences = True
@@ -92,6 +93,11 @@ class AxialPositionalEncoding(base.Layer):
         self._dropout = dropout
         self._dropout_broadcast_dims = tuple(dropout_broadcast_dims)
         self._mode = mode
+
+    @property
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        cells = math.prod(self._shape)
+        return streaming.StreamingSpec(capacity=cells, capacity_source=f"{self.name} shape={self._shape}")
 
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)
@@ -139,6 +145,8 @@ class AxialPositionalEncoding(base.Layer):
             # mode="fill": positions past the grid become NaN, never a clamped embedding.
             emb = jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan)
         y = x.apply_values(lambda v: v + emb.astype(v.dtype))
+        if predict:
+            y = position.invalid_past_table(y, positions, n_cells)
         return seq.like_input(y, was_sequence), (next_count if predict else state)
 
 

@@ -16,6 +16,7 @@ from trax_sl.layers.streaming.predict import (
     check_predict_mode,
     check_steps,
     start_stream,
+    steps_after_block,
     time_items,
 )
 from trax_sl.layers.streaming.spec import NOT_STREAMING, POINTWISE, StreamingSpec, parallel, serial
@@ -32,6 +33,7 @@ __all__ = [
     "parallel",
     "serial",
     "start_stream",
+    "steps_after_block",
     "time_items",
     "window_spec",
 ]

@@ -59,6 +59,27 @@ def check_block(layer, x) -> None:
             )
 
 
+def steps_after_block(layer, steps_taken: int, x) -> int:
+    """The array steps an interactive stream has taken after block `x`; raises ValueError past capacity.
+
+    Arrays have no mask, so every step counts; a block holding a Sequence is
+    not counted here (its steps past the capacity come out invalid).
+    """
+    items = time_items(x)
+    if not items or any(isinstance(item, seq.Sequence) for item in items):
+        return steps_taken
+    steps = steps_taken + items[0].shape[1]
+    capacity = layer.stream_capacity
+    if capacity is not None and steps > capacity:
+        raise ValueError(
+            f"{layer.name}: this predict-mode stream has taken {steps_taken} steps and the block "
+            f"has {items[0].shape[1]}, but the stream holds {capacity} steps "
+            f"({layer._spec().capacity_source}); start a new stream (layer.init, or set layer.state) "
+            f"or build the model with a larger cache"
+        )
+    return steps
+
+
 def _same_signature(a, b) -> bool:
     if jax.tree.structure(a) != jax.tree.structure(b):
         return False

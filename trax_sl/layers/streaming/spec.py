@@ -37,6 +37,11 @@ class StreamingSpec:
         must be a multiple of it for the outputs to fall on the layer-wise
         steps (default: output_ratio's denominator, a stride-k window's k).
         Serial delays a sublayer's step-wise input to make it so.
+      capacity: the most valid input steps a predict-mode stream can take
+        (a KV cache's slots, a position table's rows); None: unbounded. Past
+        it, outputs are invalid (masked, zero values), never NaN.
+      capacity_source: what sets the capacity, for error messages (e.g.
+        "PositionalEncoding max_len=8").
     """
 
     block_size: int = 1
@@ -47,6 +52,8 @@ class StreamingSpec:
     supports_step: bool = True
     why_not: str = ""
     latency_period: int | None = None
+    capacity: int | None = None
+    capacity_source: str = ""
 
     def __post_init__(self):
         if self.latency_period is None:
@@ -80,13 +87,31 @@ def of(layer) -> StreamingSpec:
         receptive_field=layer.receptive_field,
         supports_step=layer.supports_step,
         latency_period=layer.latency_period,
+        capacity=layer.stream_capacity,
+        capacity_source=layer._spec().capacity_source,
     )
+
+
+def _smallest_capacity(candidates: Iterable[tuple[int | None, str]]) -> dict:
+    """The capacity fields of the smallest bounded capacity (unbounded when none is bounded)."""
+    bounded = [(capacity, source) for capacity, source in candidates if capacity is not None]
+    if not bounded:
+        return {}
+    capacity, source = min(bounded, key=lambda pair: pair[0])
+    return {"capacity": capacity, "capacity_source": source}
 
 
 def _inputs_for_multiple(n: int, ratio: fractions.Fraction) -> int:
     """The smallest count b of input steps for which b * ratio is a multiple of n."""
     needed = n * ratio.denominator
     return needed // math.gcd(needed, ratio.numerator)
+
+
+def bounded_by(spec: StreamingSpec, sublayer_specs: Iterable[StreamingSpec]) -> StreamingSpec:
+    """`spec` with the smallest capacity among its own and its sublayers' (which see its input)."""
+    candidates = [(spec.capacity, spec.capacity_source)]
+    candidates += [(sub.capacity, sub.capacity_source) for sub in sublayer_specs]
+    return dataclasses.replace(spec, **_smallest_capacity(candidates))
 
 
 def serial(specs: Iterable[StreamingSpec]) -> StreamingSpec:
@@ -102,7 +127,10 @@ def serial(specs: Iterable[StreamingSpec]) -> StreamingSpec:
     past = future = fractions.Fraction(0)
     steps = True
     period = 1
+    capacities = []
     for spec in specs:
+        if spec.capacity is not None:  # Its capacity counts its own input steps.
+            capacities.append((math.floor(spec.capacity / ratio), spec.capacity_source))
         block = math.lcm(block, _inputs_for_multiple(spec.block_size, ratio))
         # An input latency L reaches this layer as L * ratio (Serial aligns the rest).
         period = math.lcm(period, _inputs_for_multiple(spec.latency_period, ratio))
@@ -121,6 +149,7 @@ def serial(specs: Iterable[StreamingSpec]) -> StreamingSpec:
         receptive_field=(ceil_latency(past), ceil_latency(future)),
         supports_step=steps,
         latency_period=period,
+        **_smallest_capacity(capacities),
     )
 
 
@@ -152,4 +181,5 @@ def parallel(named_specs: Iterable[tuple[str, StreamingSpec]], where: str) -> St
         ),
         supports_step=all(spec.supports_step for spec in specs),
         latency_period=math.lcm(*(spec.latency_period for spec in specs)),
+        **_smallest_capacity((spec.capacity, spec.capacity_source) for spec in specs),
     )
