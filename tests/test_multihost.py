@@ -155,7 +155,7 @@ def test_two_processes_train_as_one_process_with_their_devices(tmp_path):
     resumed = run_trainer(tmp_path, two, STEPS, n_processes=2, devices_per_process=2)
 
     # Process 0 alone logs and writes: one metrics.jsonl row per logged step, one event file per run.
-    assert "Step 3: train loss" in first[0] and "Step 6: train loss" in resumed[0]
+    assert "Step 3: train/loss" in first[0] and "Step 6: train/loss" in resumed[0]
     assert "Step " not in first[1] + resumed[1]
     assert [row["step"] for row in metrics_rows(two)] == [1, 3, 6]
     assert len(os.listdir(two / "train")) == 2 and len(os.listdir(two / "eval")) == 2

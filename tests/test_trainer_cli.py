@@ -161,7 +161,7 @@ def test_a_trax_style_gin_file_runs(reference_run):
     assert [row["step"] for row in rows] == [1, 10, 20, 30, 40]
     assert rows[-1]["eval/loss"] < rows[0]["eval/loss"] / 10
     assert rows[-1]["eval/accuracy"] == 1.0
-    assert f"Step {STEPS}: train loss " in result.stdout
+    assert f"Step {STEPS}: train/loss " in result.stdout
     config = (output_dir / "config.gin").read_text()
     assert f"train.steps = {STEPS}" in config and "Adam.b2 = 0.98" in config
     assert len(os.listdir(output_dir / "train")) == 1 and len(os.listdir(output_dir / "eval")) == 1

@@ -9,7 +9,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from trax_sl.supervised import summaries
 from trax_sl.supervised.history import History
-from trax_sl.supervised.metrics_log import MetricsLogger, Scalar, format_line
+from trax_sl.supervised.metrics_log import MetricsLogger, ProgressLine, Scalar, format_duration, format_line
 
 
 def event_class():
@@ -126,7 +126,7 @@ def test_metrics_logger_writes_jsonl_tensorboard_and_history(tmp_path):
     logger.log(10, scalars)
     logger.log(20, [Scalar("eval", None, "metrics", "accuracy", 0.75)])
     logger.close()
-    assert lines == ["Step 10: train loss 2 | eval accuracy 0.25", "Step 20: eval accuracy 0.75"]
+    assert lines == ["Step 10: train/loss 2 | eval/accuracy 0.25", "Step 20: eval/accuracy 0.75"]
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert rows == [
         '{"step": 10, "train/loss": 2.0, "train/learning_rate": 0.5, "eval/accuracy": 0.25}',
@@ -160,7 +160,33 @@ def test_format_line_with_task_prefixes():
         Scalar("train", None, "training", "steps_per_second", 99.0),
         Scalar("eval", "copy", "metrics", "loss", np.float32(0.5)),
     ]
-    assert format_line(7, scalars) == "Step 7: train/copy loss 1.235 | eval/copy loss 0.5"
+    assert format_line(7, scalars) == "Step 7: train/copy/loss 1.235 | eval/copy/loss 0.5"
+    assert [s.key for s in scalars] == ["train/copy/loss", "train/steps_per_second", "eval/copy/loss"]
+    assert [s.tag for s in scalars] == ["metrics/loss", "training/steps_per_second", "metrics/loss"]
+
+
+def test_text_goes_to_the_log_as_it_is_and_to_the_text_dashboard_as_a_code_block(tmp_path):
+    lines = []
+    logger = MetricsLogger(str(tmp_path), History(), write_line=lines.append)
+    sample = "def f(x):\n    return x  # *not* markdown"
+    logger.text(300, "samples", sample)
+    logger.close()
+    assert lines == [sample]
+    (train_file,) = os.listdir(tmp_path / "train")
+    (event,) = read_events(tmp_path / "train" / train_file)[1:]
+    value = event.summary.value[0]
+    assert (event.step, value.tag, value.metadata.plugin_data.plugin_name) == (300, "samples", "text")
+    assert list(value.tensor.string_val) == [b"    def f(x):\n        return x  # *not* markdown"]
+
+
+def test_progress_line_speed_and_eta(monkeypatch):
+    clock = iter([1000.0, 1010.0, 1030.0])  # Started at 1000 s; lines at 1010 s and 1030 s.
+    monkeypatch.setattr("time.time", lambda: next(clock))
+    progress = ProgressLine(100, 900)  # A run resumed at step 100, to stop at 900.
+    loss = [Scalar("train", None, "metrics", "loss", 1.87349)]
+    assert progress.line(110, loss) == "Step 110/900: train/loss 1.873 | 1 steps/s | ETA 13m10s"
+    assert progress.line(150, []) == "Step 150/900: 2 steps/s | ETA 7m30s"
+    assert [format_duration(s) for s in (0, 42.4, 365, 7620)] == ["0s", "42s", "6m05s", "2h07m"]
 
 
 def test_history_round_trips_through_json_data():

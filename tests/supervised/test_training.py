@@ -1,16 +1,21 @@
 """training.Loop, TrainTask and EvalTask: learning, masks and weights, compiling once, logs, devices."""
 
+import io
 import json
 import logging
 import os
+import re
+import sys
 import typing
 
+import gin
 import jax
 import numpy as np
 import optax
 import pytest
 
 import trax_sl
+from tests.supervised.test_summaries import read_events
 from trax_sl import data, optimizers
 from trax_sl import layers as tl
 from trax_sl.supervised import callbacks, training
@@ -51,7 +56,7 @@ def tiny_model():
     return tl.Serial(tl.Embedding(V, 16), tl.Dense(V))
 
 
-def make_loop(output_dir=None, n_steps_per_checkpoint=10, eval_tasks=True, **kwargs):
+def make_loop(output_dir=None, n_steps_per_checkpoint=10, eval_tasks=True, fixed_batches=True, **kwargs):
     inputs = copy_inputs()
     task = training.TrainTask(
         lambda position: inputs.train_stream(1, position=position),
@@ -65,6 +70,7 @@ def make_loop(output_dir=None, n_steps_per_checkpoint=10, eval_tasks=True, **kwa
         [tl.WeightedCategoryCrossEntropy(), tl.WeightedCategoryAccuracy()],
         metric_names=["loss", "accuracy"],
         n_eval_batches=2,
+        fixed_batches=fixed_batches,
     )
     return training.Loop(
         tiny_model(),
@@ -166,12 +172,192 @@ def test_metrics_jsonl_the_log_line_and_config_gin(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Step 10:")]
     row = rows[1]
     expected = (
-        f"Step 10: train loss {row['train/loss']:.4g} | eval loss {row['eval/loss']:.4g} "
-        f"accuracy {row['eval/accuracy']:.4g}"
+        f"Step 10: train/loss {row['train/loss']:.4g} | eval/loss {row['eval/loss']:.4g} | "
+        f"eval/accuracy {row['eval/accuracy']:.4g}"
     )
     assert lines == [expected]
     assert (tmp_path / "config.gin").exists()
     assert len(os.listdir(tmp_path / "train")) == 1 and len(os.listdir(tmp_path / "eval")) == 1
+
+
+def tensorboard_scalars(run_dir):
+    """{(step, tag): value} of the scalars in the one event file of a TensorBoard run."""
+    (name,) = os.listdir(run_dir)
+    return {
+        (event.step, value.tag): value.simple_value
+        for event in read_events(run_dir / name)
+        for value in event.summary.value
+        if not value.HasField("tensor")
+    }
+
+
+def test_a_metric_has_one_name_in_the_log_line_metrics_jsonl_and_tensorboard(tmp_path, capsys):
+    """Issue 15: the log said `train loss`, metrics.jsonl `train/loss`, TensorBoard `metrics/loss`.
+
+    The log line and metrics.jsonl use the key `<mode>/<name>`; TensorBoard keeps
+    Trax's layout (the run `<mode>`, the tag `metrics/<name>` or `training/<name>`).
+    """
+    make_loop(str(tmp_path)).run(10)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Step 10:")]
+    logged = dict(part.rsplit(" ", 1) for part in line.removeprefix("Step 10: ").split(" | "))
+    assert set(logged) == {"train/loss", "eval/loss", "eval/accuracy"}
+    assert logged == {key: f"{row[key]:.4g}" for key in logged}
+    in_tensorboard = {
+        f"{run}/{tag.split('/', 1)[1]}": value
+        for run in ("train", "eval")
+        for (step, tag), value in tensorboard_scalars(tmp_path / run).items()
+        if step == 10
+    }
+    del row["step"]
+    assert set(in_tensorboard) == set(row)
+    assert in_tensorboard == pytest.approx(row, rel=1e-6)  # float32 in event files.
+    train = tensorboard_scalars(tmp_path / "train")
+    assert {tag for _, tag in train} == {
+        "metrics/loss",
+        "training/learning_rate",
+        "training/steps_per_second",
+    }
+
+
+PROGRESS_LINE = re.compile(
+    r"Step (\d+)/(\d+): train/loss (\S+) \| (\S+) steps/s \| ETA (\d+s|\d+m\d\ds|\d+h\d\dm)$"
+)
+
+
+def test_progress_lines_every_log_every_steps_when_stdout_is_not_a_terminal(capsys):
+    loop = make_loop(eval_at=lambda step: step % 10 == 0, log_every=5)
+    loop.run(10)
+    loop.run(5)
+    lines = capsys.readouterr().out.splitlines()
+    progress = [m.groups() for m in map(PROGRESS_LINE.match, lines) if m]
+    assert [(step, last) for step, last, *_ in progress] == [("5", "10"), ("10", "10"), ("15", "15")]
+    assert all(float(speed) > 0 for *_, speed, _ in progress)
+    assert progress[1][4] == progress[2][4] == "0s"  # The ETA at a run's last step.
+    # The loss is the mean since the last eval line (what the next one logs): at step 10 the eval line's.
+    (eval_line,) = [line for line in lines if line.startswith("Step 10:")]
+    assert eval_line.startswith(f"Step 10: train/loss {progress[1][2]} | eval/loss ")
+    assert (
+        lines.index(eval_line) == lines.index(next(line for line in lines if line.startswith("Step 10/"))) + 1
+    )
+
+
+def test_log_every_steps_are_counted_from_the_first_step_and_zero_turns_the_lines_off(capsys):
+    loop = make_loop(eval_tasks=False, n_steps_per_checkpoint=None, log_every=4)
+    loop.run(6)
+    loop.run(6)
+    make_loop(eval_tasks=False, n_steps_per_checkpoint=None, log_every=0).run(12)
+    make_loop(eval_tasks=False, n_steps_per_checkpoint=30).run(6)  # By default a tenth of the period.
+    lines = capsys.readouterr().out.splitlines()
+    assert [m.group(1, 2) for m in map(PROGRESS_LINE.match, lines) if m] == [
+        ("4", "6"),
+        ("8", "12"),
+        ("12", "12"),
+        ("3", "6"),
+        ("6", "6"),
+    ]
+    with pytest.raises(ValueError, match="log_every must be >= 0"):
+        make_loop(log_every=-1)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def screen(output: str) -> list[str]:
+    """The lines a terminal shows for `output` (a carriage return goes back to the start of the line)."""
+    shown = []
+    for line in output.split("\n"):
+        row = ""
+        for part in line.split("\r"):
+            row = part + row[len(part) :]
+        shown.append(row.rstrip())
+    return shown
+
+
+class SayHello(callbacks.TrainingStepCallback):
+    def call_at(self, step):
+        return step == 3
+
+    def on_step_begin(self, step):
+        pass
+
+    def on_step_end(self, step):
+        self._loop.log_text("greeting", "hello\n  world")
+
+
+def test_on_a_terminal_the_bar_has_lines_of_its_own_and_text_is_printed_above_it(monkeypatch):
+    """Issue 15: samples were printed onto the bar's line, and five metrics squeezed the bar to `|`."""
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    loop = make_loop(eval_at=lambda step: step == 4, progress_bar=True, log_every=1, callbacks=[SayHello])
+    loop.run(5)
+    shown = screen(terminal.getvalue())
+    assert "hello" in shown and "  world" in shown  # Each on a line of its own.
+    (metrics,) = [row for row in shown if row.startswith("Step 4:")]
+    assert re.fullmatch(r"Step 4: train/loss \S+ \| eval/loss \S+ \| eval/accuracy \S+", metrics)
+    assert shown[-1] == ""
+    assert re.fullmatch(r"100%\|[#█]+\| 5/5 \[.*step/s\]", shown[-2])  # No metrics beside the bar.
+    assert not any(PROGRESS_LINE.match(row) for row in shown)  # The bar shows the progress.
+
+
+def test_text_samples_print_above_the_bar_and_go_to_the_text_dashboard(tmp_path, monkeypatch):
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    # Samples "def aaaaaa": printable bytes, so that the terminal's lines can be read back.
+    prefer_a = tl.Fn("PreferA", lambda x: x + 100.0 * jax.nn.one_hot(ord("a"), 256)[None, None])
+    byte_lm = tl.Serial(tl.ShiftRight(), tl.Embedding(256, 16), tl.Dense(256), prefer_a)
+    task = training.TrainTask(
+        copy_inputs().train_stream(1), tl.WeightedCategoryCrossEntropy(), optimizers.Adam(0.01)
+    )
+    with gin.unlock_config():
+        gin.parse_config(
+            """
+            trax_sl.supervised.callbacks.TextSamples.every = 2
+            trax_sl.supervised.callbacks.TextSamples.n_samples = 1
+            trax_sl.supervised.callbacks.TextSamples.length = 6
+            trax_sl.supervised.callbacks.TextSamples.prompts = ("def ",)
+            """
+        )
+    try:
+        loop = training.Loop(
+            byte_lm,
+            task,
+            output_dir=str(tmp_path),
+            random_seed=0,
+            checkpoint_at=lambda step: False,
+            progress_bar=True,
+            callbacks=[callbacks.TextSamples],
+        )
+        loop.run(3)
+        loop.close()
+    finally:
+        gin.clear_config()
+    shown = screen(terminal.getvalue())
+    header = shown.index("Samples at step 2 (temperature 0.6):")
+    assert shown[header + 1 : header + 3] == ["--- sample 0 ---", "def aaaaaa"]
+    assert (tmp_path / "samples.txt").read_text() == "\n".join(shown[header : header + 3]) + "\n"
+    (name,) = os.listdir(tmp_path / "train")
+    texts = [
+        (event.step, value.tensor.string_val[0].decode())
+        for event in read_events(tmp_path / "train" / name)
+        for value in event.summary.value
+        if value.tag == "samples" and value.metadata.plugin_data.plugin_name == "text"
+    ]
+    assert texts == [(2, "\n".join("    " + row for row in shown[header : header + 3]))]
+
+
+def test_each_evaluation_uses_the_same_batches_unless_asked_to_roll_on():
+    """Issue 15: each eval read the next batches, so the eval curve followed the data's order."""
+    for fixed in (True, False):
+        loop = make_loop(fixed_batches=fixed)
+        first, second = loop.run_evals(log=False), loop.run_evals(log=False)
+        assert [s.key for s in first] == ["eval/loss", "eval/accuracy"]
+        assert (first == second) == fixed, fixed  # The weights did not change.
+        assert loop.eval_tasks[0].data_position == (2 if fixed else 4)
 
 
 def test_two_tasks_take_turns_and_log_under_their_prefixes(tmp_path):
@@ -277,3 +463,14 @@ def test_bad_arguments_read_clearly():
         training.Loop(tiny_model(), task)
     with pytest.raises(ValueError, match="checkpoint metric 'acc' is not an eval metric"):
         make_loop(checkpoint_low_metric="acc")
+
+
+def test_rolling_evaluations_are_a_gin_binding_away():
+    with gin.unlock_config():
+        gin.bind_parameter("trax_sl.supervised.training.EvalTask.fixed_batches", False)
+    try:
+        task = training.EvalTask(copy_inputs().eval_stream(1), [tl.L2Loss()])
+    finally:
+        gin.clear_config()
+    assert not task.fixed_batches
+    assert training.EvalTask(copy_inputs().eval_stream(1), [tl.L2Loss()]).fixed_batches

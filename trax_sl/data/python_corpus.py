@@ -207,9 +207,10 @@ def python_chars_inputs(
     UTF-8 byte ids (vocab_size 256, the ids of `Tokenize(vocab_type='char')`),
     weights float32 ones; nothing is padded. Training windows start at
     uniformly random places in the train split (batch i from a generator
-    seeded by `(seed, host, i)`); evaluation walks the validation split in
-    consecutive windows, host h taking windows h, h + n_hosts, ..., and
-    cycles. Both restart at any position in O(1). The corpus is prepared on
+    seeded by `(seed, host, i)`); evaluation walks the validation split's
+    non-overlapping windows in one fixed shuffled order, host h taking every
+    n_hosts-th from h, and cycles, so the first batches (the set a fixed
+    evaluation reuses) spread over the whole split, not its first file. Both restart at any position in O(1). The corpus is prepared on
     first use; in a multi-host run with a shared `data_dir`, prepare it once
     beforehand (`prepare_python_corpus`) so that hosts do not race to write it.
 
@@ -225,7 +226,8 @@ def python_chars_inputs(
     builder = _builder(files, data_dir)
     train, validation = _read_split(builder, "train"), _read_split(builder, "validation")
     host, n_hosts = jax.process_index(), jax.process_count()
-    eval_windows = np.arange(host, len(validation) // sequence_length, n_hosts)
+    all_windows = np.random.default_rng([seed, n_hosts]).permutation(len(validation) // sequence_length)
+    eval_windows = all_windows[host::n_hosts]
     if len(train) < sequence_length or len(eval_windows) == 0:
         raise ValueError(
             f"python_chars_inputs: sequence_length={sequence_length} is longer than the corpus allows: "

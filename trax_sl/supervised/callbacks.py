@@ -55,7 +55,10 @@ class TextSamples(TrainingStepCallback):
 
     For byte- or character-level language models (ids are UTF-8 bytes): the
     current weights drive `decoding.autoregressive_sample`, and each sample
-    is printed after its prompt. Samples also go to `output_dir/samples.txt`.
+    is printed after its prompt, through the loop's log (above the progress
+    bar; `Loop.log_text`), which also puts them in TensorBoard's text
+    dashboard (tag `samples` of the `train` run). Samples also go to
+    `output_dir/samples.txt`.
     """
 
     def __init__(
@@ -107,7 +110,7 @@ class TextSamples(TrainingStepCallback):
             text = (prompt + bytes(int(t) % 256 for t in tokens[0])).decode("utf-8", errors="replace")
             lines.append(f"--- sample {i} ---\n{text}")
         report = "\n".join(lines)
-        print(report, flush=True)
+        self._loop.log_text("samples", report)
         output_dir = getattr(self._loop, "_output_dir", None)
         if output_dir and jax.process_index() == 0:
             with open(os.path.join(output_dir, "samples.txt"), "a", encoding="utf-8") as f:

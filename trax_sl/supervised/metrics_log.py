@@ -1,19 +1,27 @@
 """Where a training run's metrics go: a one-line log, metrics.jsonl, TensorBoard, and the History.
 
 At each logged step the loop hands over its scalars; `MetricsLogger` prints
-one line (`Step 100: train loss 2.31 | eval loss 2.4 accuracy 0.31`),
+one line (`Step 100: train/loss 2.31 | eval/loss 2.4 | eval/accuracy 0.31`),
 appends one JSON object to `output_dir/metrics.jsonl` (`{"step": 100,
 "train/loss": 2.31, "eval/loss": 2.4, ...}`), writes TensorBoard event files
-in `output_dir/train` and `output_dir/eval` (tags `metrics/<name>` and
-`training/<name>`, as Trax's), and records the values in the `History`.
-With several tasks, each task's events go to `output_dir/<prefix>/{train,eval}`
-and its keys read `train/<prefix>/<name>`.
+in `output_dir/train` and `output_dir/eval`, and records the values in the
+`History`. The log line and metrics.jsonl name a value by its key
+`<mode>/<name>`; TensorBoard keeps Trax's layout, a run per mode and the tags
+`metrics/<name>` and `training/<name>`, so that the train and eval curves of a
+metric share one chart: `eval/loss` is the tag `metrics/loss` of the run
+`eval`. With several tasks, keys read `train/<prefix>/<name>` and each task's
+events go to `output_dir/<prefix>/{train,eval}`.
+
+Text (samples of a language model) goes to the log and to TensorBoard's text
+dashboard of the `train` run. Where no progress bar is drawn, `ProgressLine`
+formats the lines that show progress between evaluations.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import typing
 from collections.abc import Callable
 
@@ -32,7 +40,8 @@ class Scalar(typing.NamedTuple):
         mode: 'train' or 'eval'.
         prefix: The task's prefix when there are several tasks, else None.
         group: 'metrics' for losses and metrics (shown in the one-line log),
-            'training' for the rest (learning rate, speed).
+            'training' for the rest (learning rate, speed); the first part
+            of the TensorBoard tag.
         name: The metric's name.
         value: Its value.
     """
@@ -45,8 +54,13 @@ class Scalar(typing.NamedTuple):
 
     @property
     def key(self) -> str:
-        """The metric's key in metrics.jsonl."""
+        """The metric's name in the log line and metrics.jsonl: `<mode>[/<prefix>]/<name>`."""
         return "/".join(part for part in (self.mode, self.prefix, self.name) if part)
+
+    @property
+    def tag(self) -> str:
+        """The metric's TensorBoard tag (in the run `[<prefix>/]<mode>`): `<group>/<name>`, as Trax's."""
+        return f"{self.group}/{self.name}"
 
 
 class MetricsLogger:
@@ -117,9 +131,18 @@ class MetricsLogger:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         for s in scalars:
-            self._writer(s.mode, s.prefix).scalar(f"{s.group}/{s.name}", s.value, step)
+            self._writer(s.mode, s.prefix).scalar(s.tag, s.value, step)
         for writer in self._writers.values():
             writer.flush()
+
+    def text(self, step: int, name: str, text: str) -> None:
+        """Logs `text` at `step`: as it is in the log, as preformatted text under the tag `name` in TensorBoard."""
+        self._write_line(text)
+        if self._output_dir is None:
+            return
+        writer = self._writer("train", None)
+        writer.text(name, summaries.preformatted(text), step)
+        writer.flush()
 
     def save_gin_config(self, config: str, step: int) -> None:
         """Writes the operative gin config to config.gin and to TensorBoard's text dashboard."""
@@ -138,11 +161,39 @@ class MetricsLogger:
 
 
 def format_line(step: int, scalars: list[Scalar]) -> str:
-    """`Step 100: train loss 2.31 | eval loss 2.4 accuracy 0.31` (the 'metrics' group only)."""
-    parts: dict[str, list[str]] = {}
-    for s in scalars:
-        if s.group == "metrics":
-            head = "/".join(part for part in (s.mode, s.prefix) if part)
-            parts.setdefault(head, []).append(f"{s.name} {s.value:.4g}")
-    body = " | ".join(f"{head} {' '.join(values)}" for head, values in parts.items())
+    """`Step 100: train/loss 2.31 | eval/loss 2.4 | eval/accuracy 0.31` (the 'metrics' group only)."""
+    body = " | ".join(f"{s.key} {s.value:.4g}" for s in scalars if s.group == "metrics")
     return f"Step {step}: {body}"
+
+
+class ProgressLine:
+    """The line that shows a run's progress (from step `first` to `last`) where no progress bar is drawn."""
+
+    def __init__(self, first: int, last: int):
+        self._first, self._last = first, last
+        self._start = self._time = time.time()
+        self._step = first
+
+    def line(self, step: int, losses: list[Scalar]) -> str:
+        """`Step 120/900: train/loss 1.873 | 2.13 steps/s | ETA 6m05s`.
+
+        The speed is that since the previous line; the ETA assumes the run's
+        mean speed so far, evaluations and checkpoints included.
+        """
+        now = time.time()
+        speed = (step - self._step) / max(now - self._time, 1e-9)
+        eta = (self._last - step) * (now - self._start) / max(step - self._first, 1)
+        self._step, self._time = step, now
+        parts = [f"{s.key} {s.value:.4g}" for s in losses]
+        parts += [f"{speed:.3g} steps/s", f"ETA {format_duration(eta)}"]
+        return f"Step {step}/{self._last}: " + " | ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """`42s`, `6m05s`, `2h07m`."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -15,7 +15,8 @@ buffer. The few fields used here are encoded directly:
     SessionLog:   status = 1 (enum; START = 1)
 
 Scalars are `simple_value`s, which TensorBoard's scalar dashboard reads;
-text (the gin config) is a string tensor tagged for the text plugin.
+text (the gin config, samples of a model) is a string tensor tagged for the
+text plugin, which renders it as markdown.
 """
 
 from __future__ import annotations
@@ -174,6 +175,11 @@ class SummaryWriter:
             self._file.close()
 
 
+def preformatted(text: str) -> str:
+    """`text` as a markdown code block (each line indented), so the text dashboard shows it as it is."""
+    return "\n".join("    " + line for line in text.splitlines())
+
+
 def markdownify_operative_config_str(config: str) -> str:
-    """Indents the gin config as a markdown code block, for the text dashboard (as Trax does)."""
-    return "\n".join("    " + line for line in config.splitlines())
+    """The gin config as a markdown code block, for the text dashboard (Trax's name)."""
+    return preformatted(config)

@@ -207,7 +207,11 @@ class TrainTask(_LabeledDataTask):
 class EvalTask(_LabeledDataTask):
     """Labeled data plus scalar functions for (periodically) measuring a model.
 
-    The value of each metric is its average over `n_eval_batches` batches.
+    The value of each metric is its average over `n_eval_batches` batches. By
+    default every evaluation uses the same batches (the first `n_eval_batches`
+    that `next_batch` returns), so that evaluations differ only by the weights;
+    `fixed_batches=False` reads the next `n_eval_batches` batches each time, as
+    Trax does.
     """
 
     def __init__(
@@ -218,6 +222,7 @@ class EvalTask(_LabeledDataTask):
         n_eval_batches: int = 1,
         sample_batch=None,
         export_prefix: str | None = None,
+        fixed_batches: bool = True,
     ):
         """Configures an eval task: named metrics run with a given data source.
 
@@ -229,6 +234,12 @@ class EvalTask(_LabeledDataTask):
             n_eval_batches: How many batches each evaluation averages over.
             sample_batch: Batch to initialize from; the first of `labeled_data` if None.
             export_prefix: Name of this task in logs when there are several.
+            fixed_batches: Evaluate on the same batches each time: the first
+                `n_eval_batches` batches `next_batch` returns, drawn at the first
+                evaluation and kept on the host (a restored loop draws them
+                again). False reads the next `n_eval_batches` at each
+                evaluation (Trax's behaviour), which makes the curve follow the
+                data's order as much as the weights.
         """
         self._init_data(labeled_data, "EvalTask", sample_batch, export_prefix)
         self._metrics = list(metrics)
@@ -243,6 +254,8 @@ class EvalTask(_LabeledDataTask):
         if n_eval_batches < 1:
             raise ValueError(f"EvalTask: n_eval_batches must be >= 1, got {n_eval_batches}")
         self._n_eval_batches = n_eval_batches
+        self._fixed_batches = fixed_batches
+        self._kept_batches: list | None = None
 
     @property
     def metrics(self) -> list[tl.Layer]:
@@ -255,3 +268,28 @@ class EvalTask(_LabeledDataTask):
     @property
     def n_eval_batches(self) -> int:
         return self._n_eval_batches
+
+    @property
+    def fixed_batches(self) -> bool:
+        return self._fixed_batches
+
+    def eval_batches(self) -> list:
+        """The batches of one evaluation: the kept first ones, or with `fixed_batches=False` the next ones."""
+        if not self._fixed_batches:
+            return [self.next_batch() for _ in range(self._n_eval_batches)]
+        if self._kept_batches is None:
+            self._kept_batches = [self.next_batch() for _ in range(self._n_eval_batches)]
+        return self._kept_batches
+
+    def seek(self, position: int) -> None:
+        """Continues after the first `position` batches; with fixed batches, draws them again if they were drawn.
+
+        Fixed batches are always the first `n_eval_batches`: a checkpoint taken
+        after an evaluation (position > 0) makes a new task draw them now, and
+        a task that holds them keeps them.
+        """
+        if not self._fixed_batches:
+            super().seek(position)
+        elif self._kept_batches is None and position > 0:
+            super().seek(0)
+            self.eval_batches()

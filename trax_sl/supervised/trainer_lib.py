@@ -53,6 +53,13 @@ def num_devices(value: int | None = None) -> int | None:
     return value
 
 
+def _print_model(model: tl.Layer, input_signature) -> None:
+    """The model's top-level layers and its parameter count (Trax prints the count)."""
+    table = tl.summary(model, input_signature, depth=1, print_fn=None)
+    print(table, flush=True)
+    print("(tl.summary(model, input_signature) shows every layer)", flush=True)
+
+
 @gin.configurable(denylist=["output_dir"])
 def train(
     output_dir: str,
@@ -84,6 +91,7 @@ def train(
     additional_eval_streams: list[NamedStream] | None = None,
     n_checkpoints_to_keep: int | None = 3,
     progress_bar: bool | None = None,
+    log_every: int | None = None,
 ) -> training.Loop:
     """Trains the model on the inputs; returns the `training.Loop`.
 
@@ -128,6 +136,9 @@ def train(
         additional_eval_streams: `NamedStream`s evaluated with the same metrics.
         n_checkpoints_to_keep: Step checkpoints kept (the newest); None keeps all.
         progress_bar: Show a progress bar; None shows one when stderr is a terminal.
+        log_every: Steps between progress lines (step, train loss, speed,
+            ETA) when no bar is drawn on the terminal stdout goes to; None: a
+            tenth of eval_frequency; 0: none.
     """
     del save_graphs  # Trax uses it only without use_loop.
     gin_types.check_bindings()
@@ -210,9 +221,12 @@ def train(
             callbacks=callbacks,
             n_checkpoints_to_keep=n_checkpoints_to_keep,
             progress_bar=progress_bar,
+            log_every=log_every,
         )
-        if loop.step and chief:  # Shown at any log level, as Trax prints them.
-            print(f"Restored step {loop.step} from {output_dir}", flush=True)
+        if chief:  # Shown at any log level, as Trax prints them.
+            _print_model(model_train, loop.model_input_signature)
+            if loop.step:
+                print(f"Restored step {loop.step} from {output_dir}", flush=True)
         steps_to_go = steps - loop.step
         try:
             if steps_to_go <= 0:

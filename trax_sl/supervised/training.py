@@ -23,6 +23,14 @@ opt_state, loss, rng)` is one jitted function per task that donates its
 arrays and compiles once per batch shape (see `train_step`). The loss stays
 on the device; the host waits for it only at logging steps.
 
+Progress: on a terminal a progress bar, with each evaluation's line
+(`Step 100: train/loss 2.31 | eval/loss 2.4 | eval/accuracy 0.31`) and text
+from callbacks printed above it. Without a bar on the terminal (output to a
+file or a pipe, `progress_bar=False`) a line every `log_every` steps takes its
+place: `Step 120/900: train/loss 1.873 | 2.13 steps/s | ETA 6m05s`.
+
+Evaluations use the same batches each time (see `EvalTask`'s `fixed_batches`).
+
 Devices: data parallel over all local devices (`n_devices` for fewer), each
 on a slice of the global batch. With several processes (`jax.distributed`)
 each process's batches are its part of the global batch; process 0 alone
@@ -45,6 +53,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import sys
 import time
 from collections.abc import Callable
 
@@ -60,7 +69,7 @@ from trax_sl import layers as tl
 from trax_sl.layers import serialization
 from trax_sl.supervised import checkpoints, preemption, task_runners, train_step
 from trax_sl.supervised.history import History
-from trax_sl.supervised.metrics_log import MetricsLogger, Scalar
+from trax_sl.supervised.metrics_log import MetricsLogger, ProgressLine, Scalar
 from trax_sl.supervised.tasks import EvalTask, TrainTask
 
 __all__ = ["EvalTask", "Loop", "TrainTask"]
@@ -98,6 +107,7 @@ class Loop:
         n_checkpoints_to_keep: int | None = 3,
         progress_bar: bool | None = None,
         async_checkpoints: bool = True,
+        log_every: int | None = None,
     ):
         """Configures a training `Loop`, including a random initialization or a restored checkpoint.
 
@@ -134,10 +144,16 @@ class Loop:
             progress_bar: Show a progress bar; None shows one when stderr is a terminal.
             async_checkpoints: Write checkpoint files in a background thread
                 while training goes on (each `run` waits for them before it returns).
+            log_every: Steps between progress lines (step, train loss, speed,
+                ETA), printed when no progress bar is drawn on the terminal that
+                stdout goes to; None for a tenth of `tasks[0].n_steps_per_checkpoint`
+                (100 if that is None), 0 for none.
         """
         tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
         if not tasks:
             raise ValueError("Loop: tasks must hold at least one TrainTask, got none")
+        if log_every is not None and log_every < 0:
+            raise ValueError(f"Loop: log_every must be >= 0 (0 for no progress lines), got {log_every}")
         if eval_tasks is None:
             eval_tasks = []
         elif not isinstance(eval_tasks, (list, tuple)):
@@ -164,6 +180,10 @@ class Loop:
         self._checkpoint_dirs: dict[str | None, checkpoints.Checkpoints] = {}
         self._progress_bar = progress_bar
         self._bar = None
+        if log_every is None:
+            log_every = max(1, (tasks[0].n_steps_per_checkpoint or 1000) // 10)
+        self._log_every = log_every
+        self._progress: ProgressLine | None = None  # While `run` prints progress lines.
 
         default_at = _at_step_1_and_every_nth_step(tasks[0].n_steps_per_checkpoint)
         self._checkpoint_at = checkpoint_at or default_at
@@ -239,6 +259,11 @@ class Loop:
         return self._is_chief
 
     @property
+    def model_input_signature(self):
+        """The signature of the model's inputs in a training batch (of one process)."""
+        return self._model_input_signature
+
+    @property
     def model(self) -> tl.Layer:
         return self._model
 
@@ -294,17 +319,24 @@ class Loop:
         stop = preemption.StopOnSignals(jax.process_count())
         with tqdm.tqdm(total=n_steps, disable=disable, unit="step", dynamic_ncols=True) as bar, stop:
             self._bar = bar
+            bar_on_stdout_terminal = not bar.disable and _is_terminal(sys.stdout)
+            if self._is_chief and self._log_every and not bar_on_stdout_terminal:
+                self._progress = ProgressLine(self._step, self._step + n_steps)
             try:
                 for _ in range(n_steps):
                     self._step += 1
                     task_index = self._which_task(self._step)
                     self._run_one_step(task_index)
                     bar.update(1)
+                    if self._progress is not None and self._step % self._log_every == 0:
+                        losses = list(self._mean_pending_losses().values())
+                        self._write_line(self._progress.line(self._step, losses))
                     self._after_step()
                     if stop.requested():
                         break
             finally:
                 self._bar = None
+                self._progress = None
             self._sync_models()
             if self._output_dir is not None and self._saved_step != self._step:
                 # The step a run stops at is always saved: a restart must not train it again.
@@ -341,8 +373,6 @@ class Loop:
         if self._eval_at(step):
             scalars = self._train_scalars() + self.run_evals(log=False)
             self._logger.log(step, scalars)
-            if self._bar is not None:
-                self._bar.set_postfix({s.key: f"{s.value:.4g}" for s in scalars if s.group == "metrics"})
         permanent = self._permanent_checkpoint_at(step)
         if permanent or self._checkpoint_at(step):
             self.save_checkpoint(permanent=permanent)
@@ -358,19 +388,39 @@ class Loop:
         values = [value for _, value in self._history.get("eval", f"metrics/{metric}")]
         return bool(values) and values[-1] == extreme(values)
 
+    def _fetch_pending_losses(self) -> None:
+        """Brings the losses since the last logged step to the host (waiting for the steps that make them)."""
+        for trainer in self._trainers:
+            trainer.pending_losses = [float(x) for x in jax.device_get(trainer.pending_losses)]
+
+    def _mean_pending_losses(self) -> dict[int, Scalar]:
+        """Each task's mean loss since the last logged step (what that step's log line shows), by task index."""
+        self._fetch_pending_losses()
+        return {
+            index: Scalar(
+                "train",
+                self._prefix(self._tasks, index),
+                "metrics",
+                trainer.task.loss_name,
+                float(np.mean(trainer.pending_losses)),
+            )
+            for index, trainer in enumerate(self._trainers)
+            if trainer.pending_losses
+        }
+
     def _train_scalars(self) -> list[Scalar]:
         """The mean loss of each task since the last log, its learning rate, and the speed."""
         now = time.time()
         steps_per_second = (self._step - self._last_log_step) / max(now - self._last_log_time, 1e-9)
         self._last_log_time, self._last_log_step = now, self._step
         scalars = []
+        losses = self._mean_pending_losses()
         for index, trainer in enumerate(self._trainers):
-            if not trainer.pending_losses:
+            if index not in losses:
                 continue
             prefix = self._prefix(self._tasks, index)
-            losses = np.asarray(jax.device_get(trainer.pending_losses), np.float64)
             trainer.pending_losses = []
-            scalars.append(Scalar("train", prefix, "metrics", trainer.task.loss_name, float(losses.mean())))
+            scalars.append(losses[index])
             hyperparams = getattr(trainer.opt_state, "hyperparams", {})
             rate = hyperparams.get("learning_rate") if isinstance(hyperparams, dict) else None
             rate = trainer.task.learning_rate(self._step) if rate is None else float(jax.device_get(rate))
@@ -387,10 +437,8 @@ class Loop:
             weights = (self._model_weights, evaluator.ends_weights)
             state = (self._model_state, evaluator.ends_state)
             values = []
-            for _ in range(task.n_eval_batches):
-                batch = train_step.put_batch(
-                    train_step.batch_items(task.next_batch(), evaluator.layer.n_in), self._mesh
-                )
+            for batch in task.eval_batches():
+                batch = train_step.put_batch(train_step.batch_items(batch, evaluator.layer.n_in), self._mesh)
                 rng = self._put(self.new_rng())
                 values.append(evaluator.step_fn(weights, state, batch, rng))
             means = np.asarray(jax.device_get(values), np.float64).mean(axis=0)
@@ -409,11 +457,19 @@ class Loop:
             return None
         return tasks[index].export_prefix or str(index)
 
+    def log_text(self, name: str, text: str) -> None:
+        """Shows `text` in the log (above the progress bar) and in TensorBoard's text dashboard under `name`.
+
+        The text goes to the `train` run at the current step; process 0 alone
+        writes it. Callbacks use it for what they print (e.g. text samples).
+        """
+        self._logger.text(self._step, name, text)
+
     def _write_line(self, line: str) -> None:
         if not self._is_chief:
             return
         if self._bar is not None and not self._bar.disable:
-            self._bar.write(line)
+            self._bar.write(line)  # Above the bar, which is drawn again below.
         else:
             print(line, flush=True)
 
@@ -460,8 +516,7 @@ class Loop:
         if self._output_dir is None:
             logging.info("Did not save a checkpoint: output_dir is None.")
             return
-        for trainer in self._trainers:  # Saved so that a resumed run logs the same mean losses.
-            trainer.pending_losses = [float(x) for x in jax.device_get(trainer.pending_losses)]
+        self._fetch_pending_losses()  # Saved so that a resumed run logs the same mean losses.
         if basename is None:
             self._saved_step = self._step
         metadata = {
@@ -608,3 +663,11 @@ def _at_step_1_and_every_nth_step(period: int | None) -> Callable[[int], bool]:
     if not period:
         return lambda step: False
     return lambda step: step == 1 or step % period == 0
+
+
+def _is_terminal(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # A closed stream.
+        return False

@@ -142,7 +142,7 @@ class AxialPositionalEncoding(base.Layer):
             emb = jnp.take_along_axis(flat, positions[:, :, None], axis=1, mode="fill", fill_value=jnp.nan)
         else:
             table = self._grid(weights, 1).reshape((n_cells, -1))
-            # mode="fill": positions past the grid become NaN, never a clamped embedding.
+            # mode="fill": positions past the grid become NaN (made invalid in predict mode), never clamped.
             emb = jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan)
         y = x.apply_values(lambda v: v + emb.astype(v.dtype))
         if predict:
