@@ -444,12 +444,12 @@ class Layer:
             self._init_weightless(x)
         elif state is None and not self._initialized:  # Weights given, no state yet: a fresh one.
             self.state = self.init_tree(shapes.signature(x), default_rng())[1]
-        elif state is None and self._stream_pending:
-            self.state = streaming.start_stream(self, shapes.signature(x), self._weights, self._state)[1]
+        weights = self._weights if weights is None else weights
+        if state is None and self._stream_pending:
+            self.state = streaming.start_stream(self, shapes.signature(x), weights, self._state)[1]
         steps = self._stream_steps
         if state is None and (self._mode == "predict" or self._has_predict_mode_sublayer()):
             steps = streaming.steps_after_block(self, self._stream_steps, x)
-        weights = self._weights if weights is None else weights
         state = self._state if state is None else state
         if self._jitted_pure_fn is None:
             self._jitted_pure_fn = jax.jit(self.pure_fn)
