@@ -28,7 +28,9 @@ def test_registry_names_exist():
 def test_streamable_layer_keeps_the_contract(name):
     entry = REGISTRY[name]
     assert entry.build("predict").supports_step
-    test_utils.verify_contract(entry.build, entry.signature, **entry.contract)
+    # Includes the reset check: rows restarted mid-stream (tl.reset_stream_rows) equal fresh streams.
+    report = test_utils.verify_contract(entry.build, entry.signature, **entry.contract)
+    assert "reset rows == fresh streams" in report.checks
 
 
 @pytest.mark.parametrize("name", NOT_STREAMING)

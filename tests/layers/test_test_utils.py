@@ -52,6 +52,7 @@ def test_a_correct_layer_passes():
         "padding invariance",
         "batch invariance",
         "step-wise == layer-wise",
+        "reset rows == fresh streams",
         "gradients",
     ]
 

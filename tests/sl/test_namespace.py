@@ -340,7 +340,7 @@ def test_cross_attention_streams_with_the_source_keys_cached():
     stepped = Sequence.concatenate_sequences(ys)
     np.testing.assert_allclose(stepped.mask_invalid().values, y.mask_invalid().values, atol=1e-5)
     stored, keys, _, key_mask = state[-1]
-    assert bool(stored) and keys.shape == (2, 5, 2, 3)
+    assert stored.shape == (2,) and bool(stored.all()) and keys.shape == (2, 5, 2, 3)
     np.testing.assert_array_equal(key_mask, constants["source"].mask)
 
 

@@ -174,6 +174,7 @@ from trax_sl.layers.metrics import (
     WeightedFScore,
     WeightedSum,
 )
+from trax_sl.layers.model_summary import parameter_count, summary
 from trax_sl.layers.normalization import BatchNorm, FilterResponseNorm, GroupNorm, LayerNorm, RMSNorm
 from trax_sl.layers.pooling import AvgPool, MaxPool, SumPool
 from trax_sl.layers.position import AddTimingSignal, ApplyRotaryPositionalEncoding, PositionalEncoding
@@ -219,8 +220,7 @@ from trax_sl.layers.rnn import (
     ScanSRUCell,
 )
 from trax_sl.layers.self_attention import DotProductSelfAttention, LocalDotProductSelfAttention
-from trax_sl.layers.streaming import start_stream
-from trax_sl.layers.model_summary import parameter_count, summary
+from trax_sl.layers.streaming import reset_stream_rows, start_stream
 
 # Test helpers load on first use, so that `import trax_sl.layers` does not pay
 # for them: `tl.contract.verify_contract` (and its old name `tl.test_utils`).

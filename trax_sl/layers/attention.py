@@ -377,7 +377,8 @@ class _CacheInPredict(base.Layer):
 
     Transparent otherwise: its weights are the layer's own, in every mode, so
     weights trained without the cache stream with it. Predict mode: the state
-    holds whether the output is stored, the output, and the layer's state.
+    holds whether each row's output is stored (`[batch]`, so that a row's
+    stream restarts alone), the output, and the layer's state.
     """
 
     handles_sequences = True
@@ -392,17 +393,39 @@ class _CacheInPredict(base.Layer):
         if self._mode != "predict":
             return weights, state, out
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
-        return weights, (jnp.zeros((), jnp.bool_), zeros, state), out
+        batch = jax.tree.leaves(out)[0].shape[0]
+        return weights, (jnp.zeros((batch,), jnp.bool_), zeros, state), out
 
     def forward(self, x, weights, state, rng):
         layer = self.sublayers[0]
         if self._mode != "predict":
             return base.call_sublayer(0, layer, x, weights, state, rng)
         stored, cached, inner = state
-        y, inner = jax.lax.cond(
-            stored, lambda: (cached, inner), lambda: base.call_sublayer(0, layer, x, weights, inner, rng)
+        y, inner, stored = compute_once_per_row(
+            stored, cached, inner, lambda: base.call_sublayer(0, layer, x, weights, inner, rng)
         )
-        return y, (jnp.ones((), jnp.bool_), y, inner)
+        return y, (stored, y, inner)
+
+
+def compute_once_per_row(stored, cached, state, compute):
+    """(outputs, state, stored) of a computation each stream row does once (a predict-mode cache).
+
+    `stored` (`[batch]` bool) says which rows hold their outputs in `cached`
+    (a tree of `[batch, ...]` arrays); `compute()` gives (outputs, state) for
+    every row. Stored rows keep their outputs, the others (streams started or
+    restarted, `reset_stream_rows`) take the computed ones; when every row is
+    stored nothing is computed. The returned `stored` is all True.
+    """
+
+    def keep_stored(old, new):
+        return jnp.where(stored.reshape(stored.shape + (1,) * (new.ndim - 1)), old, new)
+
+    def run():
+        outputs, new_state = compute()
+        return jax.tree.map(keep_stored, cached, outputs), new_state
+
+    outputs, state = jax.lax.cond(jnp.all(stored), lambda: (cached, state), run)
+    return outputs, state, jnp.ones_like(stored)
 
 
 def _processor(sparsity, d_feature: int, what: str, layer_name: str):

@@ -47,10 +47,14 @@ def horizon_field(horizon: int) -> float:
     return math.inf if horizon == -1 else horizon
 
 
-def visibility(query_positions, key_positions, max_past_horizon: int, max_future_horizon: int) -> np.ndarray:
-    """Static `[query, key]` bool matrix: key within the horizons of the query."""
-    offset = np.asarray(query_positions).reshape((-1, 1)) - np.asarray(key_positions).reshape((1, -1))
-    visible = np.ones(offset.shape, bool)
+def visibility(query_positions, key_positions, max_past_horizon: int, max_future_horizon: int) -> jax.Array:
+    """`[query, key]` bool matrix: key within the horizons of the query.
+
+    jnp, so that a time length only known when the function runs (a symbolic
+    shape, as `trax_sl.export` uses) works; XLA folds it to a constant otherwise.
+    """
+    offset = jnp.asarray(query_positions).reshape((-1, 1)) - jnp.asarray(key_positions).reshape((1, -1))
+    visible = jnp.ones(offset.shape, bool)
     if max_past_horizon != -1:
         visible &= offset <= max_past_horizon
     if max_future_horizon != -1:
@@ -262,7 +266,7 @@ def self_attention_layer(
     past, future = max_past_horizon, max_future_horizon
     batch, time = queries.shape[:2]
     if local_block_size is None:
-        steps = np.arange(time)
+        steps = jnp.arange(time)
         visible = valid[:, None, None, :] & visibility(steps, steps, past, future)[None, None]
         return seq.Sequence(attend_fn(queries.values, k, v, visible), queries.mask)
     block = local_block_size

@@ -174,12 +174,15 @@ def _chunk_lengths(total: int, chunk_sizes) -> list[int]:
     return lengths
 
 
+def _time_slice(x, streamed, start: int, stop: int):
+    return _map_time_items(lambda item: item[:, start:stop], x, streamed)
+
+
 def _run_steps(layer, step_fn, x, weights, state, lengths, streamed):
     """Feeds x block by block; returns (outputs joined along time, states after each step)."""
     outputs, states, start = [], [], 0
     for length in lengths:
-        block = _map_time_items(lambda item, a=start, b=start + length: item[:, a:b], x, streamed)
-        y, state = step_fn(block, weights, state)
+        y, state = step_fn(_time_slice(x, streamed, start, start + length), weights, state)
         outputs.append(y)
         states.append(state)
         start += length
@@ -257,6 +260,7 @@ def verify_contract(
     random_lengths: bool = True,
     streamed=None,
     chunkings=None,
+    check_reset: bool = True,
 ) -> ContractReport:
     """Checks that `layer_fn(mode)` keeps the streaming contract; raises AssertionError if not.
 
@@ -279,13 +283,19 @@ def verify_contract(
       chunkings: the step-wise runs to compare, each a list of chunk sizes in
         blocks (cycled until the input ends), e.g. `[[1], [3, 1, 2]]`;
         default `[[1], [2], eight random sizes from 1 to 3]`.
+      check_reset: also check that restarting rows mid-stream
+        (`reset_stream_rows`) and feeding them new streams gives what fresh
+        streams give, and leaves the other rows' outputs as they were (on by
+        default; a layer whose state holds batch-wide stream content fails it).
 
     Checks: layer-wise == step-wise over chunkings (default: 1x, 2x and random
     multiples of block_size) (after flushing `input_latency` invalid steps and
     dropping `output_latency` outputs, which must be invalid); output masks;
     padding invariance (garbage and NaN past the lengths, extra end padding);
     batch invariance (shuffled rows); gradients; predict-mode state shapes and
-    dtypes stable from step to step; the weights tree equal in both modes;
+    dtypes stable from step to step; with `check_reset`, rows restarted
+    mid-stream equal fresh streams, the other rows unaffected; the weights
+    tree equal in both modes;
     output length = input length x output_ratio, give or take the latencies
     (Delay's layer-wise output is input_latency steps longer, Lookahead's
     output_latency steps shorter, as in SequenceLayers).
@@ -406,6 +416,20 @@ def verify_contract(
         _compare_outputs(name, what, y, _drop_front(y_step, out_latency), atol, rtol)
     checks.append("step-wise == layer-wise")
 
+    if check_reset:
+        # Its own generator: the other checks draw the same values with or without it.
+        reset_rng = np.random.default_rng([seed, 1])
+        x_new = _random_inputs(signature, streamed, reset_rng, int_maxval, random_lengths)
+        x_new = _map_time_items(
+            lambda s: _with_garbage(s.pad_time(0, flush, valid=False), reset_rng, False, int_maxval),
+            x_new,
+            streamed,
+        )
+        _check_reset(
+            name, predict, step_fn, x_stream, x_new, weights, state0, streamed, block_size, atol, rtol
+        )
+        checks.append("reset rows == fresh streams")
+
     if check_gradients:
         # Moderate garbage: the gradient of exp() at 1e3 is inf even where the loss ignores it.
         x, x_stream = (
@@ -500,3 +524,49 @@ def _check_gradients(
                     f"gradients w.r.t. {what}{jax.tree_util.keystr(path)} differ between layer-wise "
                     f"and step-wise (max abs diff {np.max(np.abs(a - b)):.3g})",
                 )
+
+
+def _check_reset(name, predict, step_fn, x_stream, x_new, weights, state0, streamed, block_size, atol, rtol):
+    """Rows restarted mid-stream and fed new streams give what fresh streams give; the other rows go on.
+
+    The even rows are restarted after half the stream's blocks (blocks of
+    block_size throughout, so every run is aligned with its stream's start),
+    then fed `x_new` from its first step, its whole-stream inputs included;
+    the odd rows go on with `x_stream`.
+    """
+    total = next(item.shape[1] for item, s in zip(_parts(x_stream), streamed) if s)
+    batch = jax.tree.leaves(x_stream)[0].shape[0]
+    prefix = total // block_size // 2 * block_size
+    rest = [block_size] * ((total - prefix) // block_size)
+    restarted = np.arange(batch) % 2 == 0
+    block_signature = shapes.signature(_time_slice(x_stream, streamed, 0, block_size))
+
+    def by_row(new, old):  # Restarted rows from `new`; leaves without a batch axis from `old`.
+        if not old.ndim or old.shape[0] != batch:
+            return old
+        return jnp.where(restarted.reshape((batch,) + (1,) * (old.ndim - 1)), new, old)
+
+    state = state0
+    if prefix:
+        state = _run_steps(
+            predict, step_fn, x_stream, weights, state0, [block_size] * (prefix // block_size), streamed
+        )[1][-1]
+    try:
+        reset = jax.jit(
+            lambda s, rows: streaming.reset_stream_rows(predict, s, rows, block_signature, weights)
+        )
+        state_reset = reset(state, jnp.asarray(restarted))
+    except ValueError as e:
+        _fail(name, f"reset_stream_rows cannot restart rows of this layer's state: {e}")
+    x_rest = _time_slice(x_stream, streamed, prefix, total)
+    x_mixed = jax.tree.map(by_row, _time_slice(x_new, streamed, 0, total - prefix), x_rest)
+    y_mixed, _ = _run_steps(predict, step_fn, x_mixed, weights, state_reset, rest, streamed)
+    y_fresh, _ = _run_steps(predict, step_fn, x_new, weights, state0, rest, streamed)
+    y_going_on, _ = _run_steps(predict, step_fn, x_rest, weights, state, rest, streamed)
+
+    what = (
+        f"rows {np.flatnonzero(restarted).tolist()} restarted after {prefix} steps (reset_stream_rows) "
+        f"vs fresh streams, the other rows vs their streams without a reset"
+    )
+    expected = jax.tree.map(by_row, y_fresh, y_going_on)
+    _compare_outputs(name, what, expected, y_mixed, atol, rtol)

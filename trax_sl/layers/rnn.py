@@ -289,7 +289,8 @@ class _TimeRecurrence(Layer):
 
     Predict mode: the state holds (cell state, carries, started): the carries
     of the stream so far, used instead of the stack's carries from the
-    second block on (the first block starts from the stack's, as in Trax).
+    second block on (the first block starts from the stack's, as in Trax);
+    `started` is per row (`[batch]`), so that a row's stream restarts alone.
     """
 
     handles_sequences = True
@@ -327,7 +328,7 @@ class _TimeRecurrence(Layer):
         if self._mode != "predict":
             return (w,), (s,)
         zeros = tuple(jnp.zeros(c.shape, c.dtype) for c in carries)
-        return (w,), (s, zeros, jnp.zeros((), jnp.bool_))
+        return (w,), (s, zeros, jnp.zeros(carries[0].shape[:1], jnp.bool_))
 
     def forward(self, inputs, weights, state, rng):
         xs, carries = self._split(base.as_items(inputs, self.n_in))
@@ -346,7 +347,10 @@ class _TimeRecurrence(Layer):
             mask = mask & m
         if self._mode == "predict":
             cell_state, stored, started = state
-            carries = tuple(jnp.where(started, s, c.astype(s.dtype)) for s, c in zip(stored, carries))
+            carries = tuple(
+                jnp.where(started.reshape(started.shape + (1,) * (s.ndim - 1)), s, c.astype(s.dtype))
+                for s, c in zip(stored, carries)
+            )
         else:
             (cell_state,) = state
         rngs = None if rng is None else jax.random.split(rng, batch_time[1])
@@ -381,7 +385,7 @@ class _TimeRecurrence(Layer):
         if masks:
             ys = tuple(seq.Sequence(y, mask) for y in ys)
         if self._mode == "predict":
-            new_state = (cell_state, carries, jnp.ones((), jnp.bool_))
+            new_state = (cell_state, carries, jnp.ones_like(state[2]))
         else:
             new_state = (cell_state,)
         return base.from_items(ys + carries, self.n_out), new_state

@@ -258,8 +258,9 @@ class EncodeOnce(base.Layer):
     that flow past it. Trax's Transformer wraps its encoder in `Cache` for
     this.
 
-    Predict mode: the state holds whether the input is encoded, the
-    encoder's outputs, and the ('eval'-mode) encoder's state.
+    Predict mode: the state holds whether each row's input is encoded
+    (`[batch]`, so that a row's stream restarts alone), the encoder's
+    outputs, and the ('eval'-mode) encoder's state.
     """
 
     handles_sequences = True
@@ -285,19 +286,21 @@ class EncodeOnce(base.Layer):
             return (weights,), (state,), out
         eval_state = self._eval_encoder.init_tree(input_signature, rng)[1]
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
-        return (weights,), (jnp.zeros((), jnp.bool_), zeros, eval_state), out
+        stored = jnp.zeros((jax.tree.leaves(out)[0].shape[0],), jnp.bool_)  # Per row: streams restart alone.
+        return (weights,), (stored, zeros, eval_state), out
 
     def forward(self, x, weights, state, rng):
         if self._mode != "predict":
             y, new_state = base.call_sublayer(0, self.sublayers[0], x, weights[0], state[0], rng)
             return y, (new_state,)
         stored, cached, inner = state
-
-        def encode():
-            return base.call_sublayer(0, self._eval_encoder, x, weights[0], inner, rng)
-
-        y, inner = jax.lax.cond(stored, lambda: (cached, inner), encode)
-        return y, (jnp.ones((), jnp.bool_), y, inner)
+        y, inner, stored = attention.compute_once_per_row(
+            stored,
+            cached,
+            inner,
+            lambda: base.call_sublayer(0, self._eval_encoder, x, weights[0], inner, rng),
+        )
+        return y, (stored, y, inner)
 
 
 def _check_d_model(model: str, d_model: int, n_heads: int) -> None:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import trax_sl.layers as tl
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import attention_core, base, streaming
+from trax_sl.layers import attention, attention_core, base, streaming
 from trax_sl.layers import initializers as init
 from trax_sl.sl import common
 from trax_sl.sl.dense import EinsumDense
@@ -180,7 +180,7 @@ class DotProductAttention(base.Layer):
             kv_shape = (batch, source_time, self._num_heads, self._units)
             dtype = jnp.result_type(source.values.dtype, jnp.float32)
             cache = (
-                jnp.zeros((), jnp.bool_),
+                jnp.zeros((batch,), jnp.bool_),  # Whether each row's keys and values are projected.
                 jnp.zeros(kv_shape, dtype),
                 jnp.zeros(kv_shape, dtype),
                 jnp.zeros((batch, source_time), jnp.bool_),
@@ -206,12 +206,10 @@ class DotProductAttention(base.Layer):
                 (k, v), kv_states = self._keys_and_values(source, weights, state, rngs)
                 return (k.mask_invalid().values, v.mask_invalid().values, k.mask & v.mask), tuple(kv_states)
 
-            (keys, values, key_mask), (new_state[4], new_state[5]) = jax.lax.cond(
-                stored,
-                lambda: ((keys, values, key_mask), (state[4], state[5])),
-                project,
+            (keys, values, key_mask), (new_state[4], new_state[5]), stored = attention.compute_once_per_row(
+                stored, (keys, values, key_mask), (state[4], state[5]), project
             )
-            new_state[6] = (jnp.ones((), jnp.bool_), keys, values, key_mask)
+            new_state[6] = (stored, keys, values, key_mask)
         else:
             (k, v), (new_state[4], new_state[5]) = self._keys_and_values(source, weights, state, rngs)
             keys, values, key_mask = k.mask_invalid().values, v.mask_invalid().values, k.mask & v.mask
