@@ -181,35 +181,18 @@ def _stream_state(model, block, weights, state):
     its (batch axis, size per row), or None for an array shared by the batch)."""
     starts = [streaming.start_stream(model, _with_batch(block, n), weights, state) for n in (1, 2, 3)]
     predict_model = starts[0][0]
-    trees = [jax.tree.structure(s) for _, s in starts]
+    # The axes as reset_stream_rows finds them (raising for a leaf that holds its rows otherwise).
+    axes = streaming.batch_axes(predict_model, shapes.signature(_with_batch(block, 1)))
     leaves = [[np.asarray(x) for x in jax.tree.leaves(s)] for _, s in starts]
-    if trees[1] != trees[0] or trees[2] != trees[0]:
-        raise ValueError(
-            f"export.save: the stream state of {model.name} changes structure with the batch size"
-        )
-    axes = []
-    for i, (one, two, three) in enumerate(zip(*leaves)):
-        axis = _batch_axis(one, two, three)
-        if axis == "unknown" or not all(_same(_repeat(one, axis, n), x) for n, x in ((2, two), (3, three))):
+    for i, (axis, one, two, three) in enumerate(zip(axes, *leaves)):
+        # A free batch size needs more: the state of n rows is one row's repeated n times.
+        if not all(_same(_repeat(one, axis, n), x) for n, x in ((2, two), (3, three))):
             raise ValueError(
                 f"export.save: array {i} of the stream state of {model.name} ({shapes.short_form(one)} for one row, "
                 f"{shapes.short_form(two)} for 2, {shapes.short_form(three)} for 3) is not one row's state repeated along a batch "
                 f"axis, so it cannot be exported for a free batch size"
             )
-        axes.append(axis)
-    return predict_model, trees[0], leaves[0], axes
-
-
-def _batch_axis(one, two, three):
-    """(axis, size per row), None without a batch axis, or 'unknown'."""
-    if one.shape == two.shape == three.shape:
-        return None
-    differ = [a for a in range(one.ndim) if not one.shape[a] == two.shape[a] == three.shape[a]]
-    if one.ndim != two.ndim or one.ndim != three.ndim or len(differ) != 1:
-        return "unknown"
-    (a,) = differ
-    k = one.shape[a]
-    return (a, k) if (two.shape[a], three.shape[a]) == (2 * k, 3 * k) else "unknown"
+    return predict_model, jax.tree.structure(starts[0][1]), leaves[0], list(axes)
 
 
 def _repeat(one, axis, n):
