@@ -1,4 +1,7 @@
-"""Gin bindings checked against the annotations of the parameters they set.
+"""Gin for the command lines: parsing a run's configuration, and its bindings checked by type.
+
+`parse_config` parses the files and bindings the trainer and the exporter
+are given, turning a missing file or a bad binding into one ConfigError line.
 
 Gin passes a bound value as it was written: `train.steps = '20'` hands
 `train` the string '20', which fails many frames later (`unsupported operand
@@ -11,13 +14,38 @@ where they are resolved, not here.
 
 from __future__ import annotations
 
+import importlib.util  # noqa: F401 (lets gin report a missing config file: it uses importlib.util unimported)
 import inspect
+import os
+import re
 import types
 import typing
 
 import gin
 
 _SIMPLE = (bool, int, float, str)
+
+
+class ConfigError(Exception):
+    """A mistake in a run's configuration (a missing file, a bad binding), reported in one line."""
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line, without gin's caret markers and call-site note."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    text = " ".join(line for line in lines if line and set(line) != {"^"})
+    return re.sub(r" In call to configurable '[\w.]+' \(<[^>]*>\)$", "", text)
+
+
+def parse_config(files, bindings) -> None:
+    """Parses gin `files`, then `bindings`; raises ConfigError naming a missing file or a bad binding."""
+    for path in files:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+    try:
+        gin.parse_config_files_and_bindings(files, bindings)
+    except (ValueError, SyntaxError, ImportError, OSError) as e:
+        raise ConfigError(f"bad gin configuration: {one_line(e)}") from e
 
 
 class BindingTypeError(TypeError):

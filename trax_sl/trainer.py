@@ -19,10 +19,8 @@ when the environment sets `JAX_COORDINATOR_ADDRESS`, or with `--distributed`
 from __future__ import annotations
 
 import datetime
-import importlib.util  # noqa: F401 (lets gin report a missing config file: it uses importlib.util unimported)
 import logging as std_logging
 import os
-import re
 import sys
 
 import gin
@@ -56,26 +54,15 @@ flags.DEFINE_boolean(
 )
 
 
-class ConfigError(Exception):
-    """A mistake in the run's configuration, reported in one line without a traceback."""
-
-
 def _gin_parse_configs() -> None:
     """Parses the gin files and bindings of the flags (after `--data_dir` and `--model`)."""
-    config_files = FLAGS.config_file or []
-    for path in config_files:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
     configs = list(FLAGS.config or [])
     if FLAGS.data_dir:
         configs.append(f"trax_sl.data.TFDS.data_dir = {FLAGS.data_dir!r}")
         configs.append(f"trax_sl.data.python_chars_inputs.data_dir = {FLAGS.data_dir!r}")
     if FLAGS.model:
         configs.append(f"train.model = @trax_sl.models.{FLAGS.model}")
-    try:
-        gin.parse_config_files_and_bindings(config_files, configs)
-    except (ValueError, SyntaxError, ImportError, OSError) as e:
-        raise ConfigError(f"bad gin configuration: {_one_line(e)}") from e
+    gin_types.parse_config(FLAGS.config_file or [], configs)
 
 
 def _output_dir_or_default() -> str:
@@ -107,22 +94,15 @@ def _init_distributed() -> None:
                 process_id=FLAGS.process_id,
             )
         except (ValueError, TypeError) as e:
-            raise ConfigError(
-                f"jax.distributed.initialize: {_one_line(e)} (give --coordinator_address, --num_processes "
+            raise gin_types.ConfigError(
+                f"jax.distributed.initialize: {gin_types.one_line(e)} (give --coordinator_address, --num_processes "
                 f"and --process_id, or run where JAX detects the cluster: Cloud TPU, SLURM, Open MPI)"
             ) from e
 
 
-def _one_line(error: BaseException) -> str:
-    """The error's message on one line, without gin's caret markers and call-site note."""
-    lines = [line.strip() for line in str(error).splitlines()]
-    text = " ".join(line for line in lines if line and set(line) != {"^"})
-    return re.sub(r" In call to configurable '[\w.]+' \(<[^>]*>\)$", "", text)
-
-
 def _is_config_error(error: BaseException) -> bool:
     config_errors = (
-        ConfigError,
+        gin_types.ConfigError,
         OSError,
         checkpoints.CheckpointError,
         dir_lock.OutputDirInUse,
@@ -177,8 +157,8 @@ def main(argv) -> None:
     except Exception as e:
         if not _is_config_error(e):
             raise
-        kind = "" if isinstance(e, ConfigError) else f"{type(e).__name__}: "
-        print(f"trax_sl.trainer: error: {kind}{_one_line(e)}", file=sys.stderr)
+        kind = "" if isinstance(e, gin_types.ConfigError) else f"{type(e).__name__}: "
+        print(f"trax_sl.trainer: error: {kind}{gin_types.one_line(e)}", file=sys.stderr)
         sys.exit(1)
     logging.info("Finished training.")
 

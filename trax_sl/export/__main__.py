@@ -15,8 +15,6 @@ model that does not stream) end the program with one line and exit status 1.
 
 from __future__ import annotations
 
-import importlib.util  # noqa: F401 (lets gin report a missing config file: it uses importlib.util unimported)
-import os
 import sys
 
 import gin
@@ -24,7 +22,7 @@ import jax
 from absl import app, flags, logging
 
 # Imported for their gin configurables, so that configs can name them.
-from trax_sl import data, layers, models, optimizers, shapes  # noqa: F401
+from trax_sl import data, gin_types, layers, models, optimizers, shapes  # noqa: F401
 from trax_sl.export import saving
 from trax_sl.layers import serialization
 from trax_sl.supervised import checkpoints, lr_schedules, trainer_lib  # noqa: F401
@@ -51,17 +49,6 @@ flags.DEFINE_string(
 
 class ExportError(Exception):
     """A mistake in the command line or the run, reported in one line without a traceback."""
-
-
-def _parse_gin() -> None:
-    files = FLAGS.config_file or []
-    for path in files:
-        if not os.path.isfile(path):
-            raise ExportError(f"config file not found: {path}")
-    try:
-        gin.parse_config_files_and_bindings(files, FLAGS.config or [], skip_unknown=False)
-    except (ValueError, SyntaxError, ImportError, OSError) as e:
-        raise ExportError(f"bad gin configuration: {one_line(e)}") from e
 
 
 def _eval_model():
@@ -126,10 +113,10 @@ def main(argv) -> None:
         for name in ("checkpoint_dir", "output"):
             if not getattr(FLAGS, name):
                 raise ExportError(f"--{name} is required")
-        _parse_gin()
+        gin_types.parse_config(FLAGS.config_file or [], FLAGS.config or [])
         header = export(FLAGS.output)
-    except (ExportError, ValueError, OSError, checkpoints.CheckpointError) as e:
-        text = str(e) if isinstance(e, ExportError) else one_line(e, limit=2000)
+    except (ExportError, gin_types.ConfigError, ValueError, OSError, checkpoints.CheckpointError) as e:
+        text = str(e) if isinstance(e, (ExportError, gin_types.ConfigError)) else one_line(e, limit=2000)
         print(f"trax_sl.export: error: {text}", file=sys.stderr)
         sys.exit(1)
     layer = "a layer-wise function" if header["layer"].get("file") else "no layer-wise function"
