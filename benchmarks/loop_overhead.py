@@ -36,7 +36,7 @@ import optax
 from harness import machine_info, print_header, print_table, time_candidates, write_results
 
 import trax_sl.layers as tl
-from trax_sl import models, shapes
+from trax_sl import mesh, models, shapes
 from trax_sl.supervised import train_step, training
 
 _TARGET = 0.95
@@ -81,14 +81,16 @@ def candidates(setup, args) -> tuple[str, dict]:
     )
 
     layer = tl.Serial(model, loss_layer)
-    mesh = train_step.make_mesh(1)
-    step = train_step.train_step(layer, tx, mesh)
-    weights, state = layer.init(shapes.signature(batch[: layer.n_in]), rng=jax.random.PRNGKey(0))
+    one_device = mesh.make_mesh(n_devices=1)
+    signature = shapes.signature(batch[: layer.n_in])
+    weights, state, shardings = train_step.sharded_init(layer, signature, jax.random.PRNGKey(0), one_device)
+    opt_state, opt_shardings = train_step.sharded_opt_init(tx, weights, shardings, one_device)
+    step = train_step.train_step(layer, tx, one_device, shardings, opt_shardings)
     carry = {
         "weights": weights,
         "state": state,
-        "opt_state": tx.init(weights),
-        "rng": jax.random.PRNGKey(1),
+        "opt_state": opt_state,
+        "rng": train_step.put_replicated(jax.random.PRNGKey(1), one_device),
     }
     data = itertools.repeat(batch)
 

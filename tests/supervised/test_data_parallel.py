@@ -6,7 +6,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec
 
-from trax_sl import data, optimizers
+from trax_sl import data, mesh, optimizers
 from trax_sl import layers as tl
 from trax_sl.supervised import train_step, training
 
@@ -53,27 +53,25 @@ def test_by_default_every_local_device_takes_a_slice_of_the_batch():
     loop = make_loop()
     assert jax.local_device_count() == 8  # tests/conftest.py
     assert loop.n_devices == 8 and loop.mesh.devices.size == 8
-    assert loop.mesh.axis_types == (jax.sharding.AxisType.Auto,)
+    assert loop.mesh.axis_types == (jax.sharding.AxisType.Auto,) * 3
+    assert dict(loop.mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
     loop.run(1)
     for leaf in jax.tree.leaves(loop.model.weights):  # Replicated, and still so after a step.
         assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
 
     x, y, weights = train_step.put_batch(next(copy_inputs().train_stream(1)), loop.mesh)
     for leaf in (x.values, x.mask, y.values, weights):
-        assert leaf.sharding.spec == PartitionSpec(train_step.DATA_AXIS)
+        assert leaf.sharding.spec == PartitionSpec(mesh.BATCH_AXES)
         assert [shard.data.shape[0] for shard in leaf.addressable_shards] == [1] * 8
     # The compiled step computes on one example per device: its batch parameters are per-device slices.
     layer = tl.Serial(dropout_model(), tl.WeightedCategoryCrossEntropy())
-    weights_and_state = layer.init(train_step.input_signature((x, y, weights), layer.n_in))
+    signature = train_step.input_signature((x, y, weights), layer.n_in)
+    layer_weights, state, shardings = train_step.sharded_init(layer, signature, jax.random.key(1), loop.mesh)
     tx = optax.adam(0.05)
-    put = lambda tree: train_step.put_replicated(tree, loop.mesh)
-    step = train_step.train_step(layer, tx, loop.mesh)
-    args = (
-        *put(weights_and_state),
-        put(tx.init(weights_and_state[0])),
-        (x, y, weights),
-        put(jax.random.key(0)),
-    )
+    opt_state, opt_shardings = train_step.sharded_opt_init(tx, layer_weights, shardings, loop.mesh)
+    step = train_step.train_step(layer, tx, loop.mesh, shardings, opt_shardings)
+    rng = train_step.put_replicated(jax.random.key(0), loop.mesh)
+    args = (layer_weights, state, opt_state, (x, y, weights), rng)
     hlo = step.lower(*args).compile().as_text()
     assert "s32[1,16]" in hlo and "s32[8,16]" not in hlo
 
@@ -95,9 +93,12 @@ def test_one_two_and_eight_devices_give_the_same_losses_and_weights():
         assert max(jax.tree.leaves(differences)) < 1e-5, differences
 
 
-def test_a_batch_that_does_not_divide_names_the_batch_size_and_n_devices():
+def test_a_batch_that_does_not_divide_names_the_batch_size_and_the_mesh():
     loop = make_loop(n_devices=4, batch_size=6)
-    with pytest.raises(ValueError, match=r"the global batch size 6 does not divide by n_devices=4"):
+    with pytest.raises(
+        ValueError,
+        match=r"the global batch size 6 does not divide by the 4 batch slices of the mesh \(data=4 x fsdp=1\)",
+    ):
         loop.run(1)
     # n_devices=3 divides 6.
     loop = make_loop(n_devices=3, batch_size=6)
@@ -110,4 +111,4 @@ def test_n_devices_beyond_the_local_devices_is_refused():
         with pytest.raises(
             ValueError, match=rf"between 1 and the 8 local device\(s\).*n_devices={n_devices}"
         ):
-            train_step.make_mesh(n_devices)
+            mesh.make_mesh(n_devices=n_devices)

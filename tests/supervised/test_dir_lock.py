@@ -34,9 +34,8 @@ def holder(tmp_path):
 
 
 def test_a_second_holder_is_refused_naming_the_first(tmp_path, holder):
-    with pytest.raises(dir_lock.OutputDirInUse) as error:
-        with dir_lock.hold(str(tmp_path / "run")):
-            pass
+    with pytest.raises(dir_lock.OutputDirInUse) as error, dir_lock.hold(str(tmp_path / "run")):
+        pass
     message = str(error.value)
     assert f"{tmp_path / 'run'} is in use by another trainer" in message
     assert f"pid {holder.pid}" in message and "started 20" in message

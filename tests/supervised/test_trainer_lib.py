@@ -162,8 +162,8 @@ def test_what_trax_sl_does_not_provide_is_refused_clearly(tmp_path):
     kwargs = {"model": TinyCopyLM, "inputs": copy_inputs, "steps": 1}
     with pytest.raises(ValueError, match="use_loop=False asks for Trax's old Trainer"):
         trainer_lib.train(str(tmp_path), use_loop=False, **kwargs)
-    with pytest.raises(ValueError, match="n_weights_shards must be 1, got 2"):
-        trainer_lib.train(str(tmp_path), n_weights_shards=2, **kwargs)
+    with pytest.raises(ValueError, match="give mesh_shape or Trax's n_weights_shards, not both"):
+        trainer_lib.train(str(tmp_path), n_weights_shards=2, mesh_shape={"fsdp": 8}, **kwargs)
     with pytest.raises(ValueError, match="only one of"):
         trainer_lib.train(
             str(tmp_path), permanent_checkpoint_frequency=2, permanent_checkpoints_at=[2], **kwargs

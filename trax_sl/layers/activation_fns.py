@@ -14,6 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from trax_sl import partitioning
 from trax_sl.layers import base
 from trax_sl.layers.base import Fn
 
@@ -193,6 +194,9 @@ class ThresholdedLinearUnit(base.Layer):
 
     n_in=1, n_out=1; any shape. Predict mode: stateless; streams with block_size 1.
     """
+
+    def weight_axes(self, weights):
+        return partitioning.Axes()  # A scalar.
 
     def init_weights_and_state(self, input_signature, rng):
         """Initializes this layer's single weight, the threshold, to zero."""

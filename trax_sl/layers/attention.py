@@ -388,6 +388,9 @@ class _CacheInPredict(base.Layer):
         self._sublayers = (layer,)
         self._mode = mode
 
+    def weight_axes(self, weights):
+        return base.sublayer_weight_axes(self.sublayers[0], weights)
+
     def init_with_output_signature(self, input_signature, rng):
         weights, state, out = base.init_sublayer(0, self.sublayers[0], input_signature, rng)
         if self._mode != "predict":
@@ -428,9 +431,19 @@ def compute_once_per_row(stored, cached, state, compute):
     return outputs, state, jnp.ones_like(stored)
 
 
-def _processor(sparsity, d_feature: int, what: str, layer_name: str):
+def _projection(d_feature: int) -> core.Dense:
+    """A Dense to queries, keys or values: `[d_model, d_feature]`, split over heads."""
+    return core.Dense(d_feature, kernel_axes=("embed", "heads"))
+
+
+def _output_projection(d_feature: int) -> core.Dense:
+    """The Dense from the merged heads back to the model's width."""
+    return core.Dense(d_feature, kernel_axes=("heads", "embed"))
+
+
+def _processor(sparsity, d_feature: int, what: str, layer_name: str, dense=_projection):
     if sparsity is None:
-        return core.Dense(d_feature)
+        return dense(d_feature)
     if sparsity == "noop":
         return None
     raise ValueError(
@@ -448,11 +461,11 @@ def _attention_qkv(d_feature, n_heads, dropout, mode, cache_kv, q_sparsity, resu
     return [
         combinators.Parallel(
             _processor(q_sparsity, d_feature, "q_sparsity", name),
-            _CacheInPredict(core.Dense(d_feature), mode) if cache_kv else core.Dense(d_feature),
-            _CacheInPredict(core.Dense(d_feature), mode) if cache_kv else core.Dense(d_feature),
+            _CacheInPredict(_projection(d_feature), mode) if cache_kv else _projection(d_feature),
+            _CacheInPredict(_projection(d_feature), mode) if cache_kv else _projection(d_feature),
         ),
         pure(n_heads=n_heads, dropout=dropout, mode=mode),
-        _processor(result_sparsity, d_feature, "result_sparsity", name),
+        _processor(result_sparsity, d_feature, "result_sparsity", name, _output_projection),
     ]
 
 
@@ -572,14 +585,14 @@ def CausalAttention(  # noqa: N802
 
     def projection():
         if not use_dconv:
-            return core.Dense(d_feature)
-        return combinators.Serial(core.Dense(d_feature), convolution.CausalDepthwiseConv(mode=mode))
+            return _projection(d_feature)
+        return combinators.Serial(_projection(d_feature), convolution.CausalDepthwiseConv(mode=mode))
 
     return _configurable_attention(
         projection(),
         projection(),
         projection(),
-        core.Dense(d_feature),
+        _output_projection(d_feature),
         DotProductCausalAttention(dropout=dropout, max_inference_length=max_inference_length, mode=mode),
         n_heads,
         "CausalAttention",

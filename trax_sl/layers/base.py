@@ -15,7 +15,7 @@ import threading
 
 import jax
 
-from trax_sl import checks, shapes
+from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
 from trax_sl.layers import errors, serialization, streaming
 from trax_sl.layers import rng as rng_lib
@@ -262,6 +262,25 @@ class Layer:
     def forward(self, inputs, weights, state, rng):
         """Returns (outputs, new_state)."""
         raise NotImplementedError(f"{self.name} must define forward")
+
+    def weight_axes(self, weights):
+        """The logical axes of this layer's `weights`: a tree like them with a `partitioning.Axes` per array.
+
+        They say how the weights may be split over a device mesh (see
+        `trax_sl.partitioning`). Layers with weights of their own override
+        this; the default gives each sublayer's axes where the weights are one
+        entry per sublayer, and `partitioning.UNDECLARED` (replicated, with a
+        one-time log line) for any other array.
+
+        Args:
+            weights: This layer's weights, or their ShapeDtypes.
+        """
+        subs = self.sublayers
+        if subs and isinstance(weights, tuple) and len(weights) == len(subs):
+            return tuple(sublayer_weight_axes(sub, w) for sub, w in zip(subs, weights))
+        if jax.tree.leaves(weights):
+            partitioning.note_undeclared(type(self).__name__)
+        return jax.tree.map(lambda _: partitioning.UNDECLARED, weights)
 
     # --- Pure functions -------------------------------------------------------
 
@@ -569,6 +588,11 @@ class WrapsOneLayer(Layer):
     def init_with_output_signature(self, input_signature, rng):
         weights, state, out = init_sublayer(0, self.sublayer, input_signature, rng)
         return (weights,), (state,), out
+
+
+def sublayer_weight_axes(layer: Layer, weights):
+    """`layer.weight_axes(weights)`, or SHARED where a shared layer's weights are SHARED (no arrays)."""
+    return SHARED if weights is SHARED else layer.weight_axes(weights)
 
 
 def call_sublayer(index: int, layer: Layer, x, weights, state, rng):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trax_sl import checks, shapes
+from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
 from trax_sl.layers import base, streaming
 from trax_sl.layers import initializers as init
@@ -43,6 +43,7 @@ def _zeros(shape, rng):
 
 
 _NWC = ("NWC", "WIO", "NWC")
+_KERNEL_AXES = {"I": "conv_in", "O": "conv_out"}
 
 
 class Convolution(base.Layer):
@@ -147,6 +148,14 @@ class Convolution(base.Layer):
 
     def _conv_kernel(self, w):
         return w
+
+    def weight_axes(self, weights):
+        """Kernel axes as its layout says ('conv_window' per spatial axis, 'conv_in', 'conv_out'); bias 'conv_out'."""
+        kernel = partitioning.Axes(*(_KERNEL_AXES.get(c, "conv_window") for c in self._dimension_numbers[1]))
+        if not self._use_bias:
+            return kernel
+        out = ["conv_out" if c == "C" else None for c in self._dimension_numbers[2]]
+        return kernel, partitioning.Axes(*out[len(out) - len(weights[1].shape) :])
 
     def init_weights_and_state(self, input_signature, rng):
         values = input_signature.values if isinstance(input_signature, seq.Sequence) else input_signature
@@ -395,6 +404,9 @@ class CausalDepthwiseConv(Convolution):
     def init_weights_and_state(self, input_signature, rng):
         w, state = super().init_weights_and_state(input_signature, rng)
         return (w.astype(jnp.bfloat16) if self._use_bfloat16 else w), state
+
+    def weight_axes(self, weights):
+        return partitioning.Axes("conv_window", "conv_out")  # One filter per channel.
 
     def _kernel_shape(self, in_features):
         return (self._kernel_size[0], in_features)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trax_sl import checks, shapes
+from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
 from trax_sl.layers import base, streaming
 from trax_sl.layers import initializers as init
@@ -90,6 +90,8 @@ class Dense(Layer):
         bias_initializer=init.RandomNormalInitializer(1e-6),
         use_bias: bool = True,
         use_bfloat16: bool = False,
+        *,
+        kernel_axes: tuple = ("embed", "mlp"),
     ):
         """Returns a dense layer of width `n_units`.
 
@@ -99,6 +101,9 @@ class Dense(Layer):
             bias_initializer: `(shape, rng) -> array` for the bias b.
             use_bias: If True, y = x W + b; else y = x W.
             use_bfloat16: If True, weights are bfloat16 instead of float32.
+            kernel_axes: The logical axes of W (input, output) that say how it
+                is split over a device mesh (see `trax_sl.partitioning`); b
+                takes the output's.
         """
         if isinstance(n_units, (int, np.integer)) and n_units < 1:
             # Dense's message predates the shared check, and tests match it word for word.
@@ -110,6 +115,13 @@ class Dense(Layer):
         self._bias_initializer = bias_initializer
         self._use_bias = use_bias
         self._use_bfloat16 = use_bfloat16
+        self._kernel_axes = partitioning.Axes(*kernel_axes)
+        if len(self._kernel_axes) != 2:
+            raise ValueError(f"Dense: kernel_axes must name 2 axes (input, output), got {kernel_axes!r}")
+
+    def weight_axes(self, weights):
+        kernel = self._kernel_axes
+        return (kernel, partitioning.Axes(kernel[1])) if self._use_bias else kernel
 
     def init_weights_and_state(self, input_signature, rng):
         if len(input_signature.shape) < 1:
@@ -176,6 +188,9 @@ class Embedding(Layer):
         self._d_feature = d_feature
         self._use_bfloat16 = use_bfloat16
         self._kernel_initializer = kernel_initializer
+
+    def weight_axes(self, weights):
+        return partitioning.Axes("vocab", "embed")
 
     def init_weights_and_state(self, input_signature, rng):
         del input_signature
@@ -254,6 +269,9 @@ class Weights(Layer):
         self._initializer = initializer
         self._shape = shape
         self._use_bfloat16 = use_bfloat16
+
+    def weight_axes(self, weights):
+        return partitioning.Axes(*[None] * len(self._shape))  # No names: split only if large (FSDP).
 
     def init_weights_and_state(self, input_signature, rng):
         del input_signature
@@ -353,6 +371,10 @@ class LocallyConnected1d(Layer):
 
     def _length_out(self, length: int) -> int:
         return length - self._kernel_size + 1 if self._padding == "VALID" else length
+
+    def weight_axes(self, weights):
+        w = partitioning.Axes("length", "conv_window", "conv_in", "conv_out")
+        return (w, partitioning.Axes("length", "conv_out")) if self._use_bias else w
 
     def init_weights_and_state(self, input_signature, rng):
         shape = tuple(input_signature.shape)

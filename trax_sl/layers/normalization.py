@@ -24,9 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trax_sl import checks
+from trax_sl import checks, partitioning
 from trax_sl import sequence as seq
 from trax_sl.layers import base, streaming
+
+
+def norm_axes(weights):
+    """The logical axes of norm scales and biases: `Axes('norm', ...)` per array (replicated)."""
+    return jax.tree.map(lambda w: partitioning.Axes(*["norm"] * len(w.shape)), weights)
 
 
 def _check_epsilon(layer_name: str, epsilon: float) -> None:
@@ -106,6 +111,9 @@ class LayerNorm(base.Layer):
         self._center = center
         self._epsilon = epsilon
 
+    def weight_axes(self, weights):
+        return norm_axes(weights)
+
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)
         features = values.shape[-1]
@@ -163,6 +171,9 @@ class RMSNorm(base.Layer):
         self._scale_init = scale_init
         self._param_dtype = param_dtype
         self._reductions_in_at_least_fp32 = reductions_in_at_least_fp32
+
+    def weight_axes(self, weights):
+        return norm_axes(weights)
 
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)
@@ -248,6 +259,9 @@ class BatchNorm(base.Layer):
                 f"steps), got axis={self._axis}"
             )
         return tuple(sorted(axes))
+
+    def weight_axes(self, weights):
+        return norm_axes(weights)
 
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)
@@ -335,6 +349,9 @@ class FilterResponseNorm(base.Layer):
     streaming_spec = streaming.StreamingSpec(receptive_field=(math.inf, math.inf)).not_streaming(
         "it normalises over the whole sequence"
     )
+
+    def weight_axes(self, weights):
+        return norm_axes(weights)
 
     def init_weights_and_state(self, input_signature, rng):
         channels = seq.values_of(input_signature).shape[-1]
@@ -457,6 +474,9 @@ class GroupNorm(base.Layer):
 
     def _moments_shape(self, batch: int, grouped_shape, axis: int) -> tuple[int, ...]:
         return tuple(batch if a == 0 else d if a == axis else 1 for a, d in enumerate(grouped_shape))
+
+    def weight_axes(self, weights):
+        return norm_axes(weights)
 
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trax_sl import checks, shapes
+from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
 from trax_sl.layers import base, streaming
 from trax_sl.layers import initializers as init
@@ -138,6 +138,11 @@ class PositionalEncoding(base.Layer):
         return streaming.StreamingSpec(
             capacity=self._max_len, capacity_source=f"{self.name} max_len={self._max_len}"
         )
+
+    def weight_axes(self, weights):
+        if self._d_feature is None:
+            return partitioning.Axes("length", "embed")
+        return partitioning.Axes("length", None), partitioning.Axes(None, "embed")
 
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)
@@ -271,6 +276,9 @@ class AddTimingSignal(base.Layer):
                 )
             target[axis] = channel_shape[axis]
         return tuple(target)
+
+    def weight_axes(self, weights):
+        return partitioning.Axes() if self._trainable_scale else ()
 
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)

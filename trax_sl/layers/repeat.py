@@ -50,6 +50,12 @@ class Repeat(base.Layer):
         # The body keeps its output ratio at 1 to feed itself: n_repeats copies in series.
         return streaming.serial([streaming.spec.of(self.sublayer)] * self._n_repeats)
 
+    def weight_axes(self, weights):
+        """The sublayer's axes (of one repeat's weights) behind a leading 'layers' axis."""
+        one = jax.tree.map(lambda w: jax.ShapeDtypeStruct(tuple(w.shape[1:]), w.dtype), weights)
+        axes = base.sublayer_weight_axes(self.sublayer, one)
+        return jax.tree.map(lambda a: a.prepend("layers"), axes)  # Axes and UNDECLARED are leaves.
+
     def init_with_output_signature(self, input_signature, rng):
         layer = self.sublayer
         outputs = []

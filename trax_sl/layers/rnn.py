@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from trax_sl import checks, shapes
+from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
 from trax_sl.layers import activation_fns, base, convolution, core, streaming
 from trax_sl.layers import initializers as init
@@ -32,6 +32,9 @@ def _add_bias(y, b):
 
 
 # --- Cells ---------------------------------------------------------------------
+
+# A cell's kernel acts on `[x, h]` (input and hidden units concatenated: no one name) and gives hidden units.
+_CELL_KERNEL, _CELL_BIAS = partitioning.Axes(None, "hidden"), partitioning.Axes("hidden")
 
 
 class LSTMCell(Layer):
@@ -65,6 +68,9 @@ class LSTMCell(Layer):
         self._forget_bias = forget_bias
         self._kernel_initializer = kernel_initializer
         self._bias_initializer = bias_initializer
+
+    def weight_axes(self, weights):
+        return _CELL_KERNEL, _CELL_BIAS
 
     def init_weights_and_state(self, input_signature, rng):
         x, state = (seq.values_of(s) for s in input_signature)
@@ -119,6 +125,9 @@ class GRUCell(Layer):
         self._forget_bias = forget_bias
         self._kernel_initializer = kernel_initializer
         self._bias_initializer = bias_initializer
+
+    def weight_axes(self, weights):
+        return _CELL_KERNEL, _CELL_BIAS, _CELL_KERNEL, _CELL_BIAS
 
     def init_weights_and_state(self, input_signature, rng):
         x, state = (seq.values_of(s) for s in input_signature)
@@ -533,7 +542,7 @@ def SRU(n_units: int, activation: Layer | None = None, mode: str = "train") -> L
 
     layers = [
         # Trax's Branch(Dense, []), with padding zeroed on both branches (same weights tree).
-        Branch(_MaskedDense(3 * n_units), _MaskInvalid()),  # r_f_y, x
+        Branch(_MaskedDense(3 * n_units, kernel_axes=("embed", "hidden")), _MaskInvalid()),  # r_f_y, x
         Split(n_items=3),  # r, f, y, x
         Parallel(activation_fns.Sigmoid(), activation_fns.Sigmoid()),  # r, f, y, x
         Fn("SRUGates", lambda r, f, y: (y * (1.0 - f), f, r), n_out=3),  # y * (1 - f), f, r, x

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trax_sl import checks, shapes
+from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
 from trax_sl.layers import attention_core, base, combinators, streaming
 from trax_sl.layers import initializers as init
@@ -42,6 +42,13 @@ class _QKVProjection(base.Layer):
         self._heads = (num_heads, num_kv_heads, num_kv_heads)
         self._units = units_per_head
         self._use_bias = use_bias
+
+    def weight_axes(self, weights):
+        axes = []
+        for heads in ("heads", "kv_heads", "kv_heads"):
+            w, b = partitioning.Axes("embed", heads, "head_dim"), partitioning.Axes(heads, "head_dim")
+            axes.append((w, b) if self._use_bias else w)
+        return tuple(axes)
 
     def init_weights_and_state(self, input_signature, rng):
         d = input_signature.shape[-1]

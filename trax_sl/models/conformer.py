@@ -30,9 +30,10 @@ from trax_sl.layers import (
 from trax_sl.layers import repeat as repeat_layers
 
 
-def _DenseShaped(n_units: int, use_bias: bool = True) -> base.Layer:  # noqa: N802
+def _DenseShaped(n_units: int, use_bias: bool = True, *, kernel_axes: tuple) -> base.Layer:  # noqa: N802
     """SequenceLayers' DenseShaped([n_units]) on rank-4 inputs: `[b, t, a, c]` -> `[b, t, n_units]`."""
-    return combinators.Serial(core.Flatten(n_axes_to_keep=2), core.Dense(n_units, use_bias=use_bias))
+    dense = core.Dense(n_units, use_bias=use_bias, kernel_axes=kernel_axes)
+    return combinators.Serial(core.Flatten(n_axes_to_keep=2), dense)
 
 
 def ConvolutionSubsampling(hidden_size: int, mode: str = "train") -> base.Layer:  # noqa: N802
@@ -76,7 +77,7 @@ def FeedForwardModule(hidden_size: int, dropout_rate: float, mode: str = "train"
         core.Dense(4 * hidden_size),
         activation_fns.Swish(),
         core.Dropout(dropout_rate, mode=mode),
-        core.Dense(hidden_size),
+        core.Dense(hidden_size, kernel_axes=("mlp", "embed")),
         core.Dropout(dropout_rate, mode=mode),
         base.Fn("Scale", lambda x: 0.5 * x),
     )
@@ -111,7 +112,7 @@ def MultiHeadedSelfAttention(  # noqa: N802
             attention_probabilities_dropout_rate=dropout_rate,
             mode=mode,
         ),
-        _DenseShaped(hidden_size),
+        _DenseShaped(hidden_size, kernel_axes=("heads", "embed")),  # The merged heads.
         core.Dropout(dropout_rate, mode=mode),
     )
 
@@ -136,7 +137,7 @@ def ConvolutionModule(  # noqa: N802
         convolution.DepthwiseConv1D(kernel_size=kernel_size, padding="causal", mode=mode),
         normalization.BatchNorm(axis=(0, 1), epsilon=1e-3, momentum=0.99, mode=mode),
         activation_fns.Swish(),
-        core.Dense(hidden_size),
+        core.Dense(hidden_size, kernel_axes=("mlp", "embed")),
         core.Dropout(dropout_rate, mode=mode),
     )
 
@@ -210,7 +211,7 @@ def ConformerEncoder(  # noqa: N802
     )
     return combinators.Serial(
         ConvolutionSubsampling(hidden_size, mode=mode),
-        _DenseShaped(hidden_size),
+        _DenseShaped(hidden_size, kernel_axes=(None, "embed")),  # Features x channels.
         position.AddTimingSignal(mode=mode),
         core.Dropout(dropout_rate, mode=mode),
         repeat_layers.Repeat(block, num_blocks),

@@ -64,7 +64,7 @@ def RNNLM(  # noqa: N802
         # Trax's Scan(MultiRNNCell(), axis=1, mode=mode), streaming.
         rnn_layers._TimeRecurrence(MultiRNNCell(), mode=mode),
         combinators.Select([0], n_in=2),  # Drop RNN state.
-        core.Dense(vocab_size),
+        core.Dense(vocab_size, kernel_axes=("embed", "vocab")),
         name="RNNLM",
     )
 
@@ -84,6 +84,6 @@ def GRULM(vocab_size: int = 256, d_model: int = 512, n_layers: int = 1, mode: st
         attention.ShiftRight(mode=mode),
         core.Embedding(vocab_size, d_model),
         [rnn_layers.GRU(d_model, mode=mode) for _ in range(n_layers)],
-        core.Dense(vocab_size),
+        core.Dense(vocab_size, kernel_axes=("embed", "vocab")),
         name="GRULM",
     )

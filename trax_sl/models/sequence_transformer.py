@@ -73,7 +73,7 @@ def SelfAttentionNetwork(  # noqa: N802
             mode=mode,
         ),
         core.Flatten(n_axes_to_keep=2),
-        core.Dense(model_dimension, use_bias=False),
+        core.Dense(model_dimension, use_bias=False, kernel_axes=("heads", "embed")),  # The merged heads.
         core.Dropout(dropout_rate, mode=mode),
     )
 
@@ -92,7 +92,7 @@ def FeedForwardNetwork(  # noqa: N802
         core.Dense(2 * ffn_dim, use_bias=False),
         GeGLU(),
         core.Dropout(dropout_rate, mode=mode),
-        core.Dense(model_dimension, use_bias=False),
+        core.Dense(model_dimension, use_bias=False, kernel_axes=("mlp", "embed")),
         core.Dropout(dropout_rate, mode=mode),
     )
 
@@ -140,7 +140,7 @@ def SequenceTransformer(  # noqa: N802
     return combinators.Serial(
         position.AddTimingSignal(mode=mode),
         # Project to model_dimension for Repeat.
-        core.Dense(model_dimension, use_bias=False),
+        core.Dense(model_dimension, use_bias=False, kernel_axes=(None, "embed")),
         activation_fns.Relu(),
         repeat_layers.Repeat(block, num_layers),
         normalization.RMSNorm(),

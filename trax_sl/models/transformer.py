@@ -82,7 +82,7 @@ def TransformerEncoder(  # noqa: N802
         combinators.Select([0], n_in=2),  # Drops the masks.
         normalization.LayerNorm(),
         core.Mean(axis=1),
-        core.Dense(n_classes),
+        core.Dense(n_classes, kernel_axes=("embed", None)),
         name="TransformerEncoder",
     )
 
@@ -109,7 +109,10 @@ def TransformerDecoder(  # noqa: N802
     Predict mode: the state holds each block's KV cache (`max_len` steps per
     row) and the positional encoding's count of valid steps per row.
     """
-    embedder = core.Embedding(vocab_size, d_model) if vocab_size is not None else core.Dense(d_model)
+    if vocab_size is not None:
+        embedder = core.Embedding(vocab_size, d_model)
+    else:
+        embedder = core.Dense(d_model, kernel_axes=(None, "embed"))
     return combinators.Serial(
         embedder,
         core.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode),
@@ -162,7 +165,7 @@ def TransformerLM(  # noqa: N802
             for _ in range(n_layers)
         ],
         normalization.LayerNorm(),
-        core.Dense(vocab_size),
+        core.Dense(vocab_size, kernel_axes=("embed", "vocab")),
         name="TransformerLM",
     )
 
@@ -241,7 +244,7 @@ def Transformer(  # noqa: N802
         normalization.LayerNorm(),
         combinators.Select([0], n_in=3),  # Drops masks and encoding vectors.
         # Map vectors to match output vocab size.
-        core.Dense(output_vocab_size),
+        core.Dense(output_vocab_size, kernel_axes=("embed", "vocab")),
         name="Transformer",
     )
 
@@ -392,5 +395,5 @@ def _FeedForwardBlock(d_model, d_ff, dropout, dropout_shared_axes, mode, activat
         core.Dense(d_ff),
         activation(),
         core.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode),
-        core.Dense(d_model),
+        core.Dense(d_model, kernel_axes=("mlp", "embed")),
     ]

@@ -38,6 +38,7 @@ def _projection(num_heads: int, units_per_head: int, use_bias: bool, name: str) 
         bias_axes="bc" if use_bias else "",
         kernel_init=_projection_init,
         name=name,
+        kernel_axes=("embed", "heads", "head_dim"),
     )
 
 

@@ -144,6 +144,9 @@ class _CarryConstants(base.Layer):
     def streaming_spec(self) -> streaming.StreamingSpec:
         return streaming.spec.of(self.sublayers[0])
 
+    def weight_axes(self, weights):
+        return base.sublayer_weight_axes(self.sublayers[0], weights)
+
     def init_with_output_signature(self, input_signature, rng):
         w, s, y = base.init_sublayer(0, self.sublayers[0], tuple(input_signature), rng)
         return w, s, (y, input_signature[1])

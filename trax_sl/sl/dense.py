@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from trax_sl import checks, shapes
+from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
 from trax_sl.layers import base, core
 from trax_sl.layers import initializers as init
@@ -84,6 +84,9 @@ class EinsumDense(base.Layer):
     shaped like Z from the first bias axis on, 1 on the axes not named).
     E.g. `'...nh,nhd->...d'` with `output_shape=[16]` maps `[b, t, n, h]`
     to `[b, t, 16]`. Weights: `kernel` (sized as K), or `(kernel, bias)`.
+    `kernel_axes` names the logical axes of K (see `trax_sl.partitioning`;
+    a bias axis takes its letter's name); by default the axes summed over
+    are 'embed', those new in the output 'mlp', the others None.
 
     Predict mode: stateless; streams with block_size 1.
     """
@@ -97,9 +100,17 @@ class EinsumDense(base.Layer):
         kernel_init=common.LECUN_NORMAL,
         bias_init=common.zeros,
         name: str | None = None,
+        *,
+        kernel_axes: tuple | None = None,
     ):
         layer_name = name or type(self).__name__
         self._specs = _parse_equation(layer_name, equation)
+        if kernel_axes is not None and len(kernel_axes) != len(self._specs[1]):
+            raise ValueError(
+                f"{layer_name}: kernel_axes must name the {len(self._specs[1])} kernel axes of "
+                f"{equation!r}, got {kernel_axes!r}"
+            )
+        self._kernel_axes = kernel_axes
         output_shape = tuple(output_shape)
         if len(output_shape) != len(self._specs[2]):
             raise ValueError(
@@ -149,6 +160,19 @@ class EinsumDense(base.Layer):
         first = min(output_spec.index(axis) for axis in self._bias_axes)
         bias_shape = tuple(sizes[a] if a in self._bias_axes else 1 for a in output_spec[first:])
         return kernel_shape, bias_shape
+
+    def weight_axes(self, weights):
+        kernel = weights[0] if self._bias_axes else weights
+        _, (inputs, letters, outputs) = self._einsum(len(kernel.shape) - len(self._output_shape))
+        names = self._kernel_axes or [
+            "embed" if a not in outputs else "mlp" if a not in inputs else None for a in letters
+        ]
+        kernel_axes = partitioning.Axes(*names)
+        if not self._bias_axes:
+            return kernel_axes
+        named = {a: name for a, name in zip(letters, names) if a in self._bias_axes}
+        bias = outputs[len(outputs) - len(weights[1].shape) :]
+        return kernel_axes, partitioning.Axes(*(named.get(a) for a in bias))
 
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import trax_sl.layers as tl
-from trax_sl.layers import base
+from trax_sl.layers import base, normalization
 from trax_sl.sl import common
 
 RMSNormalization = tl.RMSNorm
@@ -41,6 +41,9 @@ class _Bias(base.Layer):
         self._axis = axis
         self._bias_init = bias_init
         self._param_dtype = param_dtype
+
+    def weight_axes(self, weights):
+        return normalization.norm_axes(weights)
 
     def init_weights_and_state(self, input_signature, rng):
         values = input_signature.values if hasattr(input_signature, "mask") else input_signature

@@ -19,16 +19,31 @@ from trax_sl.supervised.tasks import EvalTask, TrainTask
 
 
 class Trainer:
-    """One training task's compiled step and its own arrays (loss weights, optimizer state)."""
+    """One training task's compiled step and its own arrays (loss weights, optimizer state).
 
-    def __init__(self, task: TrainTask, layer: tl.Layer, step_fn, ends_weights, ends_state, opt_state):
+    The step is compiled ahead of its first call, once per batch shape
+    (`compiled`), so that its memory analysis is known before it runs.
+    """
+
+    def __init__(
+        self, task: TrainTask, layer: tl.Layer, step_fn, ends_weights, ends_state, opt_state, shardings
+    ):
         self.task = task
         self.layer = layer  # Serial(model, loss_layer)
         self.step_fn = step_fn
         self.ends_weights = ends_weights
         self.ends_state = ends_state
         self.opt_state = opt_state
+        self.shardings = shardings  # {"ends_weights": ..., "opt_state": ...}: where they live.
         self.pending_losses: list = []  # Since the last logged step; device scalars or floats.
+        self._compiled: dict = {}
+
+    def compiled(self, weights, state, batch, rng):
+        """The step compiled for these arguments' shapes (with the trainer's optimizer state)."""
+        key = jax.tree.structure(batch), tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch))
+        if key not in self._compiled:
+            self._compiled[key] = self.step_fn.lower(weights, state, self.opt_state, batch, rng).compile()
+        return self._compiled[key]
 
 
 class Evaluator:
@@ -50,41 +65,48 @@ def init_trainers(
     The model keeps weights it already has (e.g. from `init_from_file`), and
     its state if that fits `model_input_signature` (the first task's model
     inputs); otherwise both come from initializing `Serial(model, loss_layer)`
-    on the first task's sample batch.
+    on the first task's sample batch. Everything is made (or put) directly on
+    its devices, split as `train_step.weight_shardings` says.
 
     Returns:
-        `(model_weights, model_state, trainers)`, all on `mesh`.
+        `(model_weights, model_state, model_weight_shardings, trainers)`, all on `mesh`.
     """
-    model_weights = model_state = None
+    model_weights = model_state = model_shardings = None
     if jax.tree.leaves(model.weights):  # Given, e.g. by init_from_file: kept.
-        model_weights = model.weights
+        model_shardings = train_step.weight_shardings(model, model.weights, mesh)
+        model_weights = train_step.put_sharded(model.weights, model_shardings)
         state_sig = model.weights_and_state_signature(model_input_signature)[1]
         same = jax.tree.structure(model.state) == jax.tree.structure(state_sig)
         model_state = model.state if same else model.init(model_input_signature, rng)[1]
+        model_state = train_step.put_replicated(model_state, mesh)
     trainers = []
     for index, task in enumerate(tasks):
         layer = tl.Serial(model, task.loss_layer)
         signature = train_step.input_signature(task.sample_batch, layer.n_in)
+        task_rng = jax.random.fold_in(rng, index)
         if model_weights is None:
-            weights, state = layer.init(signature, rng=jax.random.fold_in(rng, index))
-            model_weights, model_state = weights[0], state[0]
-            ends_weights, ends_state = weights[1], state[1]
+            weights, state, shardings = train_step.sharded_init(layer, signature, task_rng, mesh)
+            model_weights, model_state, model_shardings = weights[0], state[0], shardings[0]
+            ends_weights, ends_state, ends_shardings = weights[1], state[1], shardings[1]
         else:
-            ends_weights, ends_state = _init_ends(layer, signature, jax.random.fold_in(rng, index))
+            ends_weights, ends_state, ends_shardings = _init_ends(layer, signature, task_rng, mesh)
+        shardings = (model_shardings, ends_shardings)
         tx = task.optax_transformation
-        opt_state = tx.init((model_weights, ends_weights))
+        opt_state, opt_shardings = train_step.sharded_opt_init(
+            tx, (model_weights, ends_weights), shardings, mesh
+        )
         trainers.append(
             Trainer(
                 task,
                 layer,
-                train_step.train_step(layer, tx, mesh),
-                train_step.put_replicated(ends_weights, mesh),
-                train_step.put_replicated(ends_state, mesh),
-                train_step.put_replicated(opt_state, mesh),
+                train_step.train_step(layer, tx, mesh, shardings, opt_shardings),
+                ends_weights,
+                ends_state,
+                opt_state,
+                {"ends_weights": ends_shardings, "opt_state": opt_shardings},
             )
         )
-    model_weights, model_state = train_step.put_replicated((model_weights, model_state), mesh)
-    return model_weights, model_state, trainers
+    return model_weights, model_state, model_shardings, trainers
 
 
 def init_evaluator(
@@ -113,23 +135,20 @@ def init_evaluator(
                 f"Loop: the eval model's {what} tree differs from the trained model's; the eval model "
                 f"must be the same model (e.g. in another mode)"
             )
-    ends_weights, ends_state = _init_ends(layer, signature, jax.random.PRNGKey(0), (weights_sig, state_sig))
-    return Evaluator(
-        task,
-        layer,
-        train_step.eval_step(layer, mesh),
-        train_step.put_replicated(ends_weights, mesh),
-        train_step.put_replicated(ends_state, mesh),
+    ends_weights, ends_state, _ = _init_ends(
+        layer, signature, jax.random.PRNGKey(0), mesh, (weights_sig, state_sig)
     )
+    return Evaluator(task, layer, train_step.eval_step(layer, mesh), ends_weights, ends_state)
 
 
-def _init_ends(layer: tl.Layer, signature, rng, signatures=None):
-    """Weights and state of `Serial(model, ends)`'s ends, initializing the model only if they have any.
+def _init_ends(layer: tl.Layer, signature, rng, mesh: jax.sharding.Mesh, signatures=None):
+    """(weights, state, weight shardings) of `Serial(model, ends)`'s ends, on `mesh`.
 
-    `signatures` is the layer's (weights, state) signature if known already.
+    The model is initialized too (and dropped) only if the ends have weights
+    or state. `signatures` is the layer's (weights, state) signature if known already.
     """
     weights_sig, state_sig = signatures or layer.weights_and_state_signature(signature)
     if not jax.tree.leaves((weights_sig[1], state_sig[1])):
-        return weights_sig[1], state_sig[1]  # Trees without leaves: nothing to initialize.
-    weights, state = layer.init(signature, rng=rng)
-    return weights[1], state[1]
+        return weights_sig[1], state_sig[1], weights_sig[1]  # Trees without leaves: nothing to make.
+    weights, state, shardings = train_step.sharded_init(layer, signature, rng, mesh)
+    return weights[1], state[1], shardings[1]

@@ -1,13 +1,17 @@
 """The compiled training and evaluation steps, and where their arrays live.
 
-Training is data parallel: arrays live on a one-axis `Mesh` ('data', from
-`trax_sl.mesh`) of the devices a loop uses (by default every device of every
-process): weights, state, optimizer state and rng replicated, batches split
-on their leading (batch) axis, so each device computes on its slice of the
-global batch.
-The step is one `jax.jit` program over the whole mesh: the loss is the mean
-over the global batch, and the partitioner adds the one all-reduce its
-gradient needs (no pmap, no hand-written pmean to apply twice).
+Arrays live on the loop's mesh (`trax_sl.mesh.make_mesh`: axes 'data',
+'fsdp', 'tensor'). Batches are split on their leading axis over 'data' and
+'fsdp'; each weight is split as its layer's logical axes and the rules of
+`trax_sl.partitioning` say (replicated on a data-only mesh, its large axes
+over 'fsdp', heads and hidden units over 'tensor'); the optimizer state takes
+its weight's placement (`opt_state_shardings`); model state and rng are
+replicated. The step is one `jax.jit` program over the whole mesh: the loss
+is the mean over the global batch, and the partitioner adds the collectives
+(the gradient all-reduce, the gathers of sharded weights) it needs.
+
+Weights and optimizer state are made where they live (`sharded_init`: a
+jitted init with `out_shardings`), never whole on one device.
 
 In a multi-process run (`jax.distributed`), each process reads its own part
 of the global batch; `put_batch` assembles the global array from the parts
@@ -15,13 +19,13 @@ of the global batch; `put_batch` assembles the global array from the parts
 
 Everything a step takes is put on the mesh *before* its first call, and its
 outputs come back with the same shardings, so a step compiles once per batch
-shape: calls never alternate between uncommitted and committed arrays, which
-would make jit compile again.
+shape.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -29,11 +33,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from trax_sl import shapes
-from trax_sl.mesh import DATA_AXIS, data_parallel_mesh
-
-# The loop's mesh: the first `n_devices` local devices of every process, batches split on DATA_AXIS.
-make_mesh = data_parallel_mesh
+from trax_sl import layers as tl
+from trax_sl import partitioning, shapes
+from trax_sl.mesh import BATCH_AXES
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -48,6 +50,78 @@ def put_replicated(tree, mesh: Mesh):
     return jax.device_put(tree, replicated(mesh), may_alias=False)
 
 
+def put_sharded(tree, shardings):
+    """Copies `tree` onto its `shardings` (fresh buffers: steps donate them).
+
+    In a multi-process run every process must pass the same values.
+    """
+    return jax.device_put(tree, shardings, may_alias=False)
+
+
+def weight_shardings(layer: tl.Layer, weights, mesh: Mesh):
+    """A NamedSharding per array of `layer`'s `weights` (arrays or signatures), from its logical axes."""
+    return partitioning.weight_shardings(layer.weight_axes(weights), weights, mesh)
+
+
+def sharded_init(layer: tl.Layer, signature, rng, mesh: Mesh):
+    """`(weights, state, weight shardings)` of `layer`, made directly on their devices.
+
+    One jitted init whose outputs are already split as `weight_shardings`
+    says: no device ever holds the whole model. State is replicated.
+    """
+    signature = tl.base.as_signature(signature)
+    weights_sig, _ = layer.weights_and_state_signature(signature)
+    shardings = weight_shardings(layer, weights_sig, mesh)
+
+    def init(rng):
+        weights, state, _ = layer.init_tree(signature, rng)
+        return weights, state
+
+    weights, state = jax.jit(init, out_shardings=(shardings, replicated(mesh)))(rng)
+    return weights, state, shardings
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, weights, shardings, mesh: Mesh):
+    """The optimizer state's shardings: a slot shaped like a weight (Adam's mu, nu) is placed like it.
+
+    Slots are found by their tree path ending with the weight's path (as
+    optax's states hold trees shaped like the weights); anything else (step
+    counts, factored second moments) is replicated.
+    """
+    by_path = {
+        _path_key(path): (tuple(w.shape), sharding)
+        for (path, w), sharding in zip(
+            jax.tree_util.tree_flatten_with_path(weights)[0], jax.tree.leaves(shardings)
+        )
+    }
+    repl = replicated(mesh)
+
+    def placed(path, slot):
+        key = _path_key(path)
+        for start in range(len(key)):
+            shape, sharding = by_path.get(key[start:], (None, None))
+            if shape == tuple(slot.shape):
+                return sharding
+        return repl
+
+    return jax.tree_util.tree_map_with_path(placed, jax.eval_shape(tx.init, weights))
+
+
+def _path_key(path) -> tuple[str, ...]:
+    return tuple(str(entry) for entry in path)
+
+
+def sharded_opt_init(tx: optax.GradientTransformation, weights, shardings, mesh: Mesh):
+    """`(opt_state, its shardings)`: `tx.init(weights)` made directly on its devices."""
+    opt_shardings = opt_state_shardings(tx, weights, shardings, mesh)
+    return jax.jit(tx.init, out_shardings=opt_shardings)(weights), opt_shardings
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """How many slices a batch is split into: the product of the batch axes' sizes."""
+    return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+
 def put_batch(batch, mesh: Mesh):
     """Puts this process's part of a batch on `mesh`, split on its leading axis; checks that it divides.
 
@@ -55,21 +129,23 @@ def put_batch(batch, mesh: Mesh):
     batch is the processes' parts one after the other.
     """
     n_processes = len({device.process_index for device in mesh.devices.flat})
-    n_local = sum(device.process_index == jax.process_index() for device in mesh.devices.flat)
+    n_shards = batch_shards(mesh)
+    per_process = n_shards // n_processes
     for leaf in jax.tree.leaves(batch):
         shape = np.shape(leaf)
         if not shape:
             raise ValueError(f"batch items must have a leading batch axis, got a scalar item {leaf!r}")
-        if shape[0] % n_local:
-            size, devices, per_process = f"the global batch size {shape[0]}", f"n_devices={n_local}", ""
+        if shape[0] % per_process:
+            axes = " x ".join(f"{axis}={mesh.shape[axis]}" for axis in BATCH_AXES)
+            size, where = f"the global batch size {shape[0]}", ""
             if n_processes > 1:
                 size = f"the global batch size {shape[0] * n_processes} ({shape[0]} per process)"
-                devices = f"the {mesh.devices.size} devices (n_devices={n_local} per process)"
-                per_process = " per process"
+                where = f" ({per_process} per process)"
             raise ValueError(
-                f"{size} does not divide by {devices}: each device takes an equal slice of the batch; "
-                f"use a batch size{per_process} that is a multiple of {n_local}, or an n_devices that "
-                f"divides it; got a batch item of shape {tuple(shape)}"
+                f"{size} does not divide by the {n_shards} batch slices of the mesh ({axes}){where}: "
+                f"each takes an equal slice of the batch; use a batch size that is a multiple of "
+                f"{n_shards}, or a mesh (n_devices, mesh_shape) whose batch axes divide it; got a batch "
+                f"item of shape {tuple(shape)}"
             )
     sharding = _batch_sharding(mesh)
     if n_processes == 1:  # One transfer for the whole batch: the cheapest host work per step.
@@ -79,7 +155,7 @@ def put_batch(batch, mesh: Mesh):
 
 @functools.lru_cache(maxsize=8)
 def _batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
 def stack_inputs(batch: tuple, n_in: int):
@@ -104,17 +180,21 @@ def input_signature(batch, n_in: int):
     return shapes.signature(stack_inputs(batch_items(batch, n_in), n_in))
 
 
-def train_step(model_with_loss, tx: optax.GradientTransformation, mesh: Mesh) -> Callable:
+def train_step(
+    model_with_loss, tx: optax.GradientTransformation, mesh: Mesh, weight_shardings, opt_shardings
+) -> Callable:
     """The jitted step `(weights, state, opt_state, batch, rng) -> (weights, state, opt_state, loss, rng)`.
 
     `model_with_loss` maps a batch (its first `n_in` items) to a scalar loss.
     Weights, state and optimizer state are donated: their buffers are reused
-    for the outputs. The rng comes back split, ready for the next step.
+    for the outputs, which keep the given shardings (state, loss and rng
+    replicated). The rng comes back split, ready for the next step.
     """
     n_in = model_with_loss.n_in
 
     def loss_fn(weights, state, batch, rng):
-        loss, new_state = model_with_loss.pure_fn(stack_inputs(batch, n_in), weights, state, rng)
+        with partitioning.batch_sharded_activations(mesh):
+            loss, new_state = model_with_loss.pure_fn(stack_inputs(batch, n_in), weights, state, rng)
         return loss, new_state
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -127,7 +207,12 @@ def train_step(model_with_loss, tx: optax.GradientTransformation, mesh: Mesh) ->
         weights = optax.apply_updates(weights, updates)
         return weights, new_state, opt_state, loss, rng
 
-    return jax.jit(loop_train_step, donate_argnums=(0, 1, 2), out_shardings=replicated(mesh))
+    repl = replicated(mesh)
+    return jax.jit(
+        loop_train_step,
+        donate_argnums=(0, 1, 2),
+        out_shardings=(weight_shardings, repl, opt_shardings, repl, repl),
+    )
 
 
 def eval_step(model_with_metrics, mesh: Mesh) -> Callable:
@@ -135,7 +220,8 @@ def eval_step(model_with_metrics, mesh: Mesh) -> Callable:
     n_in, n_out = model_with_metrics.n_in, model_with_metrics.n_out
 
     def loop_eval_step(weights, state, batch, rng):
-        outputs, _ = model_with_metrics.pure_fn(stack_inputs(batch, n_in), weights, state, rng)
+        with partitioning.batch_sharded_activations(mesh):
+            outputs, _ = model_with_metrics.pure_fn(stack_inputs(batch, n_in), weights, state, rng)
         outputs = (outputs,) if n_out == 1 else outputs
         return jax.numpy.stack([jax.numpy.asarray(x, jax.numpy.float32) for x in outputs])
 

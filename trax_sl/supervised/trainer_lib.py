@@ -92,12 +92,14 @@ def train(
     n_checkpoints_to_keep: int | None = 3,
     progress_bar: bool | None = None,
     log_every: int | None = None,
+    mesh_shape: dict | None = None,
 ) -> training.Loop:
     """Trains the model on the inputs; returns the `training.Loop`.
 
-    Training is data parallel over `num_devices.value` local devices (all by
-    default) of every process of the run; the batch sizes of `inputs` are per
-    process (see `training.Loop`).
+    Training runs on a mesh of `num_devices.value` local devices (all by
+    default) of every process of the run, data parallel unless `mesh_shape`
+    says otherwise; the batch sizes of `inputs` are per process (see
+    `training.Loop`). The start log prints the bytes each device holds.
 
     Args:
         output_dir: Directory for checkpoints, metrics.jsonl, event files and
@@ -130,7 +132,8 @@ def train(
             directory of a run (a step's, a named one such as `lowest_loss`, or
             an output_dir: its newest step) or a `Layer.save_to_file` file.
         callbacks: `callbacks.TrainingStepCallback` subclasses.
-        n_weights_shards: Must be 1: weight sharding is not provided yet.
+        n_weights_shards: Trax's weight sharding: k > 1 splits weights and
+            optimizer state k ways (`mesh_shape={'data': -1, 'fsdp': k}`).
         additional_train_tasks: More `training.TrainTask`s, trained in turn with the first.
         additional_eval_tasks: More `training.EvalTask`s.
         additional_eval_streams: `NamedStream`s evaluated with the same metrics.
@@ -139,6 +142,9 @@ def train(
         log_every: Steps between progress lines (step, train loss, speed,
             ETA) when no bar is drawn on the terminal stdout goes to; None: a
             tenth of eval_frequency; 0: none.
+        mesh_shape: The sizes of the mesh axes 'data', 'fsdp' and 'tensor',
+            e.g. `{'fsdp': 8}` (FSDP) or `{'fsdp': -1, 'tensor': 2}`; None for
+            all devices on 'data' (see `trax_sl.mesh.make_mesh`).
     """
     del save_graphs  # Trax uses it only without use_loop.
     gin_types.check_bindings()
@@ -150,9 +156,12 @@ def train(
     if not use_loop:
         raise ValueError("train: use_loop=False asks for Trax's old Trainer, which trax_sl does not provide")
     if n_weights_shards != 1:
-        raise ValueError(
-            f"train: weight sharding is not supported yet; n_weights_shards must be 1, got {n_weights_shards}"
-        )
+        if mesh_shape is not None:
+            raise ValueError(
+                f"train: give mesh_shape or Trax's n_weights_shards, not both; got mesh_shape={mesh_shape} "
+                f"and n_weights_shards={n_weights_shards}"
+            )
+        mesh_shape = {"data": -1, "fsdp": n_weights_shards}
     if permanent_checkpoint_frequency is not None and permanent_checkpoints_at is not None:
         raise ValueError(
             'train: only one of ["permanent_checkpoint_frequency", "permanent_checkpoints_at"] should be set'
@@ -222,9 +231,12 @@ def train(
             n_checkpoints_to_keep=n_checkpoints_to_keep,
             progress_bar=progress_bar,
             log_every=log_every,
+            mesh_shape=mesh_shape,
         )
+        memory = loop.memory_line()  # Every process compiles the step here; the chief prints.
         if chief:  # Shown at any log level, as Trax prints them.
             _print_model(model_train, loop.model_input_signature)
+            print(memory, flush=True)
             if loop.step:
                 print(f"Restored step {loop.step} from {output_dir}", flush=True)
         steps_to_go = steps - loop.step

@@ -31,8 +31,12 @@ place: `Step 120/900: train/loss 1.873 | 2.13 steps/s | ETA 6m05s`.
 
 Evaluations use the same batches each time (see `EvalTask`'s `fixed_batches`).
 
-Devices: data parallel over all local devices (`n_devices` for fewer), each
-on a slice of the global batch. With several processes (`jax.distributed`)
+Devices: a mesh of all local devices of every process (`n_devices` per
+process for fewer) with axes 'data', 'fsdp' and 'tensor' (`mesh_shape`, by
+default all on 'data': data parallel). Batches are split over 'data' and
+'fsdp'; weights and optimizer state are split as their layers' logical axes
+say (`trax_sl.partitioning`): FSDP with 'fsdp', tensor parallelism with
+'tensor'. With several processes (`jax.distributed`)
 each process's batches are its part of the global batch; process 0 alone
 writes logs and metrics, every process takes part in saving checkpoints
 (Orbax) and restores the same checkpoint files.
@@ -66,6 +70,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from trax_sl import layers as tl
+from trax_sl import mesh as mesh_lib
+from trax_sl import partitioning
 from trax_sl.layers import serialization
 from trax_sl.supervised import checkpoints, preemption, task_runners, train_step
 from trax_sl.supervised.history import History
@@ -100,6 +106,7 @@ class Loop:
         which_task: Callable[[int], int] | None = None,
         n_devices: int | None = None,
         random_seed: int | None = None,
+        mesh_shape: dict | None = None,
         loss_chunk_size: int = 0,
         use_memory_efficient_trainer: bool = False,
         adasum: bool = False,
@@ -132,9 +139,13 @@ class Loop:
                 checkpoint default (train metrics are logged even without evals).
             which_task: Function step -> index of the task to train at that step;
                 by default tasks take turns.
-            n_devices: Local devices to use (each takes an equal slice of the
-                batch); all of them if None. In a multi-process run, per process.
+            n_devices: Local devices to use; all of them if None. In a
+                multi-process run, per process.
             random_seed: Seed of initialization and of the step's rng; random if None.
+            mesh_shape: The sizes of the mesh axes 'data', 'fsdp' and 'tensor'
+                (`trax_sl.mesh.make_mesh`), e.g. `{'fsdp': 8}` or
+                `{'data': 2, 'fsdp': 2, 'tensor': 2}`; missing axes are 1, one
+                -1 takes the devices left. None: every device on 'data'.
             loss_chunk_size: Accepted for Trax configs; has no effect.
             use_memory_efficient_trainer: Accepted for Trax configs; has no effect.
             adasum: Accepted for Trax configs; has no effect.
@@ -172,7 +183,7 @@ class Loop:
         self._model = model
         self._eval_model = eval_model or model
         self._is_chief = jax.process_index() == 0
-        self._mesh = train_step.make_mesh(n_devices)
+        self._mesh = mesh_lib.make_mesh(mesh_shape, n_devices)
         self._n_devices = jax.local_device_count() if n_devices is None else n_devices
         self._output_dir = None if output_dir is None else os.path.expanduser(output_dir)
         self._n_checkpoints_to_keep = n_checkpoints_to_keep
@@ -209,8 +220,8 @@ class Loop:
 
         init_rng, self._rng = jax.random.split(jax.random.PRNGKey(_seed(random_seed)))
         self._model_input_signature = train_step.input_signature(tasks[0].sample_batch, model.n_in)
-        self._model_weights, self._model_state, self._trainers = task_runners.init_trainers(
-            model, self._model_input_signature, tasks, self._mesh, init_rng
+        self._model_weights, self._model_state, self._model_shardings, self._trainers = (
+            task_runners.init_trainers(model, self._model_input_signature, tasks, self._mesh, init_rng)
         )
         self._evaluators = [
             task_runners.init_evaluator(
@@ -218,7 +229,7 @@ class Loop:
             )
             for task in self._eval_tasks
         ]
-        self._rng = self._put(self._rng)
+        self._rng = self._put_replicated(self._rng)
 
         if self._output_dir is not None:
             if self._is_chief:
@@ -286,19 +297,44 @@ class Loop:
     def new_rng(self):
         """Returns a new single-use random key, split off the loop's rng."""
         rng, new = jax.random.split(self._rng)
-        self._rng = self._put(rng)
+        self._rng = self._put_replicated(rng)
         return new
 
     def update_weights_and_state(self, weights=None, state=None) -> None:
         """Replaces the trained model's weights and/or state (None leaves them)."""
         if weights is not None:
-            self._model_weights = self._put(weights)
+            self._model_weights = train_step.put_sharded(weights, self._model_shardings)
         if state is not None:
-            self._model_state = self._put(state)
+            self._model_state = self._put_replicated(state)
         self._sync_models()
 
-    def _put(self, tree):
+    def _put_replicated(self, tree):
         return train_step.put_replicated(tree, self._mesh)
+
+    def memory_per_device(self) -> dict[str, int]:
+        """Bytes one device holds: weights, optimizer state and the first task's step temporaries.
+
+        Temporaries come from the compiled step's memory analysis (the step is
+        compiled for the first task's sample batch, once: its first call reuses it).
+        """
+        trainer = self._trainers[0]
+        weights = (self._model_weights, trainer.ends_weights)
+        state = (self._model_state, trainer.ends_state)
+        batch = train_step.put_batch(
+            train_step.batch_items(trainer.task.sample_batch, trainer.layer.n_in), self._mesh
+        )
+        analysis = trainer.compiled(weights, state, batch, self._rng).memory_analysis()
+        return {
+            "weights": partitioning.bytes_per_device(weights),
+            "optimizer state": partitioning.bytes_per_device([t.opt_state for t in self._trainers]),
+            "step temporaries": int(getattr(analysis, "temp_size_in_bytes", 0) or 0),
+        }
+
+    def memory_line(self) -> str:
+        """`Per device: weights 1.2 MiB, optimizer state 2.4 MiB, step temporaries 5.0 MiB (mesh data=1 ...)`."""
+        sizes = ", ".join(f"{name} {_bytes_text(n)}" for name, n in self.memory_per_device().items())
+        axes = " ".join(f"{name}={size}" for name, size in self._mesh.shape.items())
+        return f"Per device: {sizes} (mesh {axes}, {self._mesh.devices.size} devices)"
 
     def _sync_models(self) -> None:
         for layer in {id(self._model): self._model, id(self._eval_model): self._eval_model}.values():
@@ -357,7 +393,8 @@ class Loop:
         batch = train_step.put_batch(batch, self._mesh)
         weights = (self._model_weights, trainer.ends_weights)
         state = (self._model_state, trainer.ends_state)
-        weights, state, trainer.opt_state, loss, self._rng = trainer.step_fn(
+        step_fn = trainer.compiled(weights, state, batch, self._rng)
+        weights, state, trainer.opt_state, loss, self._rng = step_fn(
             weights, state, trainer.opt_state, batch, self._rng
         )
         self._model_weights, trainer.ends_weights = weights
@@ -439,7 +476,7 @@ class Loop:
             values = []
             for batch in task.eval_batches():
                 batch = train_step.put_batch(train_step.batch_items(batch, evaluator.layer.n_in), self._mesh)
-                rng = self._put(self.new_rng())
+                rng = self._put_replicated(self.new_rng())
                 values.append(evaluator.step_fn(weights, state, batch, rng))
             means = np.asarray(jax.device_get(values), np.float64).mean(axis=0)
             prefix = self._prefix(self._eval_tasks, index)
@@ -592,20 +629,18 @@ class Loop:
         return checkpoint
 
     def _apply(self, checkpoint: checkpoints.Checkpoint, resuming: bool) -> None:
+        # Restored where they live (the restore targets are the current arrays): placing them is a no-op.
+        repl = train_step.replicated(self._mesh)
         self._step = checkpoint.step
-        self._model_weights, self._model_state = (
-            self._put(checkpoint.model_weights),
-            self._put(checkpoint.model_state),
-        )
+        self._model_weights = jax.device_put(checkpoint.model_weights, self._model_shardings)
+        self._model_state = jax.device_put(checkpoint.model_state, repl)
         trainer_tree = checkpoint.trainer
-        self._rng = self._put(trainer_tree["rng"])
+        self._rng = jax.device_put(trainer_tree["rng"], repl)
         metadata = checkpoint.metadata
         for trainer, saved, losses in zip(self._trainers, trainer_tree["tasks"], metadata["pending_losses"]):
-            trainer.ends_weights, trainer.ends_state = (
-                self._put(saved["loss_weights"]),
-                self._put(saved["loss_state"]),
-            )
-            trainer.opt_state = self._put(saved["opt_state"])
+            trainer.ends_weights = jax.device_put(saved["loss_weights"], trainer.shardings["ends_weights"])
+            trainer.ends_state = jax.device_put(saved["loss_state"], repl)
+            trainer.opt_state = jax.device_put(saved["opt_state"], trainer.shardings["opt_state"])
             trainer.pending_losses = list(losses)
         for task, position in zip(self._tasks, metadata["train_positions"]):
             task.seek(position)
@@ -619,6 +654,14 @@ class Loop:
             self._logger.resume_at(self._step)
         self._sync_models()
         logging.info("Restored the checkpoint of step %d.", self._step)
+
+
+def _bytes_text(n_bytes: int) -> str:
+    """`812 B`, `4.0 KiB`, `1.2 MiB`, `3.5 GiB`."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.1f} {unit}"
+    return f"{n_bytes} B"
 
 
 def _optimizer_name(optimizer) -> str:

@@ -12,6 +12,7 @@ import fractions
 
 import jax.numpy as jnp
 
+from trax_sl import partitioning
 from trax_sl import sequence as seq
 from trax_sl.layers import base, delay, streaming
 from trax_sl.layers.base import Fn, Layer
@@ -350,14 +351,17 @@ def Residual(*layers, shortcut=None) -> Layer:  # noqa: N802
     """Adds the output of `layers` (in series) to a shortcut of the input.
 
     Stack: `x ...` -> `layers(x ...) + shortcut(x ...)`; the shortcut is the
-    identity when None.
+    identity when None. The sum is a block boundary: in a training step on a
+    mesh its batch axis stays split over the batch axes
+    (`trax_sl.partitioning.constrain_batch`).
     """
     layers = _ensure_flat(layers)
     layer = layers[0] if len(layers) == 1 else Serial(layers)
     branch = Branch(shortcut, layer)
     branch.hidden_in_paths = True
+    add = Fn("Add", lambda a, b: partitioning.constrain_batch(a + b))
     return Serial(
-        branch, Add(), name="Residual", sublayers_to_print=[layer] if shortcut is None else [layer, shortcut]
+        branch, add, name="Residual", sublayers_to_print=[layer] if shortcut is None else [layer, shortcut]
     )
 
 

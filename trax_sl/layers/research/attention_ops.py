@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trax_sl import checks, shapes
+from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
 from trax_sl.layers import base, streaming
 
@@ -444,6 +444,19 @@ class EfficientAttentionBase(base.Layer):
         self._mode = mode
 
     streaming_spec = streaming.NOT_STREAMING
+
+    def weight_axes(self, weights):
+        """Stacked over heads: input projections `[n_heads, d_in, d_head]`, the output's
+        `[n_heads, d_head, d_model]` (the last matrix), biases `[n_heads, d_head]`."""
+        output = max(i for i, w in enumerate(weights) if len(w.shape) == 3)
+
+        def axes(i, w):
+            if len(w.shape) == 2:
+                return partitioning.Axes("heads", "head_dim")
+            inner = ("head_dim", "embed") if i == output else ("embed", "head_dim")
+            return partitioning.Axes("heads", *inner)
+
+        return tuple(axes(i, w) for i, w in enumerate(weights))
 
     def create_weights_unbatched(self, input_signature, rng):
         raise NotImplementedError(f"{self.name}: subclasses define create_weights_unbatched")

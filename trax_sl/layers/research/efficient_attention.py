@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trax_sl import checks
+from trax_sl import checks, partitioning
 from trax_sl.layers import base
 from trax_sl.layers import initializers as init
 from trax_sl.layers.research.attention_ops import (  # noqa: F401  (Trax's module API)
@@ -323,6 +323,10 @@ class LSHFF(base.Layer):
         self._d_ff, self._n_buckets, self._n_hashes = d_ff, n_buckets, n_hashes
         self._mode = mode
         self._kernel_initializer, self._bias_initializer = kernel_initializer, bias_initializer
+
+    def weight_axes(self, weights):
+        w = partitioning.Axes("mlp", "embed")  # w1 and w2 are both [d_ff, d_model].
+        return w, w, partitioning.Axes("embed")
 
     def init_weights_and_state(self, input_signature, rng):
         d_model = input_signature.shape[-1]

@@ -484,6 +484,10 @@ class MixedLSHSelfAttention(base.Layer):
         return out, new_state, inputs_grad
 
 
+def _projection(d_model: int, use_bias: bool) -> core.Dense:
+    return core.Dense(d_model, use_bias=use_bias, kernel_axes=("embed", "heads"))
+
+
 def _project_and_split_heads(
     d_model, n_heads, use_bias, num_weights, weights_format, rotary_position_emb, mode
 ):
@@ -500,9 +504,9 @@ def _project_and_split_heads(
     if num_weights == 3:
         return combinators.Serial(
             combinators.Branch(
-                core.Dense(d_model, use_bias=use_bias),
-                core.Dense(d_model, use_bias=use_bias),
-                core.Dense(d_model, use_bias=use_bias),
+                _projection(d_model, use_bias),
+                _projection(d_model, use_bias),
+                _projection(d_model, use_bias),
             ),
             combinators.Parallel(rotate(), rotate(), None) if rotary_position_emb else [],
             base.Fn("QKAvg", lambda x, y: (x + y) / 2.0),
@@ -510,8 +514,8 @@ def _project_and_split_heads(
         )
     if num_weights == 2:
         return combinators.Branch(
-            [core.Dense(d_model, use_bias=use_bias), rotate(), attention.SplitIntoHeads(n_heads)],
-            [core.Dense(d_model, use_bias=use_bias), attention.SplitIntoHeads(n_heads)],
+            [_projection(d_model, use_bias), rotate(), attention.SplitIntoHeads(n_heads)],
+            [_projection(d_model, use_bias), attention.SplitIntoHeads(n_heads)],
         )
     raise ValueError(
         f"PureLSHSelfAttentionWrapper: num_weights must be 2 (qk, v) or 3 (q, k, v averaged), "
@@ -571,7 +575,7 @@ class PureLSHSelfAttentionWrapper(combinators.Serial):
             qkv,
             attn,
             attention.MergeHeads(n_heads),
-            core.Dense(d_model, use_bias=bias),
+            core.Dense(d_model, use_bias=bias, kernel_axes=("heads", "embed")),
             name="PureLSHSelfAttentionWrapper",
         )
 

@@ -22,10 +22,15 @@ import jax.extend.random as jax_random
 import jax.numpy as jnp
 import numpy as np
 
-from trax_sl import checks, shapes
+from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
 from trax_sl.layers import base, position, streaming
 from trax_sl.layers import initializers as init
+
+
+def _width_axes(weights):
+    """The learned vectors here span the model's width (the last axis) and broadcast over the others."""
+    return jax.tree.map(lambda w: partitioning.Axes(*[None] * (len(w.shape) - 1), "embed"), weights)
 
 
 def _check_rank3(layer_name: str, x) -> None:
@@ -98,6 +103,9 @@ class AxialPositionalEncoding(base.Layer):
     def streaming_spec(self) -> streaming.StreamingSpec:
         cells = math.prod(self._shape)
         return streaming.StreamingSpec(capacity=cells, capacity_source=f"{self.name} shape={self._shape}")
+
+    def weight_axes(self, weights):
+        return _width_axes(weights)
 
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)
@@ -277,6 +285,9 @@ class FixedBasePositionalEncoding(base.Layer):
         # Positions must fit in int32 (Trax's limit min(bases) ** n_digits can exceed it).
         self._max_pos = min(min(bases) ** self._n_digits, 2**31 - 1)
 
+    def weight_axes(self, weights):
+        return _width_axes(weights)
+
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)
         _check_rank3(self.name, values)
@@ -425,6 +436,9 @@ class InfinitePositionalEncoding(base.Layer):
         _check_rank3(self.name, x)
         if self._time_bin_length is not None and x.shape[-1] < 3:
             raise ValueError(f"{self.name}: time_bin_length needs a depth >= 3, got {shapes.short_form(x)}")
+
+    def weight_axes(self, weights):
+        return _width_axes(weights)
 
     def init_weights_and_state(self, input_signature, rng):
         values = seq.values_of(input_signature)
