@@ -48,6 +48,12 @@ def TinyLM(mode="train"):
     return tl.Serial(tl.Embedding(VOCAB, 16), tl.Dropout(0.3, mode=mode), tl.Dense(VOCAB))
 
 
+@gin.configurable
+def WideLM(mode="train"):
+    # Weights of 4096 elements: large enough that FSDP splits them.
+    return tl.Serial(tl.Embedding(VOCAB, 512), tl.Dropout(0.3, mode=mode), tl.Dense(VOCAB))
+
+
 def batches(seed, position):
     # The same global batches however many processes read them; each process takes its own rows.
     process, n_processes = jax.process_index(), jax.process_count()
@@ -88,8 +94,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_trainer(workdir, output_dir, steps, n_processes, devices_per_process):
-    """Runs the trainer CLI as `n_processes` local processes; returns each one's stdout."""
+def run_trainer(workdir, output_dir, steps, n_processes, devices_per_process, *bindings):
+    """Runs the trainer CLI as `n_processes` local processes, with more gin `bindings`; returns each one's stdout."""
     env = dict(os.environ)
     env.update(
         PYTHONPATH=os.pathsep.join([REPO, str(workdir)]),
@@ -109,6 +115,7 @@ def run_trainer(workdir, output_dir, steps, n_processes, devices_per_process):
         f"--config_file={workdir / 'config.gin'}",
         f"--config=train.steps = {steps}",
         f"--output_dir={output_dir}",
+        *(f"--config={binding}" for binding in bindings),
     ]
     if n_processes > 1:
         command.append(f"--coordinator_address=127.0.0.1:{free_port()}")
@@ -140,9 +147,24 @@ def metrics_rows(output_dir):
     return rows
 
 
-def final_weights(output_dir):
-    model = tl.Serial(tl.Embedding(8, 16), tl.Dropout(0.3), tl.Dense(8))
+def final_weights(output_dir, d_model=16):
+    model = tl.Serial(tl.Embedding(8, d_model), tl.Dropout(0.3), tl.Dense(8))
     return checkpoints.load_model(str(output_dir / "checkpoints" / f"step_{STEPS:08d}"), model)[0]
+
+
+def assert_same_run(got_dir, expected_dir, d_model=16):
+    expected, got = metrics_rows(expected_dir), metrics_rows(got_dir)
+    assert [sorted(row) for row in got] == [sorted(row) for row in expected]
+    for row, expected_row in zip(got, expected):
+        np.testing.assert_allclose(
+            [row[k] for k in sorted(row)], [expected_row[k] for k in sorted(row)], rtol=1e-5
+        )
+    differences = jax.tree.map(
+        lambda a, b: float(np.abs(a - b).max()),
+        final_weights(got_dir, d_model),
+        final_weights(expected_dir, d_model),
+    )
+    assert max(jax.tree.leaves(differences)) < 1e-5, differences
 
 
 def test_two_processes_train_as_one_process_with_their_devices(tmp_path):
@@ -161,16 +183,23 @@ def test_two_processes_train_as_one_process_with_their_devices(tmp_path):
     assert len(os.listdir(two / "train")) == 2 and len(os.listdir(two / "eval")) == 2
 
     # Both processes resumed from step 3 (else their steps would not match) and end as one process does.
-    expected, got = metrics_rows(one), metrics_rows(two)
-    assert [sorted(row) for row in got] == [sorted(row) for row in expected]
-    for row, expected_row in zip(got, expected):
-        np.testing.assert_allclose(
-            [row[k] for k in sorted(row)], [expected_row[k] for k in sorted(row)], rtol=1e-5
-        )
-    differences = jax.tree.map(
-        lambda a, b: float(np.abs(a - b).max()), final_weights(two), final_weights(one)
-    )
-    assert max(jax.tree.leaves(differences)) < 1e-5, differences
+    assert_same_run(two, one)
+
+
+def test_fsdp_across_two_processes_restarts_and_trains_as_one_process(tmp_path):
+    # fsdp=8 over 2 processes x 4 devices: each process holds half of each large weight's shards and
+    # writes only those to the checkpoint; the restarted run reads them back on both processes.
+    (tmp_path / "multihost_helpers.py").write_text(HELPER_MODULE)
+    (tmp_path / "config.gin").write_text(CONFIG)
+    fsdp = ("train.model = @multihost_helpers.WideLM", "train.mesh_shape = {'fsdp': 8}")
+    one, two = tmp_path / "one_process", tmp_path / "two_processes"
+
+    started = run_trainer(tmp_path, one, STEPS, 1, 8, *fsdp)
+    assert "(mesh data=1 fsdp=8 tensor=1, 8 devices)" in started[0]
+    first = run_trainer(tmp_path, two, 3, 2, 4, *fsdp)
+    resumed = run_trainer(tmp_path, two, STEPS, 2, 4, *fsdp)
+    assert "Per device: weights 4.0 KiB" in first[0] and "Restored step 3" in resumed[0]
+    assert_same_run(two, one, d_model=512)
 
 
 def run_main(capsys, *argv):
