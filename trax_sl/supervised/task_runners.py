@@ -77,8 +77,10 @@ def init_trainers(
         model_weights = train_step.put_sharded(model.weights, model_shardings)
         state_sig = model.weights_and_state_signature(model_input_signature)[1]
         same = jax.tree.structure(model.state) == jax.tree.structure(state_sig)
-        model_state = model.state if same else model.init(model_input_signature, rng)[1]
-        model_state = train_step.put_replicated(model_state, mesh)
+        if same:
+            model_state = train_step.put_replicated(model.state, mesh)
+        else:  # Made with (sharded) weights that are dropped: the given ones stay.
+            model_state = train_step.sharded_init(model, model_input_signature, rng, mesh)[1]
     trainers = []
     for index, task in enumerate(tasks):
         layer = tl.Serial(model, task.loss_layer)

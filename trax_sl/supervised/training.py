@@ -261,7 +261,7 @@ class Loop:
 
     @property
     def mesh(self) -> jax.sharding.Mesh:
-        """The devices the loop runs on, of every process (batches are split on its 'data' axis)."""
+        """The devices the loop runs on, of every process: axes 'data', 'fsdp', 'tensor' (see `trax_sl.mesh`)."""
         return self._mesh
 
     @property
