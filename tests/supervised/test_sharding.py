@@ -7,6 +7,7 @@ holds about an eighth of the weights and optimizer state; a checkpoint saved
 on 8 devices resumes on 4 and on 1 as an uninterrupted run goes on.
 """
 
+import gin
 import jax
 import numpy as np
 import pytest
@@ -196,3 +197,19 @@ def test_a_batch_axis_the_mesh_does_not_divide_is_named():
         ValueError, match=r"global batch size 4 does not divide by the 8 batch slices .*fsdp=8"
     ):
         training.Loop(lm(), task, mesh_shape={"fsdp": 8}, random_seed=0).run(1)
+
+
+def test_the_rules_are_overridable_in_gin():
+    axes, shape = partitioning.Axes("embed", "mlp"), (64, 128)
+    fsdp_tensor = mesh.make_mesh({"fsdp": 4, "tensor": 2})
+    assert partitioning.partition_spec(axes, shape, fsdp_tensor) == PartitionSpec("fsdp", "tensor")
+    try:
+        gin.parse_config("axis_rules.overrides = {'embed': None, 'mlp': ('fsdp', 'tensor')}")
+        assert partitioning.partition_spec(axes, shape, fsdp_tensor) == PartitionSpec(
+            None, ("fsdp", "tensor")
+        )
+        gin.parse_config("axis_rules.overrides = {'embed': 'model'}")
+        with pytest.raises(ValueError, match="logical axis 'embed' maps to 'model'; mesh axes are"):
+            partitioning.axis_rules()
+    finally:
+        gin.clear_config()
