@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from trax_sl import data, mesh, models, optimizers, partitioning
+from trax_sl import data, mesh, models, optimizers, partitioning, shapes
 from trax_sl import layers as tl
-from trax_sl.supervised import training
+from trax_sl.supervised import train_step, training
 
 V = 16
 STEPS = 5
@@ -213,3 +213,28 @@ def test_the_rules_are_overridable_in_gin():
             partitioning.axis_rules()
     finally:
         gin.clear_config()
+
+
+class _Undeclared(tl.Layer):
+    """A user's layer with a large weight and no `weight_axes`."""
+
+    def init_weights_and_state(self, input_signature, rng):
+        return jax.random.normal(rng, (input_signature.shape[-1], 512)), ()
+
+    def forward(self, x, weights, state, rng):
+        return x @ weights, state
+
+
+def test_undeclared_weights_are_replicated_with_one_log_line(caplog):
+    caplog.set_level("INFO")
+    model = tl.Serial(tl.Embedding(V, 16), _Undeclared(), tl.Dense(V))
+    the_mesh = mesh.make_mesh({"fsdp": 8})
+    signature = shapes.ShapeDtype((8, 4), np.int32)
+    for _ in range(2):
+        weights, _, _ = train_step.sharded_init(model, signature, jax.random.key(0), the_mesh)
+    assert weights[1].shape == (16, 512) and weights[1].sharding.is_fully_replicated
+    assert weights[2][0].sharding.spec == PartitionSpec("fsdp")  # A declared Dense [512, 16]: split.
+    lines = [
+        r.getMessage() for r in caplog.records if "_Undeclared declares no logical axes" in r.getMessage()
+    ]
+    assert len(lines) == 1, lines
