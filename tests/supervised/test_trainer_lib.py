@@ -190,3 +190,11 @@ def test_gin_names_of_trax_are_registered():
     schedule = gin.query_parameter("train.lr_schedule_fn").configurable
     assert (schedule.module, schedule.name) == ("trax_sl.supervised.lr_schedules", "multifactor")
     assert gin.query_parameter("train.steps") == 7
+
+
+def test_trax_n_weights_shards_is_fsdp_and_the_start_log_says_what_each_device_holds(tmp_path, capsys):
+    gin.parse_config(TRAX_STYLE_BINDINGS)
+    loop = trainer_lib.train(output_dir=str(tmp_path), steps=1, n_weights_shards=4)
+    assert dict(loop.mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    out = capsys.readouterr().out
+    assert "Per device: weights " in out and "(mesh data=2 fsdp=4 tensor=1, 8 devices)" in out
