@@ -24,7 +24,9 @@ replicated, on `{'fsdp': 8}` the large ones are split eight ways, on
 Activations: while a training or eval step is traced under
 `batch_sharded_activations(mesh)`, `constrain_batch` (called at block
 boundaries, e.g. by `Residual`) pins the leading (batch) axis of its arrays
-to `trax_sl.mesh.BATCH_AXES`, so the partitioner never gathers a batch.
+to `trax_sl.mesh.BATCH_AXES`, so the partitioner never gathers a batch;
+`lookup_rows` (`Embedding`, `PositionalEncoding`) gathers rows of a whole
+table into batch-split activations.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import threading
 
 import gin
 import jax
+import jax.numpy as jnp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -215,6 +218,20 @@ def batch_sharded_activations(mesh: Mesh):
         yield
     finally:
         _active.mesh = previous
+
+
+def lookup_rows(table, indices, **take_options):
+    """`jnp.take(table, indices, axis=0)`, placed for a sharded step: the table whole, the rows split by batch.
+
+    A gather from a table split over the mesh gives rows split the table's
+    way, which the partitioner can only re-split for the batch by first
+    replicating them; inside `batch_sharded_activations` the (smaller)
+    table is gathered first instead. Elsewhere a plain `jnp.take`.
+    """
+    mesh = _active.mesh
+    if mesh is not None and mesh.size > 1:
+        table = jax.lax.with_sharding_constraint(table, NamedSharding(mesh, PartitionSpec()))
+    return constrain_batch(jnp.take(table, indices, axis=0, **take_options))
 
 
 def constrain_batch(tree):

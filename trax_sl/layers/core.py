@@ -202,7 +202,7 @@ class Embedding(Layer):
     def forward(self, x, weights, state, rng):
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise TypeError(f"{self.name}: expected integer token ids, got {shapes.short_form(x)}")
-        return jnp.take(weights, x, axis=0, mode="clip"), state
+        return partitioning.lookup_rows(weights, x, mode="clip"), state
 
 
 class Dropout(Layer):

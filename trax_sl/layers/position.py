@@ -177,7 +177,7 @@ class PositionalEncoding(base.Layer):
         if self._mode == "train" and self._start_from_zero_prob < 1.0:
             positions = positions + self._random_offset(rng_offset)
         # mode="fill" turns positions past the table into NaN (made invalid in predict mode): never a clamp.
-        embedding = jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan)
+        embedding = partitioning.lookup_rows(table, positions, mode="fill", fill_value=jnp.nan)
         if ff is not None:
             embedding = jnp.dot(embedding, ff)
         if self._mode == "train" and self._dropout > 0.0:
