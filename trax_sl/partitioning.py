@@ -221,15 +221,17 @@ def batch_sharded_activations(mesh: Mesh):
 
 
 def lookup_rows(table, indices, **take_options):
-    """`jnp.take(table, indices, axis=0)`, placed for a sharded step: the table whole, the rows split by batch.
+    """`jnp.take(table, indices, axis=0)` with its rows split by batch (inside `batch_sharded_activations`).
 
-    A gather from a table split over the mesh gives rows split the table's
-    way, which the partitioner can only re-split for the batch by first
-    replicating them; inside `batch_sharded_activations` the (smaller)
-    table is gathered first instead. Elsewhere a plain `jnp.take`.
+    With a 'tensor' axis the table is made whole first: rows gathered from a
+    table split over 'tensor' and 'fsdp' come out split the table's way,
+    which the partitioner can only re-split for the batch by replicating
+    them (XLA's "involuntary full rematerialization"). Without one (FSDP,
+    data parallel) the partitioner gathers from the split table itself, with
+    less memory and time. Elsewhere a plain `jnp.take`.
     """
     mesh = _active.mesh
-    if mesh is not None and mesh.size > 1:
+    if mesh is not None and mesh.shape[TENSOR_AXIS] > 1:
         table = jax.lax.with_sharding_constraint(table, NamedSharding(mesh, PartitionSpec()))
     return constrain_batch(jnp.take(table, indices, axis=0, **take_options))
 
