@@ -66,14 +66,7 @@ class Axes(tuple):
 
 
 class _Undeclared:
-    """The axes of a weight whose layer declares none (a tree leaf): replicated."""
-
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    """The axes of a weight whose layer declares none (a tree leaf): replicated. One instance: UNDECLARED."""
 
     def __repr__(self) -> str:
         return "UNDECLARED"
