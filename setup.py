@@ -46,6 +46,8 @@ setup(
         "tensorflow-datasets>=4.9.4",
         # Training checkpoints (asynchronous, atomic, sharded across processes).
         "orbax-checkpoint>=0.11.0",
+        # Input pipelines: random-access datasets, checkpointable iterators, read-ahead (trax_sl.data).
+        "grain>=0.2.12",
         # jax.export's (de)serialization of exported models (trax_sl.export).
         "flatbuffers>=24.3.25",
     ],

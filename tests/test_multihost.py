@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 import trax_sl
+from trax_sl import data, trainer
 from trax_sl import layers as tl
-from trax_sl import trainer
-from trax_sl.supervised import checkpoints
+from trax_sl.supervised import checkpoints, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(trax_sl.__file__)))
 STEPS = 6
@@ -46,6 +46,11 @@ GLOBAL_BATCH, LENGTH, VOCAB = 8, 16, 8
 @gin.configurable
 def TinyLM(mode="train"):
     return tl.Serial(tl.Embedding(VOCAB, 16), tl.Dropout(0.3, mode=mode), tl.Dense(VOCAB))
+
+
+@gin.configurable
+def ByteLM(mode="train"):
+    return tl.Serial(tl.Embedding(256, 16), tl.Dropout(0.3, mode=mode), tl.Dense(256))
 
 
 @gin.configurable
@@ -143,16 +148,17 @@ def run_trainer(workdir, output_dir, steps, n_processes, devices_per_process, *b
 def metrics_rows(output_dir):
     rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
-        del row["train/steps_per_second"]
+        for key in training.TIMING_KEYS:
+            del row[key]
     return rows
 
 
-def final_weights(output_dir, d_model=16):
-    model = tl.Serial(tl.Embedding(8, d_model), tl.Dropout(0.3), tl.Dense(8))
+def final_weights(output_dir, d_model=16, vocab=8):
+    model = tl.Serial(tl.Embedding(vocab, d_model), tl.Dropout(0.3), tl.Dense(vocab))
     return checkpoints.load_model(str(output_dir / "checkpoints" / f"step_{STEPS:08d}"), model)[0]
 
 
-def assert_same_run(got_dir, expected_dir, d_model=16):
+def assert_same_run(got_dir, expected_dir, d_model=16, vocab=8):
     expected, got = metrics_rows(expected_dir), metrics_rows(got_dir)
     assert [sorted(row) for row in got] == [sorted(row) for row in expected]
     for row, expected_row in zip(got, expected):
@@ -161,8 +167,8 @@ def assert_same_run(got_dir, expected_dir, d_model=16):
         )
     differences = jax.tree.map(
         lambda a, b: float(np.abs(a - b).max()),
-        final_weights(got_dir, d_model),
-        final_weights(expected_dir, d_model),
+        final_weights(got_dir, d_model, vocab),
+        final_weights(expected_dir, d_model, vocab),
     )
     assert max(jax.tree.leaves(differences)) < 1e-5, differences
 
@@ -245,3 +251,37 @@ def test_a_failing_jax_distributed_start_exits_1_with_one_line(capsys, tmp_path,
         "--coordinator_address, --num_processes and --process_id, or run where JAX detects the cluster: "
         "Cloud TPU, SLURM, Open MPI)"
     )
+
+
+def test_the_main_jobs_inputs_train_alike_on_1x4_2x2_and_4x1_processes_by_devices(tmp_path):
+    # The main job's built-in inputs (python_chars_inputs) with a global batch of 8: 1 process of 4
+    # devices, 2 of 2 and 4 of 1 read the same global batches (each process its rows) and train alike,
+    # the multi-process runs restarted from their step-3 checkpoints.
+    (tmp_path / "multihost_helpers.py").write_text(HELPER_MODULE)
+    (tmp_path / "config.gin").write_text(CONFIG)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    files = []
+    for i in range(4):
+        files.append(str(corpus / f"module_{i}.py"))
+        (corpus / f"module_{i}.py").write_text("".join(f"value_{i}_{j} = {i * j} * 2\n" for j in range(40)))
+    data_dir = str(tmp_path / "tfds")
+    data.prepare_python_corpus(files, data_dir)  # Once, before the processes read it.
+    inputs = (
+        "train.model = @multihost_helpers.ByteLM",
+        "train.inputs = @trax_sl.data.python_chars_inputs",
+        "trax_sl.data.python_chars_inputs.batch_size = 8",
+        "trax_sl.data.python_chars_inputs.sequence_length = 16",
+        f"trax_sl.data.python_chars_inputs.data_dir = '{data_dir}'",
+        f"trax_sl.data.python_chars_inputs.files = {files}",
+    )
+    runs = {}
+    for n_processes, devices in ((1, 4), (2, 2), (4, 1)):
+        runs[n_processes] = tmp_path / f"{n_processes}x{devices}"
+        if n_processes > 1:
+            run_trainer(tmp_path, runs[n_processes], 3, n_processes, devices, *inputs)
+        resumed = run_trainer(tmp_path, runs[n_processes], STEPS, n_processes, devices, *inputs)
+        assert ("Restored step 3" in resumed[0]) == (n_processes > 1)
+    assert [row["step"] for row in metrics_rows(runs[4])] == [1, 3, 6]
+    for n_processes in (2, 4):
+        assert_same_run(runs[n_processes], runs[1], vocab=256)

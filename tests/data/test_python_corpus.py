@@ -210,18 +210,36 @@ def test_python_chars_inputs_restart_at_a_position(corpus):
         data.python_chars_inputs(batch_size=2, sequence_length=17, data_dir=data_dir, files=files)
 
 
-def test_python_chars_inputs_hosts_share_eval_windows(corpus, monkeypatch):
+def test_python_chars_inputs_batches_are_global_and_each_process_reads_its_rows(corpus, monkeypatch):
     files, data_dir, _ = corpus
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    batches = {}
-    for host in (0, 1):
-        monkeypatch.setattr(jax, "process_index", lambda host=host: host)
-        inputs = data.python_chars_inputs(batch_size=2, sequence_length=4, data_dir=data_dir, files=files)
-        batches[host] = (next(inputs.train_stream(1))[0], next(inputs.eval_stream(1))[0])
-    # The hosts split the validation windows between them: each window is one host's.
-    windows = [data.detokenize(row) for host in (0, 1) for row in batches[host][1]]
-    assert sorted(windows) == sorted(["impo", "rt o", "s\nA ", "= 1\n"])
-    assert not np.array_equal(batches[0][0], batches[1][0])  # Hosts draw different training windows.
+
+    def first_batches(n_processes, batch_size, **kwargs):
+        monkeypatch.setattr(jax, "process_count", lambda: n_processes)
+        rows = []
+        for process in range(n_processes):
+            monkeypatch.setattr(jax, "process_index", lambda process=process: process)
+            inputs = data.python_chars_inputs(
+                batch_size, sequence_length=4, data_dir=data_dir, files=files, **kwargs
+            )
+            rows.append(
+                [
+                    batch[0]
+                    for stream in (inputs.train_stream(1), inputs.eval_stream(1, position=1))
+                    for batch in [next(stream)]
+                ]
+            )
+        return [np.concatenate(parts) for parts in zip(*rows)]
+
+    one = first_batches(1, batch_size=4)
+    # batch_size is global: 2 processes take 2 rows each of the same batches, 4 processes 1 row each.
+    for n_processes in (2, 4):
+        for got, expected in zip(first_batches(n_processes, batch_size=4), one):
+            np.testing.assert_array_equal(got, expected)
+    # per_process=True: batch_size is each process's part (2 x 2 rows = the 4-row global batch).
+    for got, expected in zip(first_batches(2, batch_size=2, per_process=True), one):
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="the global batch of 4 rows does not split evenly over 3 processes"):
+        first_batches(3, batch_size=4)
 
 
 def test_python_chars_inputs_default_is_the_stdlib(tmp_path):

@@ -206,7 +206,8 @@ def metrics_rows(output_dir):
     with open(os.path.join(output_dir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     for row in rows:
-        del row["train/steps_per_second"]
+        for key in training.TIMING_KEYS:
+            del row[key]
     return rows
 
 

@@ -162,10 +162,12 @@ def test_metrics_jsonl_the_log_line_and_config_gin(tmp_path, capsys):
         "train/loss",
         "train/learning_rate",
         "train/steps_per_second",
+        "train/input_wait_fraction",
         "eval/loss",
         "eval/accuracy",
     }
     assert rows[1]["train/learning_rate"] == pytest.approx(0.05)
+    assert 0 < rows[1]["train/input_wait_fraction"] < 1  # The time the loop spent making batches.
     history = loop.history
     assert rows[1]["eval/accuracy"] == history.get("eval", "metrics/accuracy")[-1][1]
     assert rows[1]["train/loss"] == history.get("train", "metrics/loss")[-1][1]
@@ -217,6 +219,7 @@ def test_a_metric_has_one_name_in_the_log_line_metrics_jsonl_and_tensorboard(tmp
         "metrics/loss",
         "training/learning_rate",
         "training/steps_per_second",
+        "training/input_wait_fraction",
     }
 
 

@@ -15,18 +15,32 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import gin
+import grain
 import numpy as np
 
 from trax_sl import shapes
+from trax_sl.data.grain_batching import BucketedBatches
+from trax_sl.data.steps import Processes, Step, map_step, process_rows
 from trax_sl.sequence import Sequence
 
 
 @gin.configurable(module="trax_sl.data")
-def Batch(batch_size: int) -> Callable[[Iterator], Iterator]:  # noqa: N802
-    """Returns a stream function that groups examples into padded batches; see `batch`."""
+def Batch(batch_size: int, per_process: bool = False) -> Step:  # noqa: N802
+    """Returns a step that groups examples into padded batches of `batch_size`; see `batch`.
+
+    `batch_size` is the global batch: every process makes the same batches
+    and keeps its own rows (so a run on 1, 2 or 4 processes trains on the same
+    data). With `per_process`, `batch_size` is each process's part instead
+    (the global batch is `batch_size` times the process count).
+    """
     if batch_size < 1:
         raise ValueError(f"Batch: batch_size must be >= 1, got batch_size={batch_size}")
-    return lambda g: batch(g, batch_size)
+    where = f"Batch(batch_size={batch_size}{', per_process=True' if per_process else ''})"
+
+    def stack(examples, _):
+        return _stack_examples(examples, boundary=None, strict_pad_on_len=False, where="Batch")
+
+    return _batching_step(where, [batch_size], per_process, lambda _: 0, stack)
 
 
 def batch(generator: Iterable, batch_size: int) -> Iterator:
@@ -54,8 +68,9 @@ def BucketByLength(  # noqa: N802
     length_keys: list[int] | None = None,
     length_axis: int = 0,
     strict_pad_on_len: bool = False,
-) -> Callable[[Iterator], Iterator]:
-    """Returns a stream function that batches examples of similar length; see `bucket_by_length`.
+    per_process: bool = False,
+) -> Step:
+    """Returns a step that batches examples of similar length; see `bucket_by_length`.
 
     Args:
         boundaries: Increasing bucket boundaries; an example of length l goes
@@ -66,6 +81,8 @@ def BucketByLength(  # noqa: N802
         length_axis: The axis that holds the length.
         strict_pad_on_len: Pad every axis to a multiple of the bucket's
             boundary instead of Trax's nearest-power-of-two rule.
+        per_process: `batch_sizes` are each process's part instead of global
+            batch sizes (see `Batch`).
     """
     if len(batch_sizes) != len(boundaries) + 1:
         raise ValueError(
@@ -74,13 +91,45 @@ def BucketByLength(  # noqa: N802
         )
     if any(b < 1 for b in batch_sizes):
         raise ValueError(f"BucketByLength: batch sizes must be >= 1, got batch_sizes={list(batch_sizes)}")
-    return lambda g: bucket_by_length(
-        g,
-        lambda x: example_length(x, length_axis, length_keys),
-        list(boundaries),
-        batch_sizes,
-        strict_pad_on_len,
+    boundaries = list(boundaries)
+    where = f"BucketByLength(boundaries={boundaries}, batch_sizes={list(batch_sizes)})"
+    bucket_of, stack = _length_buckets(
+        lambda x: example_length(x, length_axis, length_keys), boundaries, strict_pad_on_len
     )
+    return _batching_step(where, batch_sizes, per_process, bucket_of, stack)
+
+
+def _batching_step(where: str, batch_sizes, per_process: bool, bucket_of, stack) -> Step:
+    """A step that batches by buckets: a generator path (`bucketed`) and a Grain path (`BucketedBatches`)."""
+
+    def global_sizes(processes: Processes) -> list[int]:
+        return [size * processes.count for size in batch_sizes] if per_process else list(batch_sizes)
+
+    def on_stream(generator):
+        processes = Processes.current()
+        batches = _bucketed(generator, bucket_of, global_sizes(processes), stack)
+        return (process_rows(b, processes, where) for b in batches)
+
+    def on_dataset(dataset, processes):
+        if not isinstance(dataset, grain.MapDataset):
+            raise TypeError(
+                f"{where}: batches a dataset of examples (random access), got {type(dataset).__name__}; "
+                f"put it before the steps that work on batches"
+            )
+        return BucketedBatches(dataset, bucket_of, global_sizes(processes), stack, processes, where)
+
+    return Step(where, on_stream, on_dataset)
+
+
+def _bucketed(generator: Iterable, bucket_of, batch_sizes: list[int], stack) -> Iterator:
+    """Puts examples in buckets and yields a bucket, stacked, once full (the rest is dropped)."""
+    buckets: list[list] = [[] for _ in batch_sizes]
+    for example in generator:
+        index = bucket_of(example)
+        buckets[index].append(example)
+        if len(buckets[index]) == batch_sizes[index]:
+            yield stack(buckets[index], index)
+            buckets[index] = []
 
 
 def bucket_by_length(
@@ -96,15 +145,22 @@ def bucket_by_length(
     towards the bucket boundary (Trax's `pad_to_max_dims`). Examples left in
     buckets that never fill are dropped, as in Trax.
     """
-    buckets: list[list] = [[] for _ in batch_sizes]
-    for example in generator:
+    bucket_of, stack = _length_buckets(length_fn, boundaries, strict_pad_on_len)
+    return _bucketed(generator, bucket_of, batch_sizes, stack)
+
+
+def _length_buckets(length_fn: Callable[[Any], int], boundaries: list[int], strict_pad_on_len: bool):
+    """`bucket_of(example)` (the first bucket whose boundary is >= its length) and `stack(examples, bucket)`."""
+
+    def bucket_of(example) -> int:
         length = length_fn(example)
-        index = next((i for i, b in enumerate(boundaries) if length <= b), len(boundaries))
-        buckets[index].append(example)
-        if len(buckets[index]) == batch_sizes[index]:
-            boundary = boundaries[index] if index < len(boundaries) else None
-            yield _stack_examples(buckets[index], boundary, strict_pad_on_len, where="BucketByLength")
-            buckets[index] = []
+        return next((i for i, b in enumerate(boundaries) if length <= b), len(boundaries))
+
+    def stack(examples, bucket):
+        boundary = boundaries[bucket] if bucket < len(boundaries) else None
+        return _stack_examples(examples, boundary, strict_pad_on_len, where="BucketByLength")
+
+    return bucket_of, stack
 
 
 def _stack_examples(examples: list, boundary, strict_pad_on_len: bool, where: str):
@@ -185,9 +241,11 @@ def example_length(example, length_axis: int, length_keys) -> int:
 
 
 @gin.configurable(module="trax_sl.data")
-def AddLossWeights(id_to_mask: int | None = None) -> Callable[[Iterator], Iterator]:  # noqa: N802
-    """Returns a stream function that adds or completes loss weights; see `add_loss_weights`."""
-    return lambda g: add_loss_weights(g, id_to_mask=id_to_mask)
+def AddLossWeights(id_to_mask: int | None = None) -> Step:  # noqa: N802
+    """Returns a step that adds or completes loss weights; see `add_loss_weights`."""
+    return map_step(
+        f"AddLossWeights(id_to_mask={id_to_mask})", lambda example: _with_loss_weights(example, id_to_mask)
+    )
 
 
 def add_loss_weights(generator: Iterable, id_to_mask: int | None = None) -> Iterator:
@@ -198,26 +256,28 @@ def add_loss_weights(generator: Iterable, id_to_mask: int | None = None) -> Iter
     targets is a Sequence) and where the targets equal `id_to_mask`. Other
     tuples pass unchanged; `id_to_mask` cannot apply to them.
     """
-    for example in generator:
-        if not isinstance(example, tuple) or len(example) not in (2, 3):
-            if id_to_mask is not None:
-                raise ValueError(
-                    f"AddLossWeights: id_to_mask needs (inputs, targets[, weights]) tuples, got "
-                    f"{shapes.short_form(example)}"
-                )
-            yield example
-            continue
-        targets = example[1]
-        target_values = targets.values if isinstance(targets, Sequence) else np.asarray(targets)
-        if len(example) == 2:
-            weights = np.ones(target_values.shape, np.float32)
-        else:
-            weights = _plain(example[2]).astype(np.float32)
-        if isinstance(targets, Sequence):
-            weights = weights * _expand(targets.mask, weights.ndim)
+    return (_with_loss_weights(example, id_to_mask) for example in generator)
+
+
+def _with_loss_weights(example, id_to_mask: int | None):
+    if not isinstance(example, tuple) or len(example) not in (2, 3):
         if id_to_mask is not None:
-            weights = weights * (target_values != id_to_mask)
-        yield (example[0], targets, weights.astype(np.float32))
+            raise ValueError(
+                f"AddLossWeights: id_to_mask needs (inputs, targets[, weights]) tuples, got "
+                f"{shapes.short_form(example)}"
+            )
+        return example
+    targets = example[1]
+    target_values = targets.values if isinstance(targets, Sequence) else np.asarray(targets)
+    if len(example) == 2:
+        weights = np.ones(target_values.shape, np.float32)
+    else:
+        weights = _plain(example[2]).astype(np.float32)
+    if isinstance(targets, Sequence):
+        weights = weights * _expand(targets.mask, weights.ndim)
+    if id_to_mask is not None:
+        weights = weights * (target_values != id_to_mask)
+    return (example[0], targets, weights.astype(np.float32))
 
 
 def _plain(x) -> np.ndarray:

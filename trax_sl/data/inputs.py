@@ -18,10 +18,14 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import gin
+import grain
 import numpy as np
+from absl import logging
 
 from trax_sl import checks, shapes
 from trax_sl.data.batching import example_length
+from trax_sl.data.grain_streams import dataset_stream
+from trax_sl.data.steps import Step, map_step, serial_step
 from trax_sl.sequence import Sequence
 
 StreamFn = Callable[[Iterator | None], Iterator]
@@ -32,9 +36,15 @@ def Serial(*fns) -> StreamFn:  # noqa: N802
 
     Nested lists and tuples of stream functions are flattened, so a gin list
     (`make_inputs.train_stream = [@data.TFDS(), @data.Shuffle(), ...]`) can be
-    passed as it is.
+    passed as it is. When every function is a step of `trax_sl.data` the
+    result is a `Step` too: called, it streams as before; its `dataset()` is
+    the pipeline on Grain, which a training run resumes in O(1). Any other
+    function (a lambda over the generator) makes a plain stream function,
+    which a resumed run replays from the start.
     """
     flat = tuple(_flatten_fns(fns))
+    if all(isinstance(fn, Step) for fn in flat):
+        return serial_step(flat)
 
     def composed(generator=None):
         for fn in flat:
@@ -62,11 +72,24 @@ def Shuffle(queue_size: int = 1024, seed: int = 0) -> StreamFn:  # noqa: N802
     """Returns a stream function that shuffles within a queue of `queue_size` examples.
 
     Each call of the stream function starts a fresh generator seeded with
-    `seed`, so the same input stream is always shuffled the same way.
+    `seed`, so the same input stream is always shuffled the same way. In a
+    pipeline on Grain (`Serial` of `trax_sl.data` steps) the examples are
+    shuffled within consecutive windows of `queue_size` instead (Grain's
+    window shuffle: random access, so a resumed run does not replay).
     """
     if queue_size < 1:
         raise ValueError(f"Shuffle: queue_size must be >= 1, got queue_size={queue_size}")
-    return lambda g: shuffle(g, queue_size, np.random.default_rng(seed))
+
+    def on_dataset(dataset, _):
+        if isinstance(dataset, grain.MapDataset):
+            return grain.experimental.WindowShuffleMapDataset(dataset, window_size=queue_size, seed=seed)
+        return grain.experimental.WindowShuffleIterDataset(dataset, window_size=queue_size, seed=seed)
+
+    return Step(
+        f"Shuffle(queue_size={queue_size}, seed={seed})",
+        lambda g: shuffle(g, queue_size, np.random.default_rng(seed)),
+        on_dataset,
+    )
 
 
 def shuffle(samples: Iterable, queue_size: int, rng: np.random.Generator | None = None) -> Iterator:
@@ -125,15 +148,19 @@ def FilterByLength(  # noqa: N802
     checks.check_positive("FilterByLength", max_consecutive_rejections=max_consecutive_rejections)
     where = f"FilterByLength(max_length={max_length}, min_length={min_length})"
 
+    def keep(example) -> bool:
+        length = example_length(example, length_axis, length_keys)
+        return (max_length is None or length <= max_length) and (min_length is None or length >= min_length)
+
     def filtered(generator):
         rejected = []  # The lengths of the current run of rejected examples (the first few).
         n_rejected, shortest, longest = 0, None, None
         for example in generator:
-            length = example_length(example, length_axis, length_keys)
-            if (max_length is None or length <= max_length) and (min_length is None or length >= min_length):
+            if keep(example):
                 n_rejected = 0
                 yield example
                 continue
+            length = example_length(example, length_axis, length_keys)
             if n_rejected == 0:
                 rejected, shortest, longest = [], length, length
             n_rejected += 1
@@ -150,7 +177,7 @@ def FilterByLength(  # noqa: N802
                     f"runs of rejected examples are expected"
                 )
 
-    return filtered
+    return Step(where, filtered, lambda dataset, _: dataset.filter(keep))
 
 
 @gin.configurable(module="trax_sl.data")
@@ -171,7 +198,10 @@ def TruncateToLength(len_map: Mapping[int, int | tuple[int, ...]] | None = None)
             return Sequence(x.values[(slice(None), *cut)], x.mask[:, cut[0]])
         return np.asarray(x)[cut]
 
-    return lambda g: (_map_features(example, len_map, truncate, "TruncateToLength") for example in g)
+    return map_step(
+        f"TruncateToLength(len_map={len_map})",
+        lambda example: _map_features(example, len_map, truncate, "TruncateToLength"),
+    )
 
 
 @gin.configurable(module="trax_sl.data")
@@ -207,7 +237,10 @@ def PadToLength(  # noqa: N802
         x = np.asarray(x)
         return np.pad(x, [(0, target - current)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
 
-    return lambda g: (_map_features(example, len_map, pad, "PadToLength", with_key=True) for example in g)
+    return map_step(
+        f"PadToLength(len_map={len_map})",
+        lambda example: _map_features(example, len_map, pad, "PadToLength", with_key=True),
+    )
 
 
 def _map_features(example, key_map: Mapping, fn, where: str, with_key: bool = False):
@@ -229,7 +262,7 @@ def Dup() -> StreamFn:  # noqa: N802
         x, *rest = example if isinstance(example, (tuple, list)) else (example,)
         return (x, x, *rest)
 
-    return lambda g: map(dup, g)
+    return map_step("Dup()", dup)
 
 
 @gin.configurable(module="trax_sl.data")
@@ -240,7 +273,10 @@ def CastTo(dtype=np.int32, indices: tuple[int, ...] = (0, 1)) -> StreamFn:  # no
         return x.apply_values(lambda v: v.astype(dtype)) if isinstance(x, Sequence) else x.astype(dtype)
 
     key_map = dict.fromkeys(indices)
-    return lambda g: (_map_features(example, key_map, cast, "CastTo") for example in g)
+    return map_step(
+        f"CastTo(dtype={np.dtype(dtype).name}, indices={tuple(indices)})",
+        lambda example: _map_features(example, key_map, cast, "CastTo"),
+    )
 
 
 @gin.configurable(module="trax_sl.data")
@@ -250,13 +286,20 @@ def Log(n_steps_per_example: int = 1, only_shapes: bool = True) -> StreamFn:  # 
     With `only_shapes` it prints the short form (`(Sequence(i32[8,64]), f32[8,64])`).
     """
 
-    def log(stream):
-        for count, example in enumerate(stream):
-            if count % n_steps_per_example == 0:
-                print(_short_form(example) if only_shapes else example)
-            yield example
+    def show(count: int, example):
+        if count % n_steps_per_example == 0:
+            print(_short_form(example) if only_shapes else example)
+        return example
 
-    return log
+    def on_dataset(dataset, _):
+        counts = itertools.count()  # One count per dataset, as one per generator on the stream path.
+        return dataset.map(lambda example: show(next(counts), example))
+
+    return Step(
+        f"Log(n_steps_per_example={n_steps_per_example})",
+        lambda g: (show(count, example) for count, example in enumerate(g)),
+        on_dataset,
+    )
 
 
 def _short_form(example) -> str:
@@ -358,7 +401,25 @@ def _start(stream_fn: Callable[..., Iterator], n_devices: int, position: int) ->
         raise ValueError(f"Inputs: position must be an int >= 0 (batches already taken), got {position!r}")
     if _takes_position(stream_fn):
         return iter(stream_fn(n_devices, position=int(position)))
-    return itertools.islice(iter(stream_fn(n_devices)), int(position), None)
+    return _replayed(iter(stream_fn(n_devices)), int(position))
+
+
+_warned_of_replay = False
+
+
+def _replayed(iterator: Iterator, position: int) -> Iterator:
+    """`iterator` after its first `position` batches, made and dropped (said once per process)."""
+    global _warned_of_replay
+    if position and not _warned_of_replay:
+        _warned_of_replay = True
+        logging.warning(
+            "Inputs: continuing a stream at batch %d by making and dropping the batches before it, which "
+            "takes as long as making them took. For a resume in O(1), build the pipeline from trax_sl.data "
+            "steps only (data.Serial(data.TFDS(...), data.Tokenize(...), ..., data.Batch(...)) runs on Grain "
+            "and restores its iterator state), or give a stream function that takes position=.",
+            position,
+        )
+    return itertools.islice(iterator, position, None)
 
 
 def _takes_position(fn: Callable) -> bool:
@@ -392,9 +453,11 @@ def _pipeline_stream(pipeline, name: str) -> Callable[..., Iterator]:
             f"make_inputs: {name} must be a list of stream functions or a stream function, so that the "
             f"stream can restart; got {type(pipeline).__name__}"
         )
+    if isinstance(pipeline, Step) and pipeline.is_source:
+        return dataset_stream(pipeline.dataset)
 
     def stream(n_devices, position=0):
-        del n_devices  # Each host's pipeline yields its own batches, as in Trax.
-        return itertools.islice(pipeline(None), position, None)
+        del n_devices  # The pipeline's batching steps give each process its rows.
+        return _replayed(pipeline(None), position)
 
     return stream

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import itertools
 import logging
 import os
 import sys
@@ -27,14 +26,15 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import gin
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from trax_sl import checks
+from trax_sl.data.grain_streams import dataset_stream, indexed_batches
 from trax_sl.data.inputs import Inputs
+from trax_sl.data.steps import Processes, process_rows
 
 _VALIDATION_EVERY = 10
 
@@ -199,6 +199,7 @@ def python_chars_inputs(
     data_dir: str | None = None,
     files: Sequence[str] | None = None,
     seed: int = 0,
+    per_process: bool = False,
 ) -> Inputs:
     """Language-model inputs of byte ids from the python_stdlib_chars corpus.
 
@@ -206,32 +207,34 @@ def python_chars_inputs(
     targets itself): x a plain int32 array `[batch_size, sequence_length]` of
     UTF-8 byte ids (vocab_size 256, the ids of `Tokenize(vocab_type='char')`),
     weights float32 ones; nothing is padded. Training windows start at
-    uniformly random places in the train split (batch i from a generator
-    seeded by `(seed, host, i)`); evaluation walks the validation split's
-    non-overlapping windows in one fixed shuffled order, host h taking every
-    n_hosts-th from h, and cycles, so the first batches (the set a fixed
-    evaluation reuses) spread over the whole split, not its first file. Both restart at any position in O(1). The corpus is prepared on
-    first use; in a multi-host run with a shared `data_dir`, prepare it once
-    beforehand (`prepare_python_corpus`) so that hosts do not race to write it.
+    uniformly random places in the train split (global batch i from a
+    generator seeded by `(seed, i)`); evaluation walks the validation split's
+    non-overlapping windows in one fixed shuffled order and cycles, so the
+    first batches (the set a fixed evaluation reuses) spread over the whole
+    split, not its first file. Batches are global: each process reads only its
+    rows, so a run on 1, 2 or 4 processes sees the same data. Both streams
+    restart at any position in O(1) (Grain `MapDataset`s of batches). The
+    corpus is prepared on first use; in a multi-host run with a shared
+    `data_dir`, prepare it once beforehand (`prepare_python_corpus`) so that
+    hosts do not race to write it.
 
     Args:
-        batch_size: Windows per batch (per host).
+        batch_size: Windows per global batch.
         sequence_length: Bytes per window.
         data_dir: Where the corpus is prepared; tfds' default if None
             (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
         files: Text files to use instead of the stdlib modules.
         seed: Seeds the training windows.
+        per_process: batch_size is each process's part of the global batch.
     """
     checks.check_positive("python_chars_inputs", batch_size=batch_size, sequence_length=sequence_length)
     builder = _builder(files, data_dir)
     train, validation = _read_split(builder, "train"), _read_split(builder, "validation")
-    host, n_hosts = jax.process_index(), jax.process_count()
-    all_windows = np.random.default_rng([seed, n_hosts]).permutation(len(validation) // sequence_length)
-    eval_windows = all_windows[host::n_hosts]
+    eval_windows = np.random.default_rng(seed).permutation(len(validation) // sequence_length)
     if len(train) < sequence_length or len(eval_windows) == 0:
         raise ValueError(
             f"python_chars_inputs: sequence_length={sequence_length} is longer than the corpus allows: "
-            f"{len(train)} train bytes, {len(validation)} validation bytes for {n_hosts} host(s)"
+            f"{len(train)} train bytes, {len(validation)} validation bytes"
         )
     steps = np.arange(sequence_length).reshape((1, -1))
 
@@ -239,16 +242,21 @@ def python_chars_inputs(
         x = corpus[starts.reshape((-1, 1)) + steps].astype(np.int32)
         return x, x, np.ones(x.shape, np.float32)
 
-    def train_stream(n_devices, position=0):
-        del n_devices
-        for i in itertools.count(position):
-            rng = np.random.default_rng([seed, host, i])
-            yield batch_of(train, rng.integers(0, len(train) - sequence_length + 1, size=batch_size))
+    def train_starts(i, size):
+        return np.random.default_rng([seed, i]).integers(0, len(train) - sequence_length + 1, size=size)
 
-    def eval_stream(n_devices, position=0):
-        del n_devices
-        for i in itertools.count(position):
-            windows = eval_windows[np.arange(i * batch_size, (i + 1) * batch_size) % len(eval_windows)]
-            yield batch_of(validation, windows * sequence_length)
+    def eval_starts(i, size):
+        return eval_windows[np.arange(i * size, (i + 1) * size) % len(eval_windows)] * sequence_length
 
-    return Inputs(train_stream=train_stream, eval_stream=eval_stream)
+    def stream(corpus, starts_of):
+        def make_dataset(processes: Processes):
+            size = batch_size * processes.count if per_process else batch_size
+
+            def rows(i):  # Only this process's rows are read: the starts of all rows are cheap to draw.
+                return batch_of(corpus, process_rows(starts_of(i, size), processes, "python_chars_inputs"))
+
+            return indexed_batches(rows)
+
+        return dataset_stream(make_dataset)
+
+    return Inputs(train_stream=stream(train, train_starts), eval_stream=stream(validation, eval_starts))

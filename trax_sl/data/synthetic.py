@@ -1,37 +1,59 @@
 """Synthetic tasks that need no download: sequence copy and addition (Trax's example formats).
 
-Batch i of a stream is drawn from its own generator, seeded by
-`(seed, jax.process_index(), stream, i)`: streams are deterministic, differ
-between hosts, and restart at any position in O(1).
+Global batch i of a stream is drawn from its own generator, seeded by
+`(seed, stream, i)`, and each process keeps its rows: streams are
+deterministic, the same on any number of processes, and restart at any
+position in O(1) (a Grain `MapDataset` of batches).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import gin
-import jax
 import numpy as np
 
 from trax_sl import checks
 from trax_sl.data.batching import pad_to_max_dims
+from trax_sl.data.grain_streams import dataset_stream, indexed_batches
 from trax_sl.data.inputs import Inputs
+from trax_sl.data.steps import Processes, process_rows
 from trax_sl.sequence import Sequence
 
 _TRAIN, _EVAL = 0, 1
 
 
-def _indexed_stream(make_batch: Callable[[np.random.Generator], tuple], seed: int, stream_id: int):
-    """A stream function whose batch i is `make_batch` of a generator seeded by i."""
+def indexed_stream(
+    make_batch: Callable[[int, np.random.Generator], tuple],
+    batch_size: int,
+    per_process: bool,
+    seed: int,
+    stream_id: int,
+    where: str,
+):
+    """A stream function whose global batch i is `make_batch(batch_size, generator seeded by (seed, stream_id, i))`.
 
-    def stream(n_devices, position=0):
-        del n_devices  # Each host makes its own batches, as in Trax.
-        host = jax.process_index()
-        for i in itertools.count(position):
-            yield make_batch(np.random.default_rng([seed, host, stream_id, i]))
+    Each process keeps its rows; with `per_process`, `batch_size` is each
+    process's part of the global batch.
+    """
 
-    return stream
+    def make_dataset(processes: Processes):
+        size = batch_size * processes.count if per_process else batch_size
+        return indexed_batches(
+            lambda i: process_rows(
+                make_batch(size, np.random.default_rng([seed, stream_id, i])), processes, where
+            )
+        )
+
+    return dataset_stream(make_dataset)
+
+
+def _inputs(where: str, make_train, make_eval, batch_size: int, per_process: bool, seed: int) -> Inputs:
+    """Inputs whose train and eval batches are `make_train`/`make_eval(batch_size, rng)`."""
+    return Inputs(
+        train_stream=indexed_stream(make_train, batch_size, per_process, seed, _TRAIN, where),
+        eval_stream=indexed_stream(make_eval, batch_size, per_process, seed, _EVAL, where),
+    )
 
 
 def _with_mask(values: np.ndarray, lengths: np.ndarray) -> Sequence:
@@ -56,6 +78,7 @@ def sequence_copy_inputs(
     reverse: bool = False,
     pad_to_multiple: int = 32,
     seed: int = 0,
+    per_process: bool = False,
 ) -> Inputs:
     """Inputs for the sequence copy problem: `0 w 0 w` for w in [1..vocab_size-2]* (Trax's).
 
@@ -66,13 +89,14 @@ def sequence_copy_inputs(
 
     Args:
         vocab_size: How many symbols to use (ids 0..vocab_size-1).
-        batch_size: Examples per batch.
+        batch_size: Examples per global batch (each process gets its rows).
         train_length: Training w are 1..train_length-1 long.
         eval_min_length: Evaluation w are eval_min_length..eval_max_length-1 long.
         eval_max_length: See eval_min_length.
         reverse: The second w is reversed.
         pad_to_multiple: Pad the length to a multiple of this.
         seed: Seeds the streams.
+        per_process: batch_size is each process's part of the global batch.
     """
     checks.check_positive("sequence_copy_inputs", batch_size=batch_size, pad_to_multiple=pad_to_multiple or 1)
     if vocab_size < 3:
@@ -86,7 +110,7 @@ def sequence_copy_inputs(
             f"eval_max_length={eval_max_length}"
         )
 
-    def make_batch(w_lengths, rng):
+    def make_batch(w_lengths, batch_size, rng):
         w_length = int(rng.choice(w_lengths))
         w = rng.integers(1, vocab_size - 1, size=(batch_size, w_length), dtype=np.int32)
         zero = np.zeros((batch_size, 1), np.int32)
@@ -99,9 +123,13 @@ def sequence_copy_inputs(
         x = _with_mask(_pad_to_multiple_of(x, pad_to_multiple), lengths)
         return x, x, _pad_to_multiple_of(weights, pad_to_multiple)
 
-    return Inputs(
-        train_stream=_indexed_stream(lambda rng: make_batch(train_w, rng), seed, _TRAIN),
-        eval_stream=_indexed_stream(lambda rng: make_batch(eval_w, rng), seed, _EVAL),
+    return _inputs(
+        "sequence_copy_inputs",
+        lambda size, rng: make_batch(train_w, size, rng),
+        lambda size, rng: make_batch(eval_w, size, rng),
+        batch_size,
+        per_process,
+        seed,
     )
 
 
@@ -114,6 +142,7 @@ def simple_sequence_copy_inputs(
     eval_max_length=gin.REQUIRED,
     pad_to_multiple: int = 32,
     seed: int = 0,
+    per_process: bool = False,
 ) -> Inputs:
     """Inputs for copying w itself, w in [1..vocab_size-2]*: batches `(w, w, weights)` (Trax's).
 
@@ -133,7 +162,7 @@ def simple_sequence_copy_inputs(
             f"got vocab_size={vocab_size}, eval_min_length={eval_min_length}, eval_max_length={eval_max_length}"
         )
 
-    def make_batch(lengths, rng):
+    def make_batch(lengths, batch_size, rng):
         length = int(rng.choice(lengths))
         w = rng.integers(1, vocab_size - 1, size=(batch_size, length), dtype=np.int32)
         weights = _pad_to_multiple_of(np.ones((batch_size, length), np.float32), pad_to_multiple)
@@ -142,9 +171,13 @@ def simple_sequence_copy_inputs(
 
     train_lengths = list(range(1, train_length + 1))
     eval_lengths = list(range(eval_min_length, eval_max_length + 1))
-    return Inputs(
-        train_stream=_indexed_stream(lambda rng: make_batch(train_lengths, rng), seed, _TRAIN),
-        eval_stream=_indexed_stream(lambda rng: make_batch(eval_lengths, rng), seed, _EVAL),
+    return _inputs(
+        "simple_sequence_copy_inputs",
+        lambda size, rng: make_batch(train_lengths, size, rng),
+        lambda size, rng: make_batch(eval_lengths, size, rng),
+        batch_size,
+        per_process,
+        seed,
     )
 
 
@@ -201,6 +234,7 @@ def addition_inputs(
     pad_to_multiple: int = 32,
     encdec: bool = False,
     seed: int = 0,
+    per_process: bool = False,
 ) -> Inputs:
     """Inputs for the addition problem: `<S> x + y <S> (x + y)` in base vocab_size - 3 (Trax's).
 
@@ -213,13 +247,14 @@ def addition_inputs(
 
     Args:
         vocab_size: Symbols to use; the base is vocab_size - 3 (so >= 5).
-        batch_size: Examples per batch.
+        batch_size: Examples per global batch (each process gets its rows).
         train_length: Maximal length of training examples' numbers part.
         eval_min_length: Minimal length for evaluation (>= 3).
         eval_max_length: Maximal length for evaluation (>= 3).
         pad_to_multiple: Pad the length to a multiple of this.
         encdec: Encoder-decoder examples.
         seed: Seeds the streams.
+        per_process: batch_size is each process's part of the global batch.
     """
     checks.check_positive("addition_inputs", batch_size=batch_size, pad_to_multiple=pad_to_multiple or 1)
     if vocab_size < 5:
@@ -231,7 +266,7 @@ def addition_inputs(
         )
     base = vocab_size - 3
 
-    def make_batch(min_length, max_length, rng):
+    def make_batch(min_length, max_length, batch_size, rng):
         examples = [_addition_example(rng, base, min_length, max_length, encdec) for _ in range(batch_size)]
         features = []
         for feature in zip(*examples):
@@ -242,9 +277,11 @@ def addition_inputs(
         y = x if not encdec else _with_mask(y, np.array([len(e[1]) for e in examples]))
         return x, y, weights
 
-    return Inputs(
-        train_stream=_indexed_stream(lambda rng: make_batch(3, train_length, rng), seed, _TRAIN),
-        eval_stream=_indexed_stream(
-            lambda rng: make_batch(eval_min_length, eval_max_length, rng), seed, _EVAL
-        ),
+    return _inputs(
+        "addition_inputs",
+        lambda size, rng: make_batch(3, train_length, size, rng),
+        lambda size, rng: make_batch(eval_min_length, eval_max_length, size, rng),
+        batch_size,
+        per_process,
+        seed,
     )

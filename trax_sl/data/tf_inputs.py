@@ -1,27 +1,24 @@
 """TFDS: a stream of examples from a TensorFlow Datasets dataset, with or without TensorFlow.
 
 By default examples are read through tfds data sources (random access to
-array_record files), which need no TensorFlow: shuffling is a seeded
-permutation of the whole split per epoch, so streams are deterministic and
-restartable. With `use_tf=True` (TensorFlow installed, the `tf` extra) the
+array_record files, which need no TensorFlow) as a Grain `MapDataset`:
+shuffling is a seeded permutation of the whole split, a new one each epoch,
+so a pipeline is deterministic and a resumed run seeks instead of replaying. With `use_tf=True` (TensorFlow installed, the `tf` extra) the
 dataset is read with `tfds` `as_dataset` as in Trax, for datasets prepared
 in the tfrecord format.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 import gin
-import jax
-import numpy as np
+import grain
 import tensorflow_datasets as tfds
 
 from trax_sl import checks
 from trax_sl.data.inputs import StreamFn
-
-_READ_CHUNK = 64  # Examples fetched per data-source call; batched reads are much faster.
+from trax_sl.data.steps import Step
 
 
 @gin.configurable(module="trax_sl.data")
@@ -41,9 +38,10 @@ def TFDS(  # noqa: N802
 ) -> StreamFn:
     """Returns a stream function of examples from the tfds dataset `dataset_name` (Trax's TFDS).
 
-    The stream repeats forever. Training data is split between hosts: host
-    `host_id` of `n_hosts` reads its own contiguous part of the train split;
-    evaluation data is read whole on every host, as in Trax. A dataset that is
+    The stream repeats forever. Every process reads the same examples (the
+    batching steps make global batches and give each process its rows); with
+    `host_id`/`n_hosts` given, host `host_id` of `n_hosts` reads only its own
+    contiguous part of the train split instead, as in Trax. A dataset that is
     not prepared in `data_dir` is prepared first (the builders of
     `trax_sl.data` generate locally; others download).
 
@@ -58,15 +56,16 @@ def TFDS(  # noqa: N802
         train: Read the train split; else the eval split (validation, or test).
         use_alt_eval: For `glue/mnli`, evaluate on validation_mismatched.
         shuffle_train: Shuffle training examples (a seeded permutation per epoch).
-        host_id: This host's index; `jax.process_index()` if None.
-        n_hosts: The number of hosts; `jax.process_count()` if None.
+        host_id: Read only this host's part of the train split (see n_hosts).
+        n_hosts: Split the train split into this many parts.
         eval_holdout_size: A fraction of the train split, taken from its end,
             used as evaluation data instead of the eval split.
         use_tf: Read with TensorFlow (`tfds` `as_dataset`) instead of data sources.
         seed: Seeds the training shuffle.
     """
-    host_id = jax.process_index() if host_id is None else host_id
-    n_hosts = n_hosts or jax.process_count()
+    split_by_host = host_id is not None or n_hosts is not None
+    host_id = host_id or 0
+    n_hosts = n_hosts or 1
     if not 0 <= host_id < n_hosts:
         raise ValueError(f"TFDS: expected 0 <= host_id < n_hosts, got host_id={host_id}, n_hosts={n_hosts}")
     checks.check_rate("TFDS", eval_holdout_size=eval_holdout_size)
@@ -74,7 +73,7 @@ def TFDS(  # noqa: N802
         _require_tensorflow()
     builder = _prepared_builder(dataset_name, data_dir, "tfrecord" if use_tf else "array_record")
     split, (start, stop) = _split_and_range(builder, dataset_name, train, use_alt_eval, eval_holdout_size)
-    if train and n_hosts > 1:
+    if train and split_by_host:
         start, stop = (
             start + (stop - start) * host_id // n_hosts,
             start + (stop - start) * (host_id + 1) // n_hosts,
@@ -94,21 +93,26 @@ def TFDS(  # noqa: N802
     source = builder.as_data_source(split=split)
     shuffled = train and shuffle_train
 
-    def examples(generator=None):
-        del generator  # TFDS starts a pipeline.
-        indices = np.arange(start, stop)
-        for epoch in itertools.count():
-            order = np.random.default_rng([seed, epoch]).permutation(indices) if shuffled else indices
-            for i in range(0, len(order), _READ_CHUNK):
-                yield from _read(source, order[i : i + _READ_CHUNK])
+    def examples(_, processes) -> grain.MapDataset:
+        del processes  # Every process reads the same examples; batching steps take each one's rows.
+        dataset = grain.MapDataset.source(source)[start:stop]
+        if shuffled:
+            dataset = dataset.shuffle(seed=seed)  # A new order each epoch.
+        return dataset.repeat()
 
-    def stream(generator=None):
-        items = examples(generator)
-        if tfds_preprocess_fn is not None:
-            items = tfds_preprocess_fn(items)
-        return (_select(example, keys) for example in items)
+    if tfds_preprocess_fn is not None:
+        # A stream function over example dicts: the pipeline runs as a generator from here.
+        def stream(generator=None):
+            del generator  # TFDS starts a pipeline.
+            items = tfds_preprocess_fn(iter(examples(None, None).to_iter_dataset()))
+            return (_select(example, keys) for example in items)
 
-    return stream
+        return stream
+
+    def selected(dataset, processes):
+        return examples(dataset, processes).map(lambda example: _select(example, keys))
+
+    return Step(f"TFDS({dataset_name!r}, train={train})", None, selected, is_source=True)
 
 
 def _prepared_builder(dataset_name: str, data_dir: str | None, file_format: str):
@@ -164,13 +168,6 @@ def _split_and_range(builder, dataset_name: str, train: bool, use_alt_eval: bool
             f"eval_holdout_size); it has {sorted(splits)}"
         )
     return split, (0, splits[split].num_examples)
-
-
-def _read(source, indices: np.ndarray) -> list:
-    indices = [int(i) for i in indices]
-    if hasattr(source, "__getitems__"):
-        return source.__getitems__(indices)
-    return [source[i] for i in indices]
 
 
 def _select(example, keys):

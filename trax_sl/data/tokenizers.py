@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import gin
 import numpy as np
 
-from trax_sl.data.inputs import StreamFn
+from trax_sl.data.steps import Step, map_step
 
 _VOCAB_TYPES = ("char", "byte", "sentencepiece")
 
@@ -133,6 +133,10 @@ def tokenize(
         vocab_dir: The directory of `vocab_file`.
         n_reserved_ids: Added to every id, keeping 0..n_reserved_ids-1 free.
     """
+    return map(_on_text(keys, _encoder(vocab_type, vocab_file, vocab_dir, n_reserved_ids)), stream)
+
+
+def _encoder(vocab_type: str, vocab_file: str | None, vocab_dir: str | None, n_reserved_ids: int):
     vocab = _get_vocab(vocab_type, vocab_file, vocab_dir)
 
     def encode(x):
@@ -140,7 +144,7 @@ def tokenize(
             raise TypeError(f"Tokenize: expected str or bytes to tokenize, got {type(x).__name__}")
         return vocab.encode(x) + np.int32(n_reserved_ids)
 
-    yield from _map_text(stream, keys, encode)
+    return encode
 
 
 @gin.configurable(module="trax_sl.data")
@@ -150,10 +154,11 @@ def Tokenize(  # noqa: N802
     vocab_file: str | None = None,
     vocab_dir: str | None = None,
     n_reserved_ids: int = 0,
-) -> StreamFn:
-    """Returns a stream function that maps text to integer arrays; see `tokenize`."""
-    _get_vocab(vocab_type, vocab_file, vocab_dir)  # A bad vocabulary fails here, not mid-pipeline.
-    return lambda g: tokenize(g, keys, vocab_type, vocab_file, vocab_dir, n_reserved_ids)
+) -> Step:
+    """Returns a step that maps text to integer arrays; see `tokenize`."""
+    # A bad vocabulary fails here, not mid-pipeline.
+    encode = _encoder(vocab_type, vocab_file, vocab_dir, n_reserved_ids)
+    return map_step(f"Tokenize(keys={keys}, vocab_type={vocab_type!r})", _on_text(keys, encode))
 
 
 def detokenize(
@@ -178,30 +183,33 @@ def Detokenize(  # noqa: N802
     vocab_file: str | None = None,
     vocab_dir: str | None = None,
     n_reserved_ids: int = 0,
-) -> StreamFn:
-    """Returns a stream function that maps id arrays back to text; see `detokenize`."""
+) -> Step:
+    """Returns a step that maps id arrays back to text; see `detokenize`."""
     _get_vocab(vocab_type, vocab_file, vocab_dir)
-    return lambda g: _map_text(
-        g, keys, lambda x: detokenize(x, vocab_type, vocab_file, vocab_dir, n_reserved_ids)
+    return map_step(
+        f"Detokenize(keys={keys}, vocab_type={vocab_type!r})",
+        _on_text(keys, lambda x: detokenize(x, vocab_type, vocab_file, vocab_dir, n_reserved_ids)),
     )
 
 
 @gin.configurable(module="trax_sl.data")
-def ConvertToUnicode(keys=None) -> StreamFn:  # noqa: N802
-    """Returns a stream function that decodes bytes (as tfds gives text) to str, dropping bad UTF-8."""
+def ConvertToUnicode(keys=None) -> Step:  # noqa: N802
+    """Returns a step that decodes bytes (as tfds gives text) to str, dropping bad UTF-8."""
 
     def to_str(x):
         return x.decode("utf-8", errors="ignore") if isinstance(x, bytes) else str(x)
 
-    return lambda g: _map_text(g, keys, to_str)
+    return map_step(f"ConvertToUnicode(keys={keys})", _on_text(keys, to_str))
 
 
-def _map_text(stream: Iterable, keys, fn) -> Iterator:
-    """Applies `fn` to the `keys` items of tuples or dicts, or to bare items (all if keys is None)."""
-    for example in stream:
+def _on_text(keys, fn) -> Callable:
+    """example -> `fn` applied to its `keys` items (tuples or dicts), or to a bare item (all if keys is None)."""
+
+    def apply(example):
         if isinstance(example, (tuple, list)):
-            yield tuple(fn(x) if keys is None or i in keys else x for i, x in enumerate(example))
-        elif isinstance(example, dict):
-            yield {k: fn(x) if keys is None or k in keys else x for k, x in example.items()}
-        else:
-            yield fn(example)
+            return tuple(fn(x) if keys is None or i in keys else x for i, x in enumerate(example))
+        if isinstance(example, dict):
+            return {k: fn(x) if keys is None or k in keys else x for k, x in example.items()}
+        return fn(example)
+
+    return apply

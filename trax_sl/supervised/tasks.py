@@ -42,7 +42,11 @@ class _Batches:
     def sample(self):
         """A batch to initialize from; taken from an iterator as Trax does, so not counted."""
         if self._fn is not None:
-            return self._take(iter(self._fn(0)))
+            iterator = iter(self._fn(0))
+            try:
+                return self._take(iterator)
+            finally:
+                _close(iterator)
         return self._take(self._iterator)
 
     def _take(self, iterator):
@@ -61,9 +65,38 @@ class _Batches:
         self.position += 1
         return batch
 
+    def state(self) -> dict:
+        """Where the batches stand: `{'position': batches taken}`, plus the iterator's own state if it keeps one.
+
+        A Grain iterator (the pipelines of `trax_sl.data`) keeps one: restoring
+        it continues in O(1), where a position alone may replay the batches.
+        """
+        state = {"position": self.position}
+        if self._iterator is not None and hasattr(self._iterator, "get_state"):
+            state["iterator"] = self._iterator.get_state()
+        return state
+
+    def restore(self, state: dict) -> None:
+        """Continues where `state` (from `state()`) stood: from the iterator's state if saved, else by seeking."""
+        if "iterator" in state:
+            if self._fn is not None:
+                self.close()
+                self._iterator = iter(self._fn(0))
+            if hasattr(self._iterator, "set_state"):
+                self._iterator.set_state(state["iterator"])
+                self.position = state["position"]
+                return
+        self.seek(state["position"])
+
+    def close(self) -> None:
+        """Stops the read-ahead (threads or worker processes) of an iterator made here, if it has one."""
+        if self._fn is not None:
+            _close(self._iterator)
+
     def seek(self, position: int) -> None:
         """Continues after the first `position` batches."""
         if self._fn is not None:
+            self.close()
             self._iterator, self.position = None, position
             return
         if position < self.position:
@@ -73,6 +106,12 @@ class _Batches:
             )
         while self.position < position:
             self.next()
+
+
+def _close(iterator) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
 
 
 def _to_optax(optimizer, lr_schedule) -> optax.GradientTransformation:
@@ -119,8 +158,21 @@ class _LabeledDataTask:
         return self._batches.position
 
     def seek(self, position: int) -> None:
-        """Makes `next_batch` continue after the first `position` batches (a resumed Loop calls it)."""
+        """Makes `next_batch` continue after the first `position` batches."""
         self._batches.seek(position)
+
+    @property
+    def data_state(self) -> dict:
+        """Where the labeled data stands (what checkpoints save): the position, and a Grain iterator's state."""
+        return self._batches.state()
+
+    def restore_data(self, state: dict) -> None:
+        """Makes `next_batch` continue where `data_state` was `state` (a resumed Loop calls it)."""
+        self._batches.restore(state)
+
+    def close_data(self) -> None:
+        """Stops the labeled data's read-ahead, if it reads ahead."""
+        self._batches.close()
 
     @property
     def export_prefix(self) -> str | None:
@@ -280,6 +332,13 @@ class EvalTask(_LabeledDataTask):
         if self._kept_batches is None:
             self._kept_batches = [self.next_batch() for _ in range(self._n_eval_batches)]
         return self._kept_batches
+
+    def restore_data(self, state: dict) -> None:
+        """Continues where `data_state` was `state`; fixed batches are drawn again (see `seek`)."""
+        if self._fixed_batches:
+            self.seek(state["position"])
+        else:
+            super().restore_data(state)
 
     def seek(self, position: int) -> None:
         """Continues after the first `position` batches; with fixed batches, draws them again if they were drawn.

@@ -78,6 +78,9 @@ from trax_sl.supervised.history import History
 from trax_sl.supervised.metrics_log import MetricsLogger, ProgressLine, Scalar
 from trax_sl.supervised.tasks import EvalTask, TrainTask
 
+# The metrics.jsonl keys that time a run (they differ between two runs of the same steps).
+TIMING_KEYS = ("train/steps_per_second", "train/input_wait_fraction")
+
 __all__ = ["EvalTask", "Loop", "TrainTask"]
 
 
@@ -217,6 +220,10 @@ class Loop:
         self._history = History()
         self._logger = MetricsLogger(self._output_dir, self._history, self._write_line, self._is_chief)
         self._last_log_time, self._last_log_step = time.time(), 0
+        self._ahead: dict[
+            int, tuple
+        ] = {}  # Task index -> (its next batch on the devices, its data state before).
+        self._input_wait, self._input_wait_since = 0.0, time.time()  # Seconds spent making batches since.
 
         init_rng, self._rng = jax.random.split(jax.random.PRNGKey(_seed(random_seed)))
         self._model_input_signature = train_step.input_signature(tasks[0].sample_batch, model.n_in)
@@ -359,10 +366,13 @@ class Loop:
             if self._is_chief and self._log_every and not bar_on_stdout_terminal:
                 self._progress = ProgressLine(self._step, self._step + n_steps)
             try:
-                for _ in range(n_steps):
+                for i in range(n_steps):
                     self._step += 1
                     task_index = self._which_task(self._step)
                     self._run_one_step(task_index)
+                    if i + 1 < n_steps:
+                        # While the devices run this step, the next batch is made and put on them.
+                        self._read_ahead(self._which_task(self._step + 1))
                     bar.update(1)
                     if self._progress is not None and self._step % self._log_every == 0:
                         losses = list(self._mean_pending_losses().values())
@@ -389,8 +399,7 @@ class Loop:
             if callback.call_at(step):
                 callback.on_step_begin(step)
         trainer = self._trainers[task_index]
-        batch = train_step.batch_items(trainer.task.next_batch(), trainer.layer.n_in)
-        batch = train_step.put_batch(batch, self._mesh)
+        batch = self._ahead.pop(task_index, (None,))[0] or self._device_batch(task_index)
         weights = (self._model_weights, trainer.ends_weights)
         state = (self._model_state, trainer.ends_state)
         step_fn = trainer.compiled(weights, state, batch, self._rng)
@@ -404,6 +413,26 @@ class Loop:
         for callback in self._callbacks:
             if callback.call_at(step):
                 callback.on_step_end(step)
+
+    def _device_batch(self, task_index: int):
+        """The task's next batch, on the devices; the time taken counts as waiting for input."""
+        start = time.perf_counter()
+        trainer = self._trainers[task_index]
+        batch = train_step.batch_items(trainer.task.next_batch(), trainer.layer.n_in)
+        batch = train_step.put_batch(batch, self._mesh)
+        self._input_wait += time.perf_counter() - start
+        return batch
+
+    def _read_ahead(self, task_index: int) -> None:
+        """Makes the task's next batch now, keeping the task's data state from before it for checkpoints."""
+        if task_index not in self._ahead:
+            state = self._tasks[task_index].data_state
+            self._ahead[task_index] = (self._device_batch(task_index), state)
+
+    def _train_data_state(self, task_index: int) -> dict:
+        """The task's data state after the batches trained on (a batch read ahead is not one of them)."""
+        ahead = self._ahead.get(task_index)
+        return self._tasks[task_index].data_state if ahead is None else ahead[1]
 
     def _after_step(self) -> None:
         step = self._step
@@ -464,7 +493,16 @@ class Loop:
             if rate is not None:
                 scalars.append(Scalar("train", prefix, "training", "learning_rate", rate))
         scalars.append(Scalar("train", None, "training", "steps_per_second", steps_per_second))
+        scalars.append(
+            Scalar("train", None, "training", "input_wait_fraction", self._input_wait_fraction(now))
+        )
         return scalars
+
+    def _input_wait_fraction(self, now: float) -> float:
+        """The fraction of the time since the last call that the training thread waited for batches."""
+        fraction = self._input_wait / max(now - self._input_wait_since, 1e-9)
+        self._input_wait, self._input_wait_since = 0.0, now
+        return fraction
 
     def run_evals(self, log: bool = True) -> list[Scalar]:
         """Runs every eval task on the current weights; returns (and if `log`, logs) the values."""
@@ -556,9 +594,12 @@ class Loop:
         self._fetch_pending_losses()  # Saved so that a resumed run logs the same mean losses.
         if basename is None:
             self._saved_step = self._step
+        train_data = [self._train_data_state(i) for i in range(len(self._tasks))]
         metadata = {
-            "train_positions": [task.data_position for task in self._tasks],
+            "train_positions": [state["position"] for state in train_data],
             "eval_positions": [task.data_position for task in self._eval_tasks],
+            "train_data": train_data,
+            "eval_data": [task.data_state for task in self._eval_tasks],
             "pending_losses": [trainer.pending_losses for trainer in self._trainers],
             "history": self._history.to_dict(),
         }
@@ -581,6 +622,9 @@ class Loop:
         finally:
             self._checkpoint_dirs = {}
             self._logger.close()
+            self._ahead = {}
+            for task in [*self._tasks, *self._eval_tasks]:
+                task.close_data()
 
     def load_checkpoint(self, directory: str | None = None, filename: str | None = None) -> None:
         """Restores a checkpoint: the newest usable step checkpoint, or the one named `filename`.
@@ -642,10 +686,12 @@ class Loop:
             trainer.ends_state = jax.device_put(saved["loss_state"], repl)
             trainer.opt_state = jax.device_put(saved["opt_state"], trainer.shardings["opt_state"])
             trainer.pending_losses = list(losses)
-        for task, position in zip(self._tasks, metadata["train_positions"]):
-            task.seek(position)
-        for task, position in zip(self._eval_tasks, metadata["eval_positions"]):
-            task.seek(position)
+        self._ahead = {}
+        for tasks, kind in ((self._tasks, "train"), (self._eval_tasks, "eval")):
+            # Checkpoints from before data states were saved hold positions only.
+            states = metadata.get(f"{kind}_data") or [{"position": p} for p in metadata[f"{kind}_positions"]]
+            for task, state in zip(tasks, states):
+                task.restore_data(state)
         self._history = History.from_dict(metadata.get("history", {}))
         self._logger.history = self._history
         self._last_log_step = self._step
