@@ -25,6 +25,24 @@ from trax_sl.data.steps import Processes, process_rows
 _READ_CHUNK = 64  # Examples read per call of the parent; batched reads of array_record files are much faster.
 
 
+_REJECTION_BOUND = "trax_sl_rejection_bound"  # The attribute `with_rejection_bound` sets.
+
+
+def with_rejection_bound(dataset: grain.MapDataset, bound: int, filter_name: str) -> grain.MapDataset:
+    """Marks a filtered dataset: a batching step after it raises after `bound` dropped examples in a row."""
+    setattr(dataset, _REJECTION_BOUND, (bound, filter_name))
+    return dataset
+
+
+def _rejection_bound(dataset) -> tuple[int, str]:
+    """The bound of the nearest marked filter among `dataset` and its ancestors."""
+    if hasattr(dataset, _REJECTION_BOUND):
+        return getattr(dataset, _REJECTION_BOUND)
+    for parent in dataset.parents:
+        return _rejection_bound(parent)
+    return 100_000, "a filter"
+
+
 class BucketedBatches(grain.IterDataset):
     """Global batches of the examples of `parent`, bucketed; each process gets its rows.
 
@@ -35,9 +53,10 @@ class BucketedBatches(grain.IterDataset):
         stack: `(examples, bucket index) -> batch`.
         processes: Which rows of each batch this process keeps.
         where: The step's name, for errors.
-        max_consecutive_rejections: Raise after this many dropped examples in a
-            row (a repeating source whose every example a filter drops would
-            otherwise hang).
+
+    After `max_consecutive_rejections` dropped examples in a row (the bound of
+    the nearest filter before it, see `with_rejection_bound`) it raises: a
+    repeating source whose every example a filter drops would otherwise hang.
     """
 
     def __init__(
@@ -48,7 +67,6 @@ class BucketedBatches(grain.IterDataset):
         stack: Callable[[list, int], Any],
         processes: Processes,
         where: str,
-        max_consecutive_rejections: int = 100_000,
     ):
         super().__init__(parent)
         self.bucket_of = bucket_of
@@ -56,7 +74,7 @@ class BucketedBatches(grain.IterDataset):
         self.stack = stack
         self.processes = processes
         self.where = where
-        self.max_consecutive_rejections = max_consecutive_rejections
+        self.max_consecutive_rejections, self.filter_name = _rejection_bound(parent)
 
     def __iter__(self) -> grain.DatasetIterator:
         return _BucketedBatchesIterator(self)
@@ -98,7 +116,7 @@ class _BucketedBatchesIterator(grain.DatasetIterator):
             dropped += 1
             if dropped >= self._dataset.max_consecutive_rejections:
                 raise ValueError(
-                    f"{self._dataset.where}: a filter before it (e.g. FilterByLength) dropped {dropped} examples "
+                    f"{self._dataset.where}: {self._dataset.filter_name} before it dropped {dropped} examples "
                     f"in a row (up to example {index}); widen the filter's bounds, or raise its "
                     f"max_consecutive_rejections if long runs of dropped examples are expected"
                 )

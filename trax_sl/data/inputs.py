@@ -24,6 +24,7 @@ from absl import logging
 
 from trax_sl import checks, shapes
 from trax_sl.data.batching import example_length
+from trax_sl.data.grain_batching import with_rejection_bound
 from trax_sl.data.grain_streams import dataset_stream
 from trax_sl.data.steps import Step, map_step, serial_step
 from trax_sl.sequence import Sequence
@@ -177,7 +178,10 @@ def FilterByLength(  # noqa: N802
                     f"runs of rejected examples are expected"
                 )
 
-    return Step(where, filtered, lambda dataset, _: dataset.filter(keep))
+    def on_dataset(dataset, _):
+        return with_rejection_bound(dataset.filter(keep), max_consecutive_rejections, where)
+
+    return Step(where, filtered, on_dataset)
 
 
 @gin.configurable(module="trax_sl.data")
@@ -352,10 +356,15 @@ class Inputs:
         self._train_stream = train_stream
         self._eval_stream = eval_stream or train_stream
         self._train_eval_stream = train_eval_stream or train_stream
+        stream = self.train_stream(1)
         try:
-            example = next(iter(self.train_stream(1)))
+            example = next(iter(stream))
         except StopIteration:
             raise ValueError("Inputs: the train stream yielded no batch") from None
+        finally:
+            close = getattr(stream, "close", None)  # A stream that reads ahead stops doing so.
+            if close is not None:
+                close()
         example = example if isinstance(example, tuple) else (example,)
         self._example_shape = [tuple(x.shape) for x in example]
         self._example_dtype = [x.dtype for x in example]

@@ -79,11 +79,18 @@ class Step:
             raise ValueError(
                 f"{self.name}: only a pipeline that starts with a source (e.g. TFDS) makes a dataset"
             )
-        dataset = self._on_dataset(None, processes or Processes.current())
-        return dataset.to_iter_dataset() if isinstance(dataset, grain.MapDataset) else dataset
+        return iterable(self._on_dataset(None, processes or Processes.current()))
 
     def __repr__(self) -> str:
         return self.name
+
+
+def iterable(dataset: grain.MapDataset | grain.IterDataset) -> grain.IterDataset:
+    """`dataset` as an `IterDataset` that reads in the calling thread (`read_ahead` decides what runs ahead)."""
+    if isinstance(dataset, grain.MapDataset):
+        # Grain's default would read up to 500 items ahead in 16 threads of its own.
+        return dataset.to_iter_dataset(read_options=grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    return dataset
 
 
 def map_step(name: str, fn: Callable) -> Step:

@@ -476,11 +476,11 @@ class Loop:
 
     def _train_scalars(self) -> list[Scalar]:
         """The mean loss of each task since the last log, its learning rate, and the speed."""
+        losses = self._mean_pending_losses()  # Waits for the steps run since the last log.
         now = time.time()
         steps_per_second = (self._step - self._last_log_step) / max(now - self._last_log_time, 1e-9)
         self._last_log_time, self._last_log_step = now, self._step
         scalars = []
-        losses = self._mean_pending_losses()
         for index, trainer in enumerate(self._trainers):
             if index not in losses:
                 continue
