@@ -41,11 +41,21 @@ weights reach the loss. The built-in inputs keep this format:
 yield `(Sequence, Sequence, weights)`; `python_chars_inputs` pads nothing and
 yields plain `(int32, int32, float32)` arrays.
 
-Resuming
---------
-Streams are deterministic (shuffles are seeded) and `Inputs.train_stream(
-n_devices, position=k)` continues after the first k batches: a checkpoint
-saves k (batches taken) and a restarted run gets the same data.
+Grain, resuming and global batches
+----------------------------------
+A `Serial` of the steps of this module (each a `steps.Step`: a Trax stream
+function that also applies itself to a Grain dataset) is one Grain dataset:
+random access up to the batching step, then an iterator whose state is a
+few integers. A training run saves that state with each checkpoint and
+restores it on resume in O(1); the built-in inputs are random-access
+datasets of batches. A pipeline with any other function in it is a plain
+stream, which a resumed run replays (streams are deterministic: shuffles are
+seeded). `Inputs.train_stream(n_devices, position=k)` still continues after
+the first k batches.
+
+`batch_size` is the global batch: every process makes the same batches and
+keeps its rows (`per_process=True` for a batch size per process). Batches
+are made ahead of use in a thread, or in worker processes (`read_ahead`).
 """
 
 from trax_sl.data.batching import (
@@ -57,6 +67,7 @@ from trax_sl.data.batching import (
     bucket_by_length,
     pad_to_max_dims,
 )
+from trax_sl.data.grain_streams import read_ahead
 from trax_sl.data.inputs import (
     CastTo,
     Dup,
@@ -76,6 +87,7 @@ from trax_sl.data.python_corpus import (
     prepare_python_corpus,
     python_chars_inputs,
 )
+from trax_sl.data.steps import Step
 from trax_sl.data.synthetic import addition_inputs, sequence_copy_inputs, simple_sequence_copy_inputs
 from trax_sl.data.tf_inputs import TFDS
 from trax_sl.data.tokenizers import (

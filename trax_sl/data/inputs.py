@@ -362,9 +362,8 @@ class Inputs:
         except StopIteration:
             raise ValueError("Inputs: the train stream yielded no batch") from None
         finally:
-            close = getattr(stream, "close", None)  # A stream that reads ahead stops doing so.
-            if close is not None:
-                close()
+            if isinstance(stream, grain.DatasetIterator):
+                stream.close()  # Its read-ahead stops.
         example = example if isinstance(example, tuple) else (example,)
         self._example_shape = [tuple(x.shape) for x in example]
         self._example_dtype = [x.dtype for x in example]

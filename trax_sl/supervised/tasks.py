@@ -170,10 +170,6 @@ class _LabeledDataTask:
         """Makes `next_batch` continue where `data_state` was `state` (a resumed Loop calls it)."""
         self._batches.restore(state)
 
-    def close_data(self) -> None:
-        """Stops the labeled data's read-ahead, if it reads ahead."""
-        self._batches.close()
-
     @property
     def export_prefix(self) -> str | None:
         return self._export_prefix

@@ -98,8 +98,9 @@ def train(
 
     Training runs on a mesh of `num_devices.value` local devices (all by
     default) of every process of the run, data parallel unless `mesh_shape`
-    says otherwise; the batch sizes of `inputs` are per process (see
-    `training.Loop`). The start log prints the bytes each device holds.
+    says otherwise; the batch sizes of the built-in `inputs` are global, each
+    process reading its rows (see `trax_sl.data`). The start log prints the
+    bytes each device holds.
 
     Args:
         output_dir: Directory for checkpoints, metrics.jsonl, event files and

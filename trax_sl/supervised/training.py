@@ -220,9 +220,8 @@ class Loop:
         self._history = History()
         self._logger = MetricsLogger(self._output_dir, self._history, self._write_line, self._is_chief)
         self._last_log_time, self._last_log_step = time.time(), 0
-        self._ahead: dict[
-            int, tuple
-        ] = {}  # Task index -> (its next batch on the devices, its data state before).
+        # Task index -> (its next batch, already on the devices; the task's data state before that batch).
+        self._ahead: dict[int, tuple] = {}
         self._input_wait, self._input_wait_since = 0.0, time.time()  # Seconds spent making batches since.
 
         init_rng, self._rng = jax.random.split(jax.random.PRNGKey(_seed(random_seed)))
@@ -399,7 +398,8 @@ class Loop:
             if callback.call_at(step):
                 callback.on_step_begin(step)
         trainer = self._trainers[task_index]
-        batch = self._ahead.pop(task_index, (None,))[0] or self._device_batch(task_index)
+        ahead = self._ahead.pop(task_index, None)
+        batch = self._device_batch(task_index) if ahead is None else ahead[0]
         weights = (self._model_weights, trainer.ends_weights)
         state = (self._model_state, trainer.ends_state)
         step_fn = trainer.compiled(weights, state, batch, self._rng)
@@ -622,9 +622,6 @@ class Loop:
         finally:
             self._checkpoint_dirs = {}
             self._logger.close()
-            self._ahead = {}
-            for task in [*self._tasks, *self._eval_tasks]:
-                task.close_data()
 
     def load_checkpoint(self, directory: str | None = None, filename: str | None = None) -> None:
         """Restores a checkpoint: the newest usable step checkpoint, or the one named `filename`.
