@@ -87,7 +87,7 @@ def text_inputs(plain_fn: bool = False) -> data.Inputs:
         data.Dup(),
         data.FilterByLength(max_length=256, min_length=16),
         data.Shuffle(256),
-        data.BucketByLength(boundaries=[64, 128], batch_sizes=[32, 16, 8]),
+        data.BucketByLength(boundaries=[64, 128], batch_sizes=[32, 16, 8], sequences=True),
         data.AddLossWeights(),
     ]
     return data.make_inputs(train_stream=data.Serial(*steps))

@@ -37,7 +37,7 @@ def text_pipeline(corpus, *middle, batching=None):
         data.Dup(),
         data.FilterByLength(max_length=100, min_length=8),
         data.Shuffle(8),
-        batching or data.BucketByLength(boundaries=[20, 50], batch_sizes=[4, 2, 2]),
+        batching or data.BucketByLength(boundaries=[20, 50], batch_sizes=[4, 2, 2], sequences=True),
         data.AddLossWeights(),
     )
 

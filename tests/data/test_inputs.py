@@ -72,9 +72,18 @@ def test_shuffle_queue_size_one_keeps_order_and_short_streams_drain():
 # --- Batch ------------------------------------------------------------------------------------------------
 
 
+def test_batch_pads_arrays_as_trax_does():
+    # Trax's own example: features are stacked into zero-padded arrays.
+    inputs, labels = next(data.batch(iter([([1] * 3, 1), ([1] * 2, 2)]), 2))
+    np.testing.assert_array_equal(inputs, [[1, 1, 1], [1, 1, 0]])
+    np.testing.assert_array_equal(labels, [1, 2])
+    x = next(data.Batch(2)(iter([np.ones((1, 3)), np.ones((2, 2))])))  # Bare-array examples: one array.
+    np.testing.assert_array_equal(x, [[[1, 1, 1], [0, 0, 0]], [[1, 1, 0], [1, 1, 0]]])
+
+
 def test_batch_pads_sequences_with_masks_and_stacks_scalars():
     examples = [(_ints(1, 2, 3), np.int32(7)), (_ints(4), np.int32(8)), (_ints(5, 6), np.int32(9))]
-    batches = list(data.Batch(2)(iter(examples)))
+    batches = list(data.Batch(2, sequences=True)(iter(examples)))
     assert len(batches) == 1  # The incomplete last batch is dropped, as in Trax.
     inputs, labels = batches[0]
     _assert_sequence(inputs, [[1, 2, 3], [4, 0, 0]], [[1, 1, 1], [1, 0, 0]])
@@ -85,7 +94,7 @@ def test_batch_pads_sequences_with_masks_and_stacks_scalars():
 
 def test_batch_pads_every_axis_and_masks_axis_zero():
     examples = [np.ones((1, 3), np.float32), np.ones((2, 2), np.float32)]
-    (x,) = [b for b in data.Batch(2)(iter(examples))]
+    (x,) = [b for b in data.Batch(2, sequences=True)(iter(examples))]
     _assert_sequence(x, [[[1, 1, 1], [0, 0, 0]], [[1, 1, 0], [1, 1, 0]]], [[1, 0], [1, 1]])
 
 
@@ -103,7 +112,7 @@ def test_batch_errors():
 
 def test_bucket_by_length_batches_by_bucket_and_pads_to_the_boundary():
     examples = [(_ints(1),), (_ints(1, 2, 3),), (_ints(4, 5),), (_ints(6),)]
-    batches = list(data.BucketByLength(boundaries=[2], batch_sizes=[2, 1])(iter(examples)))
+    batches = list(data.BucketByLength(boundaries=[2], batch_sizes=[2, 1], sequences=True)(iter(examples)))
     assert len(batches) == 2  # The fourth example waits in a bucket that never fills.
     _assert_sequence(batches[0][0], [[1, 2, 3]], [[1, 1, 1]])
     _assert_sequence(batches[1][0], [[1, 0], [4, 5]], [[1, 0], [1, 1]])
@@ -111,7 +120,7 @@ def test_bucket_by_length_batches_by_bucket_and_pads_to_the_boundary():
 
 def test_bucket_by_length_uses_the_length_keys():
     examples = [(_ints(1, 2, 3), _ints(1)), (_ints(1), _ints(1))]
-    bucket = data.BucketByLength(boundaries=[1], batch_sizes=[1, 1], length_keys=[1])
+    bucket = data.BucketByLength(boundaries=[1], batch_sizes=[1, 1], length_keys=[1], sequences=True)
     first, second = list(bucket(iter(examples)))
     _assert_sequence(first[0], [[1, 2, 3]], [[1, 1, 1]])  # Length 1 (feature 1): the first bucket.
     _assert_sequence(second[0], [[1]], [[1]])
@@ -180,7 +189,7 @@ def test_pad_to_length_on_examples():
 
 
 def test_pad_to_length_on_a_batch_adds_invalid_steps():
-    batch = next(data.Batch(2)(iter([(_ints(1, 2),), (_ints(3),)])))
+    batch = next(data.Batch(2, sequences=True)(iter([(_ints(1, 2),), (_ints(3),)])))
     (x,) = next(data.PadToLength({0: 4}, multiple=True)(iter([batch])))
     _assert_sequence(x, [[1, 2, 0, 0], [3, 0, 0, 0]], [[1, 1, 0, 0], [1, 0, 0, 0]])
 
@@ -189,7 +198,7 @@ def test_pad_to_length_on_a_batch_adds_invalid_steps():
 
 
 def test_add_loss_weights_masks_padding_and_id_to_mask():
-    batch = next(data.Batch(2)(iter([(_ints(1, 2), _ints(3, 0, 5)), (_ints(6), _ints(7))])))
+    batch = next(data.Batch(2, sequences=True)(iter([(_ints(1, 2), _ints(3, 0, 5)), (_ints(6), _ints(7))])))
     ((inputs, targets, weights),) = data.AddLossWeights()(iter([batch]))
     assert inputs is batch[0] and targets is batch[1]
     assert weights.dtype == np.float32 and not isinstance(weights, Sequence)
@@ -210,7 +219,7 @@ def test_add_loss_weights_keeps_given_weights_and_other_tuples():
 
 def test_add_loss_weights_turns_batched_weights_into_a_plain_array():
     examples = [(_ints(1, 2), _ints(3, 4), np.array([0.5, 2.0])), (_ints(5), _ints(6), np.array([3.0]))]
-    batch = next(data.Batch(2)(iter(examples)))
+    batch = next(data.Batch(2, sequences=True)(iter(examples)))
     assert isinstance(batch[2], Sequence)
     ((_, _, weights),) = data.AddLossWeights()(iter([batch]))
     assert not isinstance(weights, Sequence)
@@ -219,7 +228,7 @@ def test_add_loss_weights_turns_batched_weights_into_a_plain_array():
 
 def test_batches_go_to_devices_as_pytrees():
     examples = [(_ints(1, 2, 3), _ints(1, 2, 3)), (_ints(4), _ints(4))] * 4
-    batch = next(data.AddLossWeights()(data.Batch(8)(iter(examples))))
+    batch = next(data.AddLossWeights()(data.Batch(8, sequences=True)(iter(examples))))
     mesh = jax.make_mesh((len(jax.devices()),), ("batch",))
     on_devices = jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")))
     inputs = on_devices[0]
@@ -243,7 +252,7 @@ def test_dup_and_cast_to():
 
 
 def test_log_prints_shapes_and_passes_items(capsys):
-    batch = next(data.Batch(2)(iter([(_ints(1, 2), np.int32(0))] * 2)))
+    batch = next(data.Batch(2, sequences=True)(iter([(_ints(1, 2), np.int32(0))] * 2)))
     items = list(data.Log(n_steps_per_example=2)(iter([batch] * 3)))
     assert len(items) == 3 and items[0] is batch
     assert capsys.readouterr().out == "(Sequence(i32[2,2]), i32[2])\n" * 2

@@ -125,7 +125,7 @@ def test_tfds_shuffles_with_a_seed_and_pipelines_compose(corpus):
         data.TFDS(name, data_dir=data_dir, keys=("text",), shuffle_train=False),
         data.ConvertToUnicode(),
         data.Tokenize(),
-        data.Batch(2),
+        data.Batch(2, sequences=True),
     )
     (text,) = next(pipeline())
     assert text.shape == (2, len(TEXTS["sub/c.py"])) and text.mask.sum() == len(TEXTS["b.py"].encode()) + 42

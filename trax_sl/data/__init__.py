@@ -10,7 +10,7 @@ generator of examples to a generator)::
         data.Tokenize(keys=[0], vocab_type='char'),
         lambda g: ((x[:512], x[:512]) for x, _ in g),  # LM: inputs = targets.
         data.Shuffle(),
-        data.BucketByLength(boundaries=[128, 256], batch_sizes=[32, 16, 8]),
+        data.BucketByLength(boundaries=[128, 256], batch_sizes=[32, 16, 8], sequences=True),
         data.AddLossWeights(),
     )
     inputs = data.make_inputs(train_stream=pipeline)   # or Inputs(fn_of_n_devices)
@@ -19,7 +19,8 @@ Batch format
 ------------
 An example is a tuple of numpy arrays (a bare array is a one-feature
 example). `Batch` and `BucketByLength` stack examples into a batch, a tuple
-with one item per feature:
+with one item per feature, each a zero-padded numpy array as in Trax. With
+`sequences=True` (what trax_sl's own inputs do):
 
 - a feature of rank >= 1 per example (time on axis 0) becomes a
   `trax_sl.Sequence` of numpy arrays: `values [batch, time, ...]`, zero
@@ -30,7 +31,8 @@ with one item per feature:
 `AddLossWeights` then makes `(inputs, targets)` or `(inputs, targets,
 weights)` into `(inputs, targets, weights)` where `weights` is always a
 plain float32 numpy array shaped like the targets' values, 0.0 where the
-targets' mask is False (padding) and where targets == `id_to_mask`.
+targets' mask is False (padding; padded arrays have no mask: there, as in
+Trax, `id_to_mask=0` zeroes the padding) and where targets == `id_to_mask`.
 
 So a training batch is `(inputs, targets, weights)`: inputs and targets are
 Sequences or plain arrays (a plain array is an all-valid Sequence), weights a
@@ -58,6 +60,7 @@ keeps its rows (`per_process=True` for a batch size per process). Batches
 are made ahead of use in a thread, or in worker processes (`read_ahead`).
 """
 
+from trax_sl.data.batcher import batcher, make_additional_stream, make_parallel_stream
 from trax_sl.data.batching import (
     AddLossWeights,
     Batch,
@@ -88,7 +91,14 @@ from trax_sl.data.python_corpus import (
     python_chars_inputs,
 )
 from trax_sl.data.steps import Step
-from trax_sl.data.synthetic import addition_inputs, sequence_copy_inputs, simple_sequence_copy_inputs
+from trax_sl.data.synthetic import (
+    addition_input_stream,
+    addition_inputs,
+    random_inputs,
+    sequence_copy_inputs,
+    simple_sequence_copy_inputs,
+    sine_inputs,
+)
 from trax_sl.data.tf_inputs import TFDS
 from trax_sl.data.tokenizers import (
     ConvertToUnicode,
@@ -97,4 +107,14 @@ from trax_sl.data.tokenizers import (
     detokenize,
     tokenize,
     vocab_size,
+)
+from trax_sl.data.trax_streams import (
+    AppendValue,
+    ConcatenateToLMInput,
+    CountAndSkip,
+    FilterEmptyExamples,
+    Parallel,
+    PrefixLM,
+    UnBatch,
+    random_spans_noise_mask,
 )

@@ -1,10 +1,12 @@
-"""Batching: examples to padded batches whose sequence features carry masks, and loss weights.
+"""Batching: examples to zero-padded batches (or masked Sequences), and loss weights.
 
 `Batch` and `BucketByLength` stack examples (tuples of numpy arrays) into
-batches: a feature of rank >= 1 per example becomes a `trax_sl.Sequence`
-(values zero padded, mask True on each example's own steps), a scalar feature
-a plain array. `AddLossWeights` then adds float32 weights that are 0 on
-padding. The `trax_sl.data` docstring gives the whole batch format.
+batches of zero-padded arrays, as Trax's do; with `sequences=True` a feature
+of rank >= 1 per example becomes a `trax_sl.Sequence` instead (values zero
+padded, mask True on each example's own steps), a scalar feature stays a
+plain array. `AddLossWeights` then adds float32 weights, 0 on the padding of
+Sequences (and on `id_to_mask`). The `trax_sl.data` docstring gives the
+whole batch format.
 """
 
 from __future__ import annotations
@@ -25,31 +27,33 @@ from trax_sl.sequence import Sequence
 
 
 @gin.configurable(module="trax_sl.data")
-def Batch(batch_size: int, per_process: bool = False) -> Step:  # noqa: N802
+def Batch(batch_size: int, per_process: bool = False, sequences: bool = False) -> Step:  # noqa: N802
     """Returns a step that groups examples into padded batches of `batch_size`; see `batch`.
 
     `batch_size` is the global batch: every process makes the same batches
     and keeps its own rows (so a run on 1, 2 or 4 processes trains on the same
     data). With `per_process`, `batch_size` is each process's part instead
-    (the global batch is `batch_size` times the process count).
+    (the global batch is `batch_size` times the process count). With
+    `sequences`, features of rank >= 1 become masked `Sequence`s.
     """
     if batch_size < 1:
         raise ValueError(f"Batch: batch_size must be >= 1, got batch_size={batch_size}")
     where = f"Batch(batch_size={batch_size}{', per_process=True' if per_process else ''})"
 
     def stack(examples, _):
-        return _stack_examples(examples, boundary=None, strict_pad_on_len=False, where="Batch")
+        return _stack_examples(examples, None, False, "Batch", sequences)
 
     return _batching_step(where, [batch_size], per_process, lambda _: 0, stack)
 
 
-def batch(generator: Iterable, batch_size: int) -> Iterator:
-    """Groups examples into batches of `batch_size`, padding as tf.data's `padded_batch`.
+def batch(generator: Iterable, batch_size: int, sequences: bool = False) -> Iterator:
+    """Groups examples into batches of `batch_size`, padding as tf.data's `padded_batch` (Trax's batch).
 
-    A feature of rank >= 1 per example becomes a `Sequence`: values zero padded
-    to the largest size on each axis, mask True on each example's first
-    `shape[0]` steps. A scalar feature becomes a plain `[batch]` array. A last
-    incomplete batch is dropped, as in Trax.
+    Each feature is stacked into one array, zero padded to the largest size
+    on each axis. With `sequences`, a feature of rank >= 1 per example becomes
+    a `Sequence` instead: those values, with a mask True on each example's
+    first `shape[0]` steps (a scalar feature stays a plain `[batch]` array).
+    A last incomplete batch is dropped, as in Trax.
     """
     if batch_size < 1:
         raise ValueError(f"batch: batch_size must be >= 1, got batch_size={batch_size}")
@@ -58,7 +62,7 @@ def batch(generator: Iterable, batch_size: int) -> Iterator:
         examples = list(itertools.islice(iterator, batch_size))
         if len(examples) < batch_size:
             return
-        yield _stack_examples(examples, boundary=None, strict_pad_on_len=False, where="Batch")
+        yield _stack_examples(examples, None, False, "Batch", sequences)
 
 
 @gin.configurable(module="trax_sl.data")
@@ -69,6 +73,7 @@ def BucketByLength(  # noqa: N802
     length_axis: int = 0,
     strict_pad_on_len: bool = False,
     per_process: bool = False,
+    sequences: bool = False,
 ) -> Step:
     """Returns a step that batches examples of similar length; see `bucket_by_length`.
 
@@ -83,6 +88,7 @@ def BucketByLength(  # noqa: N802
             boundary instead of Trax's nearest-power-of-two rule.
         per_process: `batch_sizes` are each process's part instead of global
             batch sizes (see `Batch`).
+        sequences: Features of rank >= 1 become masked `Sequence`s.
     """
     if len(batch_sizes) != len(boundaries) + 1:
         raise ValueError(
@@ -94,7 +100,7 @@ def BucketByLength(  # noqa: N802
     boundaries = list(boundaries)
     where = f"BucketByLength(boundaries={boundaries}, batch_sizes={list(batch_sizes)})"
     bucket_of, stack = _length_buckets(
-        lambda x: example_length(x, length_axis, length_keys), boundaries, strict_pad_on_len
+        lambda x: example_length(x, length_axis, length_keys), boundaries, strict_pad_on_len, sequences
     )
     return _batching_step(where, batch_sizes, per_process, bucket_of, stack)
 
@@ -138,18 +144,22 @@ def bucket_by_length(
     boundaries: list[int],
     batch_sizes: list[int],
     strict_pad_on_len: bool = False,
+    sequences: bool = False,
 ) -> Iterator:
     """Puts examples in buckets by `length_fn` and yields a bucket as a batch once full.
 
-    Batches are padded as in `batch`, except that sizes are rounded up
-    towards the bucket boundary (Trax's `pad_to_max_dims`). Examples left in
-    buckets that never fill are dropped, as in Trax.
+    Batches are padded as in `batch` (with `sequences`, into `Sequence`s),
+    except that sizes are rounded up towards the bucket boundary (Trax's
+    `pad_to_max_dims`). Examples left in buckets that never fill are dropped,
+    as in Trax.
     """
-    bucket_of, stack = _length_buckets(length_fn, boundaries, strict_pad_on_len)
+    bucket_of, stack = _length_buckets(length_fn, boundaries, strict_pad_on_len, sequences)
     return _bucketed(generator, bucket_of, batch_sizes, stack)
 
 
-def _length_buckets(length_fn: Callable[[Any], int], boundaries: list[int], strict_pad_on_len: bool):
+def _length_buckets(
+    length_fn: Callable[[Any], int], boundaries: list[int], strict_pad_on_len: bool, sequences: bool
+):
     """`bucket_of(example)` (the first bucket whose boundary is >= its length) and `stack(examples, bucket)`."""
 
     def bucket_of(example) -> int:
@@ -158,16 +168,16 @@ def _length_buckets(length_fn: Callable[[Any], int], boundaries: list[int], stri
 
     def stack(examples, bucket):
         boundary = boundaries[bucket] if bucket < len(boundaries) else None
-        return _stack_examples(examples, boundary, strict_pad_on_len, where="BucketByLength")
+        return _stack_examples(examples, boundary, strict_pad_on_len, "BucketByLength", sequences)
 
     return bucket_of, stack
 
 
-def _stack_examples(examples: list, boundary, strict_pad_on_len: bool, where: str):
-    """Turns a list of examples into one batch: Sequences for rank >= 1 features."""
+def _stack_examples(examples: list, boundary, strict_pad_on_len: bool, where: str, sequences: bool):
+    """Turns a list of examples into one batch: padded arrays, or Sequences for rank >= 1 features."""
     first = examples[0]
     if isinstance(first, np.ndarray) or np.isscalar(first):
-        return _stack_feature([np.asarray(e) for e in examples], boundary, strict_pad_on_len)
+        return _stack_feature([np.asarray(e) for e in examples], boundary, strict_pad_on_len, sequences)
     if not isinstance(first, (tuple, list)):
         raise TypeError(
             f"{where}: expected examples that are tuples of arrays (or bare arrays), got "
@@ -177,13 +187,17 @@ def _stack_examples(examples: list, boundary, strict_pad_on_len: bool, where: st
     if len(n_features) != 1:
         raise ValueError(f"{where}: examples differ in their number of features: {sorted(n_features)}")
     features = zip(*examples)
-    return tuple(_stack_feature([np.asarray(x) for x in f], boundary, strict_pad_on_len) for f in features)
+    return tuple(
+        _stack_feature([np.asarray(x) for x in f], boundary, strict_pad_on_len, sequences) for f in features
+    )
 
 
-def _stack_feature(arrays: list[np.ndarray], boundary, strict_pad_on_len: bool):
+def _stack_feature(arrays: list[np.ndarray], boundary, strict_pad_on_len: bool, sequences: bool):
     if arrays[0].ndim == 0:
         return np.stack(arrays)
     values = pad_to_max_dims(arrays, boundary, strict_pad_on_len)
+    if not sequences:
+        return values
     lengths = np.array([a.shape[0] for a in arrays])
     mask = np.arange(values.shape[1]).reshape((1, -1)) < lengths.reshape((-1, 1))
     return Sequence(values, mask)

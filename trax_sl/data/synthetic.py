@@ -8,6 +8,7 @@ position in O(1) (a Grain `MapDataset` of batches).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import gin
@@ -181,6 +182,83 @@ def simple_sequence_copy_inputs(
     )
 
 
+@gin.configurable(module="trax_sl.data")
+def sine_inputs(
+    batch_size=gin.REQUIRED,
+    length=gin.REQUIRED,
+    max_phase: float = 2 * math.pi,
+    min_period: float = 0.1,
+    max_period: float = 10.0,
+    seed: int = 0,
+    per_process: bool = False,
+) -> Inputs:
+    """Sinusoids of random period and phase (Trax's): batches `(observations, actions, observations, mask)`.
+
+    Each row is `sin((t - phase) / period)` for t in 0..length-1, the phase
+    uniform in [0, max_phase], the period log-uniform in [min_period,
+    max_period]; observations are float32 `[batch_size, length]`, actions
+    int32 zeros and mask float32 ones of that shape.
+
+    Args:
+        batch_size: Rows per global batch (each process gets its rows).
+        length: Steps per row.
+        max_phase: The largest phase.
+        min_period: The shortest period.
+        max_period: The longest period.
+        seed: Seeds the streams.
+        per_process: batch_size is each process's part of the global batch.
+    """
+    checks.check_positive("sine_inputs", batch_size=batch_size, length=length)
+    if not 0 < min_period <= max_period:
+        raise ValueError(
+            f"sine_inputs: expected 0 < min_period <= max_period, got min_period={min_period}, "
+            f"max_period={max_period}"
+        )
+
+    def make_batch(size, rng):
+        phase = rng.uniform(0, max_phase, size=(size, 1))
+        period = np.exp(rng.uniform(np.log(min_period), np.log(max_period), size=(size, 1)))
+        observations = np.sin((np.arange(length) - phase) / period).astype(np.float32)
+        return observations, np.zeros(observations.shape, np.int32), observations, np.ones_like(observations)
+
+    return _inputs("sine_inputs", make_batch, make_batch, batch_size, per_process, seed)
+
+
+@gin.configurable(module="trax_sl.data")
+def random_inputs(
+    input_shape=gin.REQUIRED,
+    input_dtype=np.int32,
+    input_range: tuple = (0, 255),
+    output_shape=gin.REQUIRED,
+    output_dtype=np.int32,
+    output_range: tuple = (0, 9),
+    seed: int = 0,
+) -> Inputs:
+    """Random batches `(inputs, outputs)` for debugging (Trax's random_inputs).
+
+    Values are uniform in `input_range`/`output_range` (both ends included
+    for integer dtypes). The shapes include the batch axis, whose size is
+    each process's part of the batch, as in Trax.
+    """
+    if input_shape[0] != output_shape[0]:
+        raise ValueError(
+            f"random_inputs: inputs and outputs must have the same batch size, got input_shape={input_shape}, "
+            f"output_shape={output_shape}"
+        )
+
+    def draw(rng, shape, dtype, value_range):
+        if np.issubdtype(np.dtype(dtype), np.floating):
+            return rng.uniform(value_range[0], value_range[1], shape).astype(dtype)
+        return rng.integers(value_range[0], value_range[1], shape, endpoint=True).astype(dtype)
+
+    def make_batch(size, rng):
+        inputs = draw(rng, (size, *input_shape[1:]), input_dtype, input_range)
+        return inputs, draw(rng, (size, *output_shape[1:]), output_dtype, output_range)
+
+    stream = indexed_stream(make_batch, input_shape[0], True, seed, _TRAIN, "random_inputs")
+    return Inputs(train_stream=stream)
+
+
 # --- Addition ---------------------------------------------------------------------------------------------
 
 
@@ -222,6 +300,46 @@ def _addition_example(rng, base: int, min_length: int, max_length: int, encdec: 
         # Trax redraws encoder-decoder examples whose parts are longer than max_length.
         if len(inp) <= max_length and len(tgt) <= max_length:
             return [i + 1 for i in inp], [i + 1 for i in tgt], [1.0] * len(tgt)
+
+
+def _padded_features(examples: list[tuple[list, ...]], pad_to_multiple: int | None) -> list[np.ndarray]:
+    """Each feature of the examples (lists of ints or floats) stacked, zero padded to a multiple of the length."""
+    return [
+        pad_to_max_dims(
+            [np.asarray(f, np.float32 if isinstance(f[0], float) else np.int32) for f in feature],
+            boundary=pad_to_multiple or 1,
+            strict_pad_on_len=True,
+        )
+        for feature in zip(*examples)
+    ]
+
+
+@gin.configurable(module="trax_sl.data")
+def addition_input_stream(
+    vocab_size=gin.REQUIRED,
+    batch_size=gin.REQUIRED,
+    min_length=gin.REQUIRED,
+    max_length=gin.REQUIRED,
+    pad_to_multiple: int = 32,
+    encdec: bool = False,
+    seed: int = 0,
+):
+    """An endless stream of addition batches `(x, x, weights)` as padded arrays (Trax's addition_input_stream).
+
+    The examples of `addition_inputs` (`<S> x + y <S> (x + y)`; with `encdec`,
+    `(x + y, sum, weights)`), stacked into zero-padded arrays whose length is
+    a multiple of `pad_to_multiple`; drawn from a generator seeded by `seed`.
+    """
+    if min(min_length, max_length) < 3:
+        raise ValueError(
+            f"addition_input_stream: lengths must be >= 3, got min_length={min_length}, max_length={max_length}"
+        )
+    checks.check_positive("addition_input_stream", batch_size=batch_size)
+    base = vocab_size - 3
+    rng = np.random.default_rng(seed)
+    while True:
+        examples = [_addition_example(rng, base, min_length, max_length, encdec) for _ in range(batch_size)]
+        yield tuple(_padded_features(examples, pad_to_multiple))
 
 
 @gin.configurable(module="trax_sl.data")
@@ -268,11 +386,7 @@ def addition_inputs(
 
     def make_batch(min_length, max_length, batch_size, rng):
         examples = [_addition_example(rng, base, min_length, max_length, encdec) for _ in range(batch_size)]
-        features = []
-        for feature in zip(*examples):
-            arrays = [np.asarray(f, np.float32 if isinstance(f[0], float) else np.int32) for f in feature]
-            features.append(pad_to_max_dims(arrays, boundary=pad_to_multiple or 1, strict_pad_on_len=True))
-        x, y, weights = features
+        x, y, weights = _padded_features(examples, pad_to_multiple)
         x = _with_mask(x, np.array([len(e[0]) for e in examples]))
         y = x if not encdec else _with_mask(y, np.array([len(e[1]) for e in examples]))
         return x, y, weights
