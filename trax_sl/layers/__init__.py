@@ -180,6 +180,16 @@ from trax_sl.layers.pooling import AvgPool, MaxPool, SumPool
 from trax_sl.layers.position import AddTimingSignal, ApplyRotaryPositionalEncoding, PositionalEncoding
 from trax_sl.layers.reductions import ArgMax, LogSoftmax, LogSumExp, Max, Mean, Min, Softmax, Sum
 from trax_sl.layers.repeat import CheckpointGradient, GatedLinearUnit, Repeat
+from trax_sl.layers.research.attention_ops import (
+    apply_broadcasted_dropout,
+    attend,
+    hash_vecs,
+    length_normalized,
+    look_adjacent,
+    mask_self_attention,
+    permute_via_gather,
+    permute_via_sort,
+)
 from trax_sl.layers.research.efficient_attention import (
     LSHFF,
     EfficientAttentionBase,
@@ -196,6 +206,8 @@ from trax_sl.layers.research.position_encodings import (
     InfinitePositionalEncoding,
     SinCosPositionalEncoding,
     TimeBinPositionalEncoding,
+    threefry_2x32_prange,
+    threefry_2x32_prf,
 )
 from trax_sl.layers.reversible import (
     ReversibleConcatenatePair,
