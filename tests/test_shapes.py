@@ -185,3 +185,12 @@ def test_from_abstract_turns_eval_shape_output_into_shape_dtypes():
     out = jax.eval_shape(lambda x: (x, jnp.sum(x, axis=1)), jnp.zeros((2, 3), jnp.int32))
     sig = shapes.from_abstract(out)
     assert sig == (ShapeDtype((2, 3), np.int32), ShapeDtype((2,), np.int32))
+
+
+def test_splice_signatures_and_len_as_in_trax():
+    sd1, sd2, sd3, sd4, sd5 = (ShapeDtype((n,)) for n in range(1, 6))
+    assert shapes.splice_signatures(sd1, (sd2, sd3, sd4), (), sd5) == (sd1, sd2, sd3, sd4, sd5)
+    assert shapes.splice_signatures((), (sd2,)) is sd2
+    x = np.array([1, 2, 3])
+    assert [len(shapes.signature(inputs)) for inputs in ((), x, (x, x))] == [0, 1, 2]
+    assert sd1.as_tuple() == ((1,), np.float32) and sd1.replace(dtype=np.int32) == ShapeDtype((1,), np.int32)

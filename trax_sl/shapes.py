@@ -31,6 +31,18 @@ class ShapeDtype:
     def as_struct(self) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(self.shape, self.dtype)
 
+    def __len__(self) -> int:
+        """1: a signature of one array has one item (Trax's; a tuple signature's len counts its items)."""
+        return 1
+
+    def as_tuple(self) -> tuple:
+        """`(shape, dtype)`."""
+        return self.shape, self.dtype
+
+    def replace(self, **kwargs) -> ShapeDtype:
+        """A copy with `shape` and/or `dtype` replaced."""
+        return dataclasses.replace(self, **kwargs)
+
     def __repr__(self) -> str:
         return short_form(self)
 
@@ -110,6 +122,16 @@ def signature(obj):
     raise TypeError(
         f"signature: expected an array, a Sequence or a tuple or dict of them, got {type(obj).__name__}"
     )
+
+
+def splice_signatures(*sigs):
+    """One signature of the items of `sigs` in order: `sd1, (sd2, sd3), (), sd4` -> `(sd1, sd2, sd3, sd4)`.
+
+    A signature is a `ShapeDtype` or a tuple of them; the result is a single
+    `ShapeDtype` if it has one item, else a tuple (Trax's splice_signatures).
+    """
+    items = [item for sig in sigs for item in (sig if isinstance(sig, (list, tuple)) else (sig,))]
+    return items[0] if len(items) == 1 else tuple(items)
 
 
 def from_abstract(tree):

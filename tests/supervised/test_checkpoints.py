@@ -232,6 +232,30 @@ def test_a_restarted_loop_ends_as_an_uninterrupted_one(tmp_path):
         assert straight.history.get(mode, metric) == resumed.history.get(mode, metric)
 
 
+def test_a_loop_with_more_or_fewer_eval_tasks_restores_the_training_and_starts_its_evals_anew(tmp_path):
+    first = make_loop(str(tmp_path))
+    first.run(5)
+    weights = first.model.weights
+    inputs = copy_inputs()
+    for n_eval_tasks in (0, 2):
+        tasks = [
+            training.EvalTask(
+                inputs.eval_stream(1), [tl.WeightedCategoryAccuracy()], metric_names=[f"accuracy{i}"]
+            )
+            for i in range(n_eval_tasks)
+        ]
+        task = training.TrainTask(
+            inputs.train_stream(1), tl.WeightedCategoryCrossEntropy(), optimizers.Adam(0.05)
+        )
+        model = tl.Serial(tl.Embedding(V, 16), tl.Dropout(0.3), tl.Dense(V))
+        loop = training.Loop(
+            model, task, eval_tasks=tasks, output_dir=str(tmp_path), eval_at=lambda step: False
+        )
+        assert loop.step == 5 and [t.data_position for t in loop.eval_tasks] == [0] * n_eval_tasks
+        jax.tree.map(np.testing.assert_array_equal, loop.model.weights, weights)
+        loop.close()
+
+
 def resume_to_20_steps_as_an_uninterrupted_run(tmp_path, stopped_at: int) -> None:
     """Resumes the run in tmp_path/'stopped' (expected at `stopped_at`) to step 20; checks it equals a straight run."""
     straight = make_loop(str(tmp_path / "straight"), random_seed=0)

@@ -121,6 +121,8 @@ def test_encoder_decoder_decoding_feeds_the_target_path():
     tokens = decoding.autoregressive_sample(
         model, inputs=source, batch_size=2, temperature=0.0, max_length=6, eos_id=99
     )
+    # Trax's positional order: model, inputs, batch_size, temperature, start_id, eos_id, max_length.
+    np.testing.assert_array_equal(decoding.autoregressive_sample(model, source, 2, 0.0, 0, 99, 6), tokens)
     logits = model((jnp.asarray(source), jnp.asarray(tokens)))[0]
     np.testing.assert_array_equal(np.argmax(logits, axis=-1), tokens)
 

@@ -170,7 +170,6 @@ def _prefix(batch_size: int, start_id: int, context):
 @gin.configurable(module="trax_sl.supervised.decoding")
 def autoregressive_sample(
     model,
-    context=None,
     inputs=None,
     batch_size: int = 1,
     temperature: float = 1.0,
@@ -180,11 +179,16 @@ def autoregressive_sample(
     accelerate: bool = True,
     eval_mode: bool = False,
     eval_min_length: int = 1,
+    *,
+    context=None,
     rng=None,
     weights=None,
     state=None,
 ):
     """Samples `max_length` tokens (fewer when every row hits eos_id) from a model.
+
+    The positional parameters are Trax's, in Trax's order; `context`, `rng`,
+    `weights` and `state` are keywords.
 
     Args:
       model: a language model (or encoder-decoder taking (inputs, targets)),

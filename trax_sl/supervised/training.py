@@ -660,13 +660,11 @@ class Loop:
             step, self._model_weights, self._model_state, self._trainer_tree(), {}
         )
         checkpoint = found.restore(step, expected, self._description())
-        metadata = checkpoint.metadata
-        for key, tasks in (("train_positions", self._tasks), ("eval_positions", self._eval_tasks)):
-            if len(metadata.get(key, ())) != len(tasks):
-                raise checkpoints.CheckpointMismatchError(
-                    f"{found.path(step)} was saved with {len(metadata.get(key, ()))} "
-                    f"{key.split('_')[0]} tasks, this loop has {len(tasks)}"
-                )
+        saved = len(checkpoint.metadata.get("train_positions", ()))
+        if saved != len(self._tasks):
+            raise checkpoints.CheckpointMismatchError(
+                f"{found.path(step)} was saved with {saved} train tasks, this loop has {len(self._tasks)}"
+            )
         return checkpoint
 
     def _apply(self, checkpoint: checkpoints.Checkpoint, resuming: bool) -> None:
@@ -687,6 +685,15 @@ class Loop:
         for tasks, kind in ((self._tasks, "train"), (self._eval_tasks, "eval")):
             # Checkpoints from before data states were saved hold positions only.
             states = metadata.get(f"{kind}_data") or [{"position": p} for p in metadata[f"{kind}_positions"]]
+            if len(states) != len(
+                tasks
+            ):  # Eval tasks added or removed (as Trax allows): theirs start afresh.
+                logging.info(
+                    "The checkpoint has %d eval tasks, this loop %d: eval data starts anew.",
+                    len(states),
+                    len(tasks),
+                )
+                continue
             for task, state in zip(tasks, states):
                 task.restore_data(state)
         self._history = History.from_dict(metadata.get("history", {}))
