@@ -16,7 +16,14 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "trax_sl"
 # Lowest first. A module may import modules of its own floor or of floors below;
 # within a floor the graph must still be acyclic. The first matching prefix wins.
 FLOORS = (
-    ("trax_sl.checks", "trax_sl.shapes", "trax_sl.mesh", "trax_sl.partitioning", "trax_sl.gin_types"),
+    (
+        "trax_sl.checks",
+        "trax_sl.shapes",
+        "trax_sl.mesh",
+        "trax_sl.partitioning",
+        "trax_sl.gin_types",
+        "trax_sl.fastmath",
+    ),
     ("trax_sl.sequence",),
     (
         "trax_sl.layers.rng",
