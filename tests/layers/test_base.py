@@ -1182,3 +1182,23 @@ def test_supports_step_follows_sublayers():
 def test_default_mode_is_train():
     assert tl.Layer().mode == "train"
     assert Affine(2).mode == "train"
+
+
+def test_the_base_layer_inits_empty_and_a_call_says_forward_is_missing():
+    # Trax's base_test: Layer() initializes with empty weights and state; calling it is a LayerError.
+    layer = tl.Layer()
+    assert layer.init(ShapeDtype((2, 5))) == ((), ())
+    with pytest.raises(tl.LayerError, match="NotImplementedError"):
+        layer(np.ones((2, 5)))
+
+
+def test_init_none_for_layers_whose_weights_do_not_depend_on_the_input():
+    embedding = tl.Embedding(10, 4)
+    weights, state = embedding.init(None)
+    assert weights.shape == (10, 4) and state == ()
+    assert embedding(np.array([[1, 2]])).shape == (1, 2, 4)
+    assert tl.Dropout(0.1).init(None) == ((), ())
+    with pytest.raises(tl.LayerError, match="its weights depend on the input signature: give it"):
+        tl.Dense(3).init(None)
+    with pytest.raises(tl.LayerError, match="init\\(None\\) needs a layer without sublayers"):
+        tl.Serial(tl.Embedding(10, 4)).init(None)

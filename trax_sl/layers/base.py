@@ -356,15 +356,37 @@ class Layer:
         `input_signature` is a ShapeDtype (a tuple of them for n_in > 1, a
         Sequence of them for Sequence inputs), or example inputs. Deterministic
         for a given rng. Also fills the interactive cache used by `layer(x)`.
+        As in Trax, None does for a layer without sublayers whose weights do
+        not depend on its inputs (`Embedding`, `Dropout`, ...).
         """
-        try:
-            signature = as_signature(input_signature)
-        except TypeError as e:
-            raise LayerError(self, "init", input_signature, e) from e
-        weights, state, _ = self.init_tree(signature, default_rng() if rng is None else rng)
+        rng = default_rng() if rng is None else rng
+        if input_signature is None:
+            weights, state = self._init_without_signature(rng)
+        else:
+            try:
+                signature = as_signature(input_signature)
+            except TypeError as e:
+                raise LayerError(self, "init", input_signature, e) from e
+            weights, state, _ = self.init_tree(signature, rng)
         self._weights, self._initialized = weights, True
         self.state = state
         return weights, state
+
+    def _init_without_signature(self, rng):
+        """(weights, state) from `init_weights_and_state(None, rng)`, for `init(None)`."""
+        if self.sublayers:
+            raise LayerError(
+                self,
+                "init",
+                None,
+                ValueError("init(None) needs a layer without sublayers; give the input signature"),
+            )
+        try:
+            return self.init_weights_and_state(None, rng)
+        except Exception as e:
+            raise LayerError(
+                self, "init", None, ValueError(f"its weights depend on the input signature: give it ({e})")
+            ) from e
 
     def init_tree(self, input_signature, rng):
         """Internal: (weights, state, output_signature) in one pass over the tree.
@@ -397,6 +419,8 @@ class Layer:
     def init_with_output_signature(self, input_signature, rng):
         """(weights, state, output_signature); combinators override this."""
         weights, state = self.init_weights_and_state(input_signature, rng)
+        if type(self).forward is Layer.forward:
+            return weights, state, None  # Trax's no-op base Layer: it inits, and a call says what is missing.
         out = jax.eval_shape(
             lambda x, w, s, r: self._apply(x, w, s, r)[0],
             _to_structs(input_signature),
