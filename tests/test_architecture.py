@@ -30,6 +30,7 @@ FLOORS = (
         "trax_sl.layers.errors",
         "trax_sl.layers.streaming",
         "trax_sl.layers.serialization",
+        "trax_sl.layers.trax_checkpoint",
         "trax_sl.layers.sharding",
     ),
     ("trax_sl.layers.base",),

@@ -17,7 +17,7 @@ import jax
 
 from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import errors, serialization, streaming
+from trax_sl.layers import errors, serialization, streaming, trax_checkpoint
 from trax_sl.layers import rng as rng_lib
 from trax_sl.layers.errors import LayerError
 from trax_sl.layers.serialization import (  # noqa: F401  (Trax's base API)
@@ -572,11 +572,15 @@ class Layer:
         )
 
     def init_from_file(self, file_name, weights_only: bool = False, input_signature=None):
-        """Initializes from a file written by `save_to_file`; returns (weights, state).
+        """Initializes from a file written by `save_to_file`, or by Trax; returns (weights, state).
 
         Arrays are matched to the weights tree by path name and checked
-        against the shapes this layer expects.
+        against the shapes this layer expects. A Trax weights file (a
+        gzipped pickle, `.pkl.gz`) is read through an allowlist that runs no
+        code (`trax_checkpoint`) and its arrays are matched by order and shape.
         """
+        if trax_checkpoint.is_trax_file(file_name):
+            return self._init_from_trax_file(file_name, weights_only, input_signature)
         header = serialization.read_header(file_name)
         signature = input_signature
         if signature is None:
@@ -586,6 +590,23 @@ class Layer:
         weights_sig, state_sig = self.weights_and_state_signature(signature)
         weights, state = serialization.load_layer(file_name, weights_sig, None if weights_only else state_sig)
         if weights_only:
+            _, state = self.init(signature)
+        self._weights, self._state, self._initialized = weights, state, True
+        return weights, state
+
+    def _init_from_trax_file(self, file_name, weights_only: bool, input_signature):
+        content = trax_checkpoint.read(file_name)
+        signature = input_signature
+        if signature is None:
+            # Trax saves the signature of a whole batch; the model takes its first n_in items.
+            signature = trax_checkpoint.input_signature(content, self.n_in)
+        if signature is None:
+            raise ValueError(f"init_from_file: {file_name} stores no input signature; pass input_signature=")
+        weights_sig, state_sig = self.weights_and_state_signature(signature)
+        where = f"{self.name}.init_from_file({file_name})"
+        weights = trax_checkpoint.assign(content["flat_weights"], weights_sig, "weight", where)
+        state = None if weights_only else trax_checkpoint.state_or_none(content, state_sig, where)
+        if state is None:
             _, state = self.init(signature)
         self._weights, self._state, self._initialized = weights, state, True
         return weights, state

@@ -196,7 +196,8 @@ def autoregressive_sample(
         `weights` or the model's interactive cache (set by init/init_from_file).
       context: optional `[batch_size, k]` token ids fed after start_id before
         sampling (a prompt).
-      inputs: optional encoder inputs, given whole at every step.
+      inputs: optional encoder inputs, given whole at every step; for a
+        language model (n_in 1), its prompt, as in Trax (the same as `context`).
       batch_size: number of rows sampled at once.
       temperature: 0 for greedy (argmax) decoding.
       start_id: the first token fed to the model.
@@ -213,6 +214,12 @@ def autoregressive_sample(
       the last row's eos.
     """
     del accelerate
+    if inputs is not None and model.n_in == 1:  # A language model's inputs are its prompt, as in Trax.
+        if context is not None:
+            raise ValueError(
+                "autoregressive_sample: a language model's inputs are its prompt (as context is); give one of them"
+            )
+        context, inputs = inputs, None
     prefix = _prefix(batch_size, start_id, context)
     check_capacity(model, prefix.shape[1], max_length)
     core, core_weights, core_state = _start(

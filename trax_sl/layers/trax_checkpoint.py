@@ -1,0 +1,193 @@
+"""Trax's weights files (`.pkl.gz`), read without running the code a pickle may hold.
+
+Trax saves a model (`save_to_file`, and its training checkpoints
+`model.pkl.gz`) as a gzipped pickle of a dict: `flat_weights` and
+`flat_state` (the leaves of the weights and state trees, in order),
+`input_signature`, and for checkpoints `step`, `slots`, `opt_params`,
+`history`. A pickle names the functions it calls when loaded, so an
+ordinary `pickle.load` of a file from elsewhere runs whatever it names
+(`os.system`, ...). This reader resolves only an allowlist: numpy's array
+reconstruction, plain containers and scalars, and Trax's `ShapeDtype` and
+`History`, mapped onto plain stand-ins; any other name stops the read with
+`pickle.UnpicklingError` before it is called. Object arrays (which would
+hold pickled Python objects) are refused too. This module is the only place
+in trax_sl where pickle is read.
+
+`read(path)` returns the dict; `Layer.init_from_file` uses `assign` to put
+its leaves into a layer's weights and state trees (matched by order and
+shape, as Trax matches them).
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import pickle
+
+import jax
+import numpy as np
+from absl import logging
+
+from trax_sl import shapes
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class TraxShapeDtype:
+    """Stands in for `trax.shapes.ShapeDtype` while reading (slots state: shape, dtype)."""
+
+    def __setstate__(self, state):
+        slots = state[1] if isinstance(state, tuple) else state
+        self.shape, self.dtype = tuple(slots["shape"]), slots["dtype"]
+
+
+class TraxHistory:
+    """Stands in for `trax.supervised.history.History` while reading: its values as a plain dict."""
+
+    def __setstate__(self, state):
+        self.values = state.get("_values", {}) if isinstance(state, dict) else {}
+
+
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+def _numpy_scalar():
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar
+    return scalar
+
+
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("builtins", "list"): lambda: list,
+    ("builtins", "tuple"): lambda: tuple,
+    ("builtins", "dict"): lambda: dict,
+    ("builtins", "set"): lambda: set,
+    ("builtins", "frozenset"): lambda: frozenset,
+    ("builtins", "complex"): lambda: complex,
+    ("collections", "defaultdict"): lambda: collections.defaultdict,
+    ("collections", "OrderedDict"): lambda: collections.OrderedDict,
+    ("trax.shapes", "ShapeDtype"): lambda: TraxShapeDtype,
+    ("trax.supervised.history", "History"): lambda: TraxHistory,
+}
+
+
+class _AllowlistUnpickler(pickle.Unpickler):
+    def __init__(self, file, where: str):
+        super().__init__(file)
+        self._where = where
+
+    def find_class(self, module: str, name: str):
+        make = _ALLOWED.get((module, name))
+        if make is None:
+            raise pickle.UnpicklingError(
+                f"{self._where}: refuses to load {module}.{name}: a Trax weights file holds only numpy arrays, "
+                f"plain containers, ShapeDtype and History (reading it would have called {module}.{name})"
+            )
+        return make()
+
+
+def is_trax_file(path) -> bool:
+    """Whether `path` is gzip-compressed (a Trax `.pkl.gz`), not trax_sl's zip."""
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def read(path) -> dict:
+    """The dict in the Trax weights file `path`, read through the allowlist.
+
+    Raises:
+        pickle.UnpicklingError: If the file names anything outside the allowlist.
+        ValueError: If it is not a dict with `flat_weights`, or holds object arrays.
+    """
+    where = f"Trax weights file {path}"
+    with gzip.open(path, "rb") as f:
+        content = _AllowlistUnpickler(f, where).load()
+    if not isinstance(content, dict) or "flat_weights" not in content:
+        raise ValueError(f"{where}: expected a dict with 'flat_weights', got {type(content).__name__}")
+    if isinstance(content["flat_weights"], int):
+        raise ValueError(  # noqa: TRY004  (a format trax_sl does not read, not a wrong type)
+            f"{where}: its weights are in a separate .npy.gz file (Trax's large-model format), not read here"
+        )
+    for leaf in jax.tree.leaves(content, is_leaf=lambda x: isinstance(x, np.ndarray)):
+        if isinstance(leaf, np.ndarray) and leaf.dtype == object:
+            raise ValueError(f"{where}: holds an object array, which only pickled code could fill")
+    return content
+
+
+def input_signature(content: dict, n_in: int):
+    """The first `n_in` items of the file's input signature as trax_sl `ShapeDtype`s, or None.
+
+    Trax records the signature of a whole batch (inputs, targets, weights);
+    a model takes the items it needs from the front, as Trax's stack does.
+    """
+    signature = content.get("input_signature")
+    if signature is None:
+        return None
+    items = signature if isinstance(signature, (list, tuple)) else (signature,)
+    items = tuple(shapes.ShapeDtype(s.shape, s.dtype) for s in items[:n_in])
+    return items[0] if n_in == 1 else items
+
+
+def assign(flat: list, tree, what: str, where: str):
+    """`tree` (of arrays or ShapeDtypes) with its leaves replaced, in order, by the arrays in `flat`.
+
+    A file array of the same size whose shape differs only by axes of size 1
+    (Trax keeps a leading 1 on positional-encoding tables) is reshaped.
+    Trax's empty entries (`()`, None) in `flat` are skipped.
+    """
+    arrays = [np.asarray(x) for x in flat if not (x is None or (isinstance(x, tuple) and not x))]
+    leaves, treedef = jax.tree.flatten(tree)
+    if len(arrays) != len(leaves):
+        raise ValueError(
+            f"{where}: the file has {len(arrays)} {what} arrays, this model {len(leaves)}; it was saved from "
+            f"another model (or configuration)"
+        )
+    placed = []
+    for i, (array, leaf) in enumerate(zip(arrays, leaves)):
+        shape = tuple(leaf.shape)
+        if array.shape != shape:
+            if array.size != int(np.prod(shape)) or _squeezed(array.shape) != _squeezed(shape):
+                raise ValueError(
+                    f"{where}: {what} array {i} has shape {array.shape} in the file, this model's is {shape}"
+                )
+            array = array.reshape(shape)
+        placed.append(jax.numpy.asarray(array, dtype=leaf.dtype))
+    return jax.tree.unflatten(treedef, placed)
+
+
+def state_or_none(content: dict, state_signature, where: str):
+    """The file's state placed in `state_signature`'s tree, or None (logged) when its arrays do not fit.
+
+    Trax keeps state that trax_sl layers do not (a `Dropout` keeps its rate),
+    so a Trax model's state often has other arrays than the same trax_sl
+    model's; then the model keeps its freshly initialized state.
+    """
+    try:
+        return assign(content.get("flat_state") or [], state_signature, "state", where)
+    except ValueError:
+        n_file = len([x for x in content.get("flat_state") or [] if isinstance(x, np.ndarray)])
+        logging.warning(
+            "%s: the file's state (%d arrays) does not fit this model's (%d arrays); the model keeps its "
+            "initial state (Trax layers keep state that trax_sl's do not, such as Dropout's rate)",
+            where,
+            n_file,
+            len(jax.tree.leaves(state_signature)),
+        )
+        return None
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
