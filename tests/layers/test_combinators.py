@@ -1081,3 +1081,26 @@ def test_a_strided_serial_nested_after_an_odd_latency_is_delayed_as_a_whole():
     model = lambda mode: tl.Serial(tl.Lookahead(1, preserve_length_in_layer=True, mode=mode), strided(mode))
     assert [sub.name for sub in model("eval").sublayers] == ["Lookahead_1", "Delay_3", "Serial"]
     tl.contract.verify_contract(model, ShapeDtype((2, 16, 2)))
+
+
+# --- Trax's stack pass-through: a Serial called with more items than it takes carries the rest ------------
+
+
+def test_serial_carries_the_items_its_sublayers_do_not_reach():
+    x, m = np.array([-1.0, 2.0]), np.array([3.0, 4.0])
+    relu, passed = tl.Serial(tl.Relu())((x, m))
+    np.testing.assert_array_equal(relu, [0, 2])
+    np.testing.assert_array_equal(passed, m)
+    np.testing.assert_array_equal(tl.Serial(tl.Drop())((x, m)), m)  # Trax: y.
+    np.testing.assert_array_equal(tl.Serial(tl.Relu())([x]), [0, 2])  # A one-item list is the item.
+    # Trax's combinators_test: a no-op Serial passes every item; a Serial of no inputs takes ().
+    first, second = tl.Serial(None)([np.array([1, 2, 3, 4]), np.array([10, 20, 30])])
+    np.testing.assert_array_equal(first, [1, 2, 3, 4])
+    np.testing.assert_array_equal(second, [10, 20, 30])
+    np.testing.assert_array_equal(tl.Serial(tl.Fn("Const", lambda: jnp.array([3, 4]), n_out=1))(()), [3, 4])
+    # A whole batch given to init (a common Trax idiom): the model takes its inputs, the rest pass.
+    model = tl.Serial(tl.Dense(1))
+    model.init((np.ones((2, 3), np.float32), np.ones((2, 1)), np.ones((2, 1))))
+    assert model(np.ones((2, 3), np.float32)).shape == (2, 1)
+    with pytest.raises(tl.LayerError, match="Serial takes 2 inputs from the stack, got 1"):
+        tl.Serial(tl.Add())(x)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from trax_sl import partitioning
 from trax_sl import sequence as seq
-from trax_sl.layers import base, delay, streaming
+from trax_sl.layers import base, delay, errors, streaming
 from trax_sl.layers.base import Fn, Layer
 
 # --- Stack helpers -----------------------------------------------------------
@@ -74,6 +74,9 @@ class Serial(Layer):
     entries are no-ops; nested lists are flattened.
 
     Stack: `x1 ... xn` (n = n_in) -> the stack the last sublayer leaves.
+    As in Trax, a call may give more than n_in items: the ones the sublayers
+    do not reach pass through, after the outputs (`Serial(Relu())((x, m))` is
+    `(relu(x), m)`); a one-item tuple or list is that item.
     Predict mode: the state holds each sublayer's state.
     """
 
@@ -86,19 +89,34 @@ class Serial(Layer):
         super().__init__(n_in=n_in, n_out=n_out, name=name, sublayers_to_print=sublayers_to_print)
         self._sublayers = layers
 
+    def _items(self, xs) -> tuple:
+        """The stack items given: a tuple or list is several (Trax's stack), anything else one."""
+        return tuple(xs) if isinstance(xs, (tuple, list)) else (xs,)
+
+    def _check_arity(self, x) -> None:
+        n_given = len(self._items(x))
+        if n_given < self.n_in:
+            raise ValueError(
+                f"{self.name} takes {self.n_in} inputs from the stack, got {n_given} "
+                f"({errors.safe_short_form(x)}){self._arity_reason(n_given)}"
+            )
+
+    def _check_outputs(self, outputs) -> None:
+        del outputs  # n_out plus the items passed through: forward packs them itself.
+
     def forward(self, xs, weights, state, rng):
-        stack = base.as_items(xs, self.n_in)
+        stack = self._items(xs)
         new_states = []
         for i, (layer, layer_rng) in enumerate(zip(self.sublayers, base.split_rng(rng, len(self.sublayers)))):
             inputs = inputs_from_stack(stack, layer.n_in) if layer.n_in else ()
             outputs, s = base.call_sublayer(i, layer, inputs, weights[i], state[i], layer_rng)
             stack = base.as_items(outputs, layer.n_out) + tuple(stack[layer.n_in :])
             new_states.append(s)
-        return base.from_items(stack, self.n_out), tuple(new_states)
+        return base.from_items(stack, len(stack)), tuple(new_states)
 
     def init_with_output_signature(self, input_signature, rng):
         # Threads signatures through the sublayers as forward threads values.
-        stack = base.as_items(input_signature, self.n_in)
+        stack = self._items(input_signature)
         weights, states = [], []
         for i, (layer, layer_rng) in enumerate(zip(self.sublayers, base.split_rng(rng, len(self.sublayers)))):
             inputs = inputs_from_stack(stack, layer.n_in) if layer.n_in else ()
@@ -106,7 +124,7 @@ class Serial(Layer):
             stack = base.as_items(out, layer.n_out) + tuple(stack[layer.n_in :])
             weights.append(w)
             states.append(s)
-        return tuple(weights), tuple(states), base.from_items(stack, self.n_out)
+        return tuple(weights), tuple(states), base.from_items(stack, len(stack))
 
     def _arity_reason(self, n_given: int) -> str:
         depth = n_given
