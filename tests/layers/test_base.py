@@ -1202,3 +1202,78 @@ def test_init_none_for_layers_whose_weights_do_not_depend_on_the_input():
         tl.Dense(3).init(None)
     with pytest.raises(tl.LayerError, match="init\\(None\\) needs a layer without sublayers"):
         tl.Serial(tl.Embedding(10, 4)).init(None)
+
+
+# --- Trax's subclass API: forward(self, x) and init_weights_and_state(self, input_signature) ---------------
+
+
+class TraxScale(tl.Layer):
+    """Written as a Trax user writes a layer: it reads self.weights and assigns them in init."""
+
+    def forward(self, x):
+        return x * self.weights.reshape((1,) * (x.ndim - 1) + self.weights.shape)
+
+    def init_weights_and_state(self, input_signature):
+        self.weights = jnp.full(input_signature.shape[-1:], 2.0)
+
+
+class TraxCounter(tl.Layer):
+    def forward(self, x):
+        self.state = self.state + 1
+        return x + 0 * jax.random.uniform(self.rng, x.shape)
+
+    def init_weights_and_state(self, input_signature):
+        del input_signature
+        self.state = jnp.zeros((), jnp.int32)
+
+
+def test_a_trax_style_subclass_inits_runs_and_differentiates_purely():
+    layer = TraxScale()
+    weights, state = layer.init(ShapeDtype((2, 3)))
+    np.testing.assert_array_equal(weights, [2, 2, 2]) and state == ()
+    np.testing.assert_array_equal(layer(np.ones((2, 3))), np.full((2, 3), 2.0))
+    # pure_fn stays pure: the weights given are the ones used, the cache is untouched.
+    outputs, _ = layer.pure_fn(np.ones((1, 3)), jnp.array([1.0, 2.0, 3.0]), (), jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(outputs, [[1, 2, 3]])
+    np.testing.assert_array_equal(layer.weights, [2, 2, 2])
+    grad = jax.grad(lambda w: layer.pure_fn(np.ones((2, 3)), w, (), jax.random.PRNGKey(0))[0].sum())(weights)
+    np.testing.assert_array_equal(grad, [2, 2, 2])
+    # State a forward assigns is the new state; in a Serial too.
+    model = tl.Serial(TraxScale(), tl.Relu(), TraxCounter())
+    model.init(ShapeDtype((2, 3)))
+    model(np.ones((2, 3)))
+    model(np.ones((2, 3)))
+    assert int(model.state[2]) == 2
+
+
+def test_a_trax_style_backward_gives_the_gradient():
+    # Trax's base_test: custom zero and identity gradients.
+    class IdWithZeroGrad(tl.Layer):
+        def forward(self, x):
+            return x
+
+        @property
+        def has_backward(self):
+            return True
+
+        def backward(self, inputs, output, grad, weights, state, new_state, rng):
+            return jnp.zeros_like(grad), ()
+
+    class IdWithIdGrad(IdWithZeroGrad):
+        def backward(self, inputs, output, grad, weights, state, new_state, rng):
+            return inputs, ()
+
+    x = jax.random.uniform(jax.random.PRNGKey(0), (9, 17), minval=-1.0, maxval=1.0)
+    for layer, expected in ((IdWithZeroGrad(), jnp.zeros_like(x)), (IdWithIdGrad(), x)):
+        layer.init(ShapeDtype((9, 17)))
+        np.testing.assert_allclose(jax.grad(lambda x, layer=layer: jnp.mean(layer(x)))(x), expected)
+
+
+def test_pure_layer_and_fn_forward_as_trax_calls_them():
+    np.testing.assert_array_equal(tl.PureLayer(lambda x: 2 * x).forward(np.array([3, 4])), [6, 8])
+    layer = tl.Fn("SumAndMax", lambda x0, x1: (x0 + x1, jnp.maximum(x0, x1)), n_out=2)
+    total, largest = layer.forward((np.array([1, 2]), np.array([10, 20])))
+    np.testing.assert_array_equal(total, [11, 22])
+    np.testing.assert_array_equal(largest, [10, 20])
+    layer.init_weights_and_state(None)
+    assert layer.weights == () and layer.state == ()

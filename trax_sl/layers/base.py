@@ -14,6 +14,7 @@ import inspect
 import threading
 
 import jax
+import numpy as np
 
 from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
@@ -69,6 +70,53 @@ class _Scope(threading.local):
 
 
 _scope = _Scope()
+
+
+class _Binding:
+    """While active, a layer's `weights`/`state`/`rng` are a call's (restored after, even on error)."""
+
+    def __init__(self, layer, values: dict):
+        self._layer, self._values, self._previous = layer, values, None
+
+    def __enter__(self) -> dict:
+        self._previous = self._layer.__dict__.get("_bound")
+        self._layer._bound = self._values
+        return self._values
+
+    def __exit__(self, *exc) -> None:
+        self._layer._bound = self._previous
+
+
+def _zero_cotangents(tree):
+    """Zero cotangents for `tree` (float0 for integer and bool arrays, as JAX wants for them)."""
+
+    def zero(x):
+        x = jax.numpy.asarray(x)
+        if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact):
+            return jax.numpy.zeros_like(x)
+        return np.zeros(x.shape, dtype=jax.dtypes.float0)
+
+    return jax.tree.map(zero, tree)
+
+
+_TRAX_STYLE: dict[tuple[type, str], bool] = {}
+
+
+def _trax_style(cls: type, method: str) -> bool:
+    """Whether `cls` overrides `method` with Trax's signature: one parameter besides self.
+
+    Trax's subclasses write `forward(self, x)` and `init_weights_and_state(self,
+    input_signature)`, reading and assigning `self.weights`/`self.state`;
+    trax_sl's take and return them: `forward(self, x, weights, state, rng)`.
+    """
+    key = (cls, method)
+    if key not in _TRAX_STYLE:
+        function = getattr(cls, method)
+        own = function is not getattr(Layer, method)
+        parameters = [p for p in inspect.signature(function).parameters.values() if p.kind != p.VAR_KEYWORD]
+        required = [p for p in parameters[1:] if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
+        _TRAX_STYLE[key] = own and len(parameters) == 2 and len(required) == 1
+    return _TRAX_STYLE[key]
 default_rng = rng_lib.default_rng
 split_rng = rng_lib.split_rng
 
@@ -118,6 +166,8 @@ class Layer:
     # stream's (after with_mode of a trained model), and the array steps streamed so far.
     _stream_pending = False
     _stream_steps = 0
+    # The weights, state and rng of the Trax-style call running now (see `_trax_call`); None outside one.
+    _bound = None
     # Set on combinators the library builds inside others (Branch's Parallel),
     # so error paths show the layers users wrote.
     hidden_in_paths = False
@@ -254,7 +304,7 @@ class Layer:
 
     # --- The two override points --------------------------------------------
 
-    def init_weights_and_state(self, input_signature, rng):
+    def init_weights_and_state(self, input_signature, rng=None):
         """Returns (weights, state) for inputs of `input_signature`."""
         del input_signature, rng
         return EMPTY_WEIGHTS, EMPTY_STATE
@@ -315,9 +365,46 @@ class Layer:
                 _scope.shared_weights = None
 
     def _apply(self, x, weights, state, rng):
+        forward = self._trax_style_forward if _trax_style(type(self), "forward") else self.forward
         if self.handles_sequences:
-            return self.forward(x, weights, state, rng)
-        return seq.apply_to_values(lambda v: self.forward(v, weights, state, rng), x, self._n_in)
+            return forward(x, weights, state, rng)
+        return seq.apply_to_values(lambda v: forward(v, weights, state, rng), x, self._n_in)
+
+    def _trax_style_forward(self, x, weights, state, rng):
+        """Runs a Trax-style `forward(self, x)` with `self.weights`/`state`/`rng` bound to this call's.
+
+        A layer with `has_backward` True gives its own gradient: Trax's
+        `backward(inputs, output, grad, weights, state, new_state, rng)`
+        returning `(grad_inputs, grad_weights)`.
+        """
+
+        def run(x, weights, state, rng):
+            with self._trax_call(weights, state, rng) as bound:
+                outputs = self.forward(x)
+            return outputs, bound["state"]
+
+        if not getattr(self, "has_backward", False):
+            return run(x, weights, state, rng)
+
+        @jax.custom_vjp
+        def with_backward(x, weights, state, rng):
+            return run(x, weights, state, rng)
+
+        def forward_pass(x, weights, state, rng):
+            outputs, new_state = run(x, weights, state, rng)
+            return (outputs, new_state), (x, weights, state, rng, outputs, new_state)
+
+        def backward_pass(saved, cotangents):
+            x, weights, state, rng, outputs, new_state = saved
+            grad_x, grad_weights = self.backward(x, outputs, cotangents[0], weights, state, new_state, rng)
+            return grad_x, grad_weights, _zero_cotangents(state), _zero_cotangents(rng)
+
+        with_backward.defvjp(forward_pass, backward_pass)
+        return with_backward(x, weights, state, rng)
+
+    def _trax_call(self, weights, state, rng):
+        """Binds `self.weights`, `self.state` and `self.rng` to a call's values while it runs (pure_fn stays pure)."""
+        return _Binding(self, {"weights": weights, "state": state, "rng": rng})
 
     def _check_arity(self, x) -> None:
         if self._n_in == 1:
@@ -418,7 +505,13 @@ class Layer:
 
     def init_with_output_signature(self, input_signature, rng):
         """(weights, state, output_signature); combinators override this."""
-        weights, state = self.init_weights_and_state(input_signature, rng)
+        if _trax_style(type(self), "init_weights_and_state"):
+            # Trax's way: it assigns self.weights / self.state (bound to this init) and may read self.rng.
+            with self._trax_call(EMPTY_WEIGHTS, EMPTY_STATE, rng) as bound:
+                self.init_weights_and_state(input_signature)
+            weights, state = bound["weights"], bound["state"]
+        else:
+            weights, state = self.init_weights_and_state(input_signature, rng)
         if type(self).forward is Layer.forward:
             return weights, state, None  # Trax's no-op base Layer: it inits, and a call says what is missing.
         out = jax.eval_shape(
@@ -455,24 +548,47 @@ class Layer:
 
     @property
     def weights(self):
-        """The interactive cache's weights (set by `init` or assignment)."""
-        return self._weights
+        """The interactive cache's weights (set by `init` or assignment).
+
+        Inside a Trax-style `forward(self, x)` or `init_weights_and_state(self,
+        input_signature)`, the weights of the call being run (see `Layer`).
+        """
+        bound = self._bound
+        return self._weights if bound is None else bound["weights"]
 
     @weights.setter
     def weights(self, weights):
+        if self._bound is not None:
+            self._bound["weights"] = weights
+            return
         self._weights = weights
         self._initialized = True
 
     @property
     def state(self):
-        """The interactive cache's state (set by `init`, `layer(x)` or assignment)."""
-        return self._state
+        """The interactive cache's state (set by `init`, `layer(x)` or assignment); a Trax-style call's inside it."""
+        bound = self._bound
+        return self._state if bound is None else bound["state"]
 
     @state.setter
     def state(self, state):
         """Sets the cached state; in predict mode this (re)starts the interactive stream."""
+        if self._bound is not None:
+            self._bound["state"] = state
+            return
         self._state = state
         self._stream_pending, self._stream_steps = False, 0
+
+    @property
+    def rng(self):
+        """The random key of the Trax-style call being run (Trax's `self.rng`); a fixed key outside one."""
+        bound = self._bound
+        return default_rng() if bound is None else bound["rng"]
+
+    @rng.setter
+    def rng(self, rng):
+        if self._bound is not None:
+            self._bound["rng"] = rng
 
     def __call__(self, x, weights=None, state=None, rng=None):
         """Runs the layer interactively, compiled and cached per input signature.
@@ -703,9 +819,11 @@ class PureLayer(Layer):
     def streaming_spec(self) -> streaming.StreamingSpec:
         return streaming.POINTWISE if self._supports_step else streaming.NOT_STREAMING
 
-    def forward(self, inputs, weights, state, rng):
+    def forward(self, inputs, weights=None, state=None, rng=None):
+        """`(outputs, state)`; called as Trax calls it, `forward(inputs)`, the outputs alone."""
         del weights, rng
-        return self._forward_fn(inputs), state
+        outputs = self._forward_fn(inputs)
+        return outputs if state is None else (outputs, state)
 
 
 def Fn(name: str, f, n_out: int = 1, *, supports_step: bool = True) -> Layer:  # noqa: N802 (Trax's name)
