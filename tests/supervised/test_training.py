@@ -477,3 +477,15 @@ def test_rolling_evaluations_are_a_gin_binding_away():
         gin.clear_config()
     assert not task.fixed_batches
     assert training.EvalTask(copy_inputs().eval_stream(1), [tl.L2Loss()]).fixed_batches
+
+
+def test_a_train_task_takes_an_optimizer_class_as_trax_memory_efficient_trainer_does():
+    task = training.TrainTask(
+        copy_inputs().train_stream(1), tl.WeightedCategoryCrossEntropy(), optimizers.SGD
+    )
+    assert (
+        isinstance(task.optimizer, optimizers.SGD) and task.learning_rate(1) == optimizers.SGD().learning_rate
+    )
+    loop = training.Loop(tiny_model(), task, random_seed=0, checkpoint_at=lambda step: False)
+    loop.run(2)
+    assert loop.step == 2

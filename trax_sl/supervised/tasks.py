@@ -199,8 +199,9 @@ class TrainTask(_LabeledDataTask):
                 first `position` (then runs resume without replaying data).
             loss_layer: Layer that computes a scalar loss from `(model_output,
                 targets[, weights])`.
-            optimizer: A trax_sl optimizer (e.g. `trax_sl.optimizers.Adam()`),
-                or an `optax.GradientTransformation`.
+            optimizer: A trax_sl optimizer (e.g. `trax_sl.optimizers.Adam()`; a
+                class, as Trax's memory-efficient trainer takes, is made with
+                its defaults), or an `optax.GradientTransformation`.
             lr_schedule: Learning rate schedule, a function step -> learning
                 rate (steps numbered from 1); the optimizer's rate if None.
             n_steps_per_checkpoint: Steps between checkpoints (and evals), by default.
@@ -211,6 +212,8 @@ class TrainTask(_LabeledDataTask):
             export_prefix: Name of this task in logs when there are several.
         """
         self._init_data(labeled_data, "TrainTask", sample_batch, export_prefix)
+        if isinstance(optimizer, type) and hasattr(optimizer, "to_optax"):
+            optimizer = optimizer()  # Trax's memory-efficient trainer takes the class: its defaults.
         self._loss_layer = loss_layer
         self._optimizer = optimizer
         self._lr_schedule = lr_schedule
