@@ -1277,3 +1277,12 @@ def test_pure_layer_and_fn_forward_as_trax_calls_them():
     np.testing.assert_array_equal(largest, [10, 20])
     layer.init_weights_and_state(None)
     assert layer.weights == () and layer.state == ()
+
+
+def test_assigning_rng_seeds_the_next_init_as_in_trax():
+    layer = tl.Dense(3)
+    layer.rng = jax.random.PRNGKey(7)
+    seeded, _ = layer.init(ShapeDtype((2, 4)))
+    expected, _ = tl.Dense(3).init(ShapeDtype((2, 4)), rng=jax.random.PRNGKey(7))
+    np.testing.assert_array_equal(seeded[0], expected[0])
+    assert not np.array_equal(seeded[0], tl.Dense(3).init(ShapeDtype((2, 4)))[0][0])

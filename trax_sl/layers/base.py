@@ -117,6 +117,8 @@ def _trax_style(cls: type, method: str) -> bool:
         required = [p for p in parameters[1:] if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
         _TRAX_STYLE[key] = own and len(parameters) == 2 and len(required) == 1
     return _TRAX_STYLE[key]
+
+
 default_rng = rng_lib.default_rng
 split_rng = rng_lib.split_rng
 
@@ -168,6 +170,7 @@ class Layer:
     _stream_steps = 0
     # The weights, state and rng of the Trax-style call running now (see `_trax_call`); None outside one.
     _bound = None
+    _init_rng = None  # A key assigned to `layer.rng` (Trax's way to seed the next init).
     # Set on combinators the library builds inside others (Branch's Parallel),
     # so error paths show the layers users wrote.
     hidden_in_paths = False
@@ -446,7 +449,7 @@ class Layer:
         As in Trax, None does for a layer without sublayers whose weights do
         not depend on its inputs (`Embedding`, `Dropout`, ...).
         """
-        rng = default_rng() if rng is None else rng
+        rng = self.rng if rng is None else rng
         if input_signature is None:
             weights, state = self._init_without_signature(rng)
         else:
@@ -581,14 +584,22 @@ class Layer:
 
     @property
     def rng(self):
-        """The random key of the Trax-style call being run (Trax's `self.rng`); a fixed key outside one."""
+        """The random key of the Trax-style call being run (Trax's `self.rng`); outside one, the key `init` uses.
+
+        As in Trax, assigning it outside a call sets the key the next `init`
+        without `rng=` uses.
+        """
         bound = self._bound
-        return default_rng() if bound is None else bound["rng"]
+        if bound is not None:
+            return bound["rng"]
+        return default_rng() if self._init_rng is None else self._init_rng
 
     @rng.setter
     def rng(self, rng):
         if self._bound is not None:
             self._bound["rng"] = rng
+        else:
+            self._init_rng = rng
 
     def __call__(self, x, weights=None, state=None, rng=None):
         """Runs the layer interactively, compiled and cached per input signature.
