@@ -1102,5 +1102,5 @@ def test_serial_carries_the_items_its_sublayers_do_not_reach():
     model = tl.Serial(tl.Dense(1))
     model.init((np.ones((2, 3), np.float32), np.ones((2, 1)), np.ones((2, 1))))
     assert model(np.ones((2, 3), np.float32)).shape == (2, 1)
-    with pytest.raises(tl.LayerError, match="Serial takes 2 inputs from the stack, got 1"):
+    with pytest.raises(tl.LayerError, match="Serial takes 2 inputs from the stack, got one"):
         tl.Serial(tl.Add())(x)

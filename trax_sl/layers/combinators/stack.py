@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from trax_sl import partitioning
 from trax_sl import sequence as seq
-from trax_sl.layers import base, delay, errors, streaming
+from trax_sl.layers import base, delay, streaming
 from trax_sl.layers.base import Fn, Layer
 
 # --- Stack helpers -----------------------------------------------------------
@@ -94,12 +94,8 @@ class Serial(Layer):
         return tuple(xs) if isinstance(xs, (tuple, list)) else (xs,)
 
     def _check_arity(self, x) -> None:
-        n_given = len(self._items(x))
-        if n_given < self.n_in:
-            raise ValueError(
-                f"{self.name} takes {self.n_in} inputs from the stack, got {n_given} "
-                f"({errors.safe_short_form(x)}){self._arity_reason(n_given)}"
-            )
+        if len(self._items(x)) < self.n_in:
+            super()._check_arity(x)  # Too few: the base's message (and Serial's reason) says so.
 
     def _check_outputs(self, outputs) -> None:
         del outputs  # n_out plus the items passed through: forward packs them itself.
