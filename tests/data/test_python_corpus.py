@@ -273,3 +273,16 @@ def test_gin_configures_inputs_with_trax_names(corpus):
     finally:
         gin.clear_config()
     assert inputs.example_shape_dtype == ([(2, len(TEXTS["sub/c.py"]))], [np.int32])
+
+
+def test_tfds_preprocess_fn_runs_on_the_example_dicts(corpus):
+    _, data_dir, name = corpus
+    source = data.TFDS(
+        name,
+        data_dir=data_dir,
+        keys=("path",),
+        shuffle_train=False,
+        tfds_preprocess_fn=lambda examples: ({**e, "path": e["path"].upper()} for e in examples),
+    )
+    paths = [example[0] for example in itertools.islice(source(), 2)]
+    assert all(p == p.upper() for p in paths) and len(set(paths)) == 2

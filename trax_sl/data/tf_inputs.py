@@ -3,9 +3,10 @@
 By default examples are read through tfds data sources (random access to
 array_record files, which need no TensorFlow) as a Grain `MapDataset`:
 shuffling is a seeded permutation of the whole split, a new one each epoch,
-so a pipeline is deterministic and a resumed run seeks instead of replaying. With `use_tf=True` (TensorFlow installed, the `tf` extra) the
-dataset is read with `tfds` `as_dataset` as in Trax, for datasets prepared
-in the tfrecord format.
+so a pipeline is deterministic and a resumed run seeks instead of replaying.
+With `use_tf=True` (TensorFlow installed, the `tf` extra) the dataset is read
+with `tfds` `as_dataset` as in Trax, for datasets prepared in the tfrecord
+format.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tensorflow_datasets as tfds
 
 from trax_sl import checks
 from trax_sl.data.inputs import StreamFn
-from trax_sl.data.steps import Step
+from trax_sl.data.steps import Step, iterable
 
 
 @gin.configurable(module="trax_sl.data")
@@ -104,7 +105,7 @@ def TFDS(  # noqa: N802
         # A stream function over example dicts: the pipeline runs as a generator from here.
         def stream(generator=None):
             del generator  # TFDS starts a pipeline.
-            items = tfds_preprocess_fn(iter(examples(None, None).to_iter_dataset()))
+            items = tfds_preprocess_fn(iter(iterable(examples(None, None))))
             return (_select(example, keys) for example in items)
 
         return stream
