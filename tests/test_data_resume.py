@@ -7,7 +7,6 @@ instead of replaying the stream. Every step is logged and checkpointed, so a
 loss that differs anywhere means a batch that differs.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -17,9 +16,8 @@ import time
 import numpy as np
 
 from trax_sl import data
-from trax_sl.supervised import training
 
-from .test_trainer_cli import REPO
+from .test_trainer_cli import REPO, metrics_rows
 
 STEPS = 14
 
@@ -92,14 +90,6 @@ def logged_steps(output_dir) -> int:
         return len((output_dir / "metrics.jsonl").read_text().splitlines())
     except FileNotFoundError:
         return 0
-
-
-def metrics_rows(output_dir):
-    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        for key in training.TIMING_KEYS:
-            del row[key]
-    return rows
 
 
 def test_runs_killed_at_random_steps_resume_on_the_batches_of_an_uninterrupted_run(tmp_path):

@@ -215,5 +215,5 @@ def test_every_reference_name_exists(section):
     module = importlib.import_module(f"trax_sl.layers.{section}")
     missing = [name for name in REFERENCE[section] if not hasattr(module, name)]
     assert not missing, f"trax_sl.layers.{section} lacks {missing}"
-    if not section.startswith("research."):  # Trax exports these at the top of `tl` too.
-        assert not [name for name in REFERENCE[section] if not hasattr(tl, name)]
+    # Trax's `tl` star-imports every section, the research modules included.
+    assert not [name for name in REFERENCE[section] if not hasattr(tl, name)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import fractions
+import functools
 import inspect
 import threading
 
@@ -99,9 +100,7 @@ def _zero_cotangents(tree):
     return jax.tree.map(zero, tree)
 
 
-_TRAX_STYLE: dict[tuple[type, str], bool] = {}
-
-
+@functools.cache
 def _trax_style(cls: type, method: str) -> bool:
     """Whether `cls` overrides `method` with Trax's signature: one parameter besides self.
 
@@ -109,14 +108,11 @@ def _trax_style(cls: type, method: str) -> bool:
     input_signature)`, reading and assigning `self.weights`/`self.state`;
     trax_sl's take and return them: `forward(self, x, weights, state, rng)`.
     """
-    key = (cls, method)
-    if key not in _TRAX_STYLE:
-        function = getattr(cls, method)
-        own = function is not getattr(Layer, method)
-        parameters = [p for p in inspect.signature(function).parameters.values() if p.kind != p.VAR_KEYWORD]
-        required = [p for p in parameters[1:] if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
-        _TRAX_STYLE[key] = own and len(parameters) == 2 and len(required) == 1
-    return _TRAX_STYLE[key]
+    function = getattr(cls, method)
+    own = function is not getattr(Layer, method)
+    parameters = [p for p in inspect.signature(function).parameters.values() if p.kind != p.VAR_KEYWORD]
+    required = [p for p in parameters[1:] if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
+    return own and len(parameters) == 2 and len(required) == 1
 
 
 default_rng = rng_lib.default_rng

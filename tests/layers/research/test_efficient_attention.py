@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trax_sl import layers as tl
 from trax_sl import sequence as seq
 from trax_sl.layers import attention, base, test_utils
 from trax_sl.layers.research import efficient_attention as ea
@@ -426,25 +425,3 @@ def test_layers_are_not_streamable():
     ):
         assert not layer.supports_step, layer.name
     assert math.isclose(ea.LSHFF(4, 2).output_ratio, 1)
-
-
-# The public functions of Trax's research modules that `from trax.layers.research.X import *` puts in tl.
-TRAX_FLAT_FUNCTIONS = {
-    "efficient_attention": [
-        "apply_broadcasted_dropout",
-        "attend",
-        "hash_vecs",
-        "length_normalized",
-        "look_adjacent",
-        "mask_self_attention",
-        "permute_via_gather",
-        "permute_via_sort",
-    ],
-    "position_encodings": ["threefry_2x32_prange", "threefry_2x32_prf"],
-}
-
-
-@pytest.mark.parametrize("name", [name for names in TRAX_FLAT_FUNCTIONS.values() for name in names])
-def test_trax_research_functions_are_tl_names(name):
-
-    assert callable(getattr(tl, name)) and getattr(tl, name).__doc__
