@@ -321,10 +321,11 @@ REGISTRY: dict[str, Entry] = {
     "SerialWithSideOutputs": Entry(
         lambda mode: tl.SerialWithSideOutputs([tl.Dup(), tl.Branch(tl.Dense(4), tl.Dense(2))]), X
     ),
+    # Over time with a carry it streams, as Trax's predict-mode Scan (TimeScan); over other axes not.
     "Scan": Entry(
-        lambda mode: tl.Scan(tl.Fn("Add", lambda x, c: (x + c, x + c), n_out=2), axis=1),
+        lambda mode: tl.Scan(tl.Fn("Add", lambda x, c: (x + c, x + c), n_out=2), axis=1, mode=mode),
         (X, ShapeDtype((2, 4))),
-        streams=False,
+        contract={"streamed": (True, False)},
     ),
     "Cond": Entry(
         lambda mode: tl.Cond(tl.Fn("Positive", lambda x: jnp.sum(x) > 0), tl.Dense(4)),

@@ -473,8 +473,9 @@ def test_output_signature_and_weights_and_state_signature_are_abstract():
     assert weights_sig[1] == ((), ())
     assert state_sig[0] == ShapeDtype((), np.int32)
     assert spy.concrete and not any(spy.concrete)
-    # The interactive cache is untouched.
-    assert model.weights == () and spy.weights == ()
+    # The interactive cache is untouched: no weights anywhere (as in Trax, an uninitialized
+    # combinator's weights are its sublayers', here all empty).
+    assert model.weights == ((), ((), ())) and spy.weights == ()
 
 
 def test_output_signature_of_sequences_and_tuples():

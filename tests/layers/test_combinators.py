@@ -460,6 +460,19 @@ def test_scan_axis_1():
     assert sig == (ShapeDtype((2, 3)), ShapeDtype((2,)))
 
 
+def test_scan_over_time_in_predict_mode_carries_on_from_its_state():
+    # Trax combinators_test ScanTest.test_predict: the second call's carry input is ignored.
+    layer = tl.Scan(cumulative_add(), axis=1, mode="predict")
+    assert isinstance(layer, tl.Scan) and layer.supports_step and layer.name == "Scan"
+    ys, carry = layer([np.array([[0, 1, 2]]), np.array([90])])
+    np.testing.assert_array_equal(ys, [[90, 91, 93]])
+    np.testing.assert_array_equal(carry, [93])
+    ys, carry = layer([np.array([[3, 4]]), np.array([90])])
+    np.testing.assert_array_equal(ys, [[96, 100]])
+    np.testing.assert_array_equal(carry, [100])
+    assert not tl.Scan(cumulative_add(), axis=0, mode="predict").supports_step  # Not over time.
+
+
 def test_scan_n_carry_0_maps_over_the_axis():
     layer = tl.Scan(tl.Fn("RowSum", lambda x: jnp.sum(x, axis=-1)), n_carry=0)
     xs = _x((3, 4))

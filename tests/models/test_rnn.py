@@ -107,8 +107,9 @@ def test_stepped_one_token_at_a_time_equals_layer_wise(make):
     _, state = tl.start_stream(model, ShapeDtype((2, 1), jnp.int32), weights)
     step = jax.jit(lambda x, s: predict.pure_fn(x, weights, s, None))
     outputs = []
+    shifted = jnp.pad(x, ((0, 0), (1, 0)))[:, :-1]  # As in Trax: 0, then each previous token.
     for t in range(7):
-        y_t, state = step(x[:, t : t + 1], state)
+        y_t, state = step(shifted[:, t : t + 1], state)
         outputs.append(y_t)
     np.testing.assert_allclose(jnp.concatenate(outputs, axis=1), y, atol=1e-5, rtol=1e-5)
 

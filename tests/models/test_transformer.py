@@ -33,6 +33,11 @@ def tokens(shape, seed=0, low=1, high=8):
     return jnp.asarray(np.random.default_rng(seed).integers(low, high, size=shape).astype(np.int32))
 
 
+def shift_right(x):
+    """What Trax's decoding loop feeds a predict-mode model (its ShiftRight is a no-op): 0, then each previous token."""
+    return jnp.pad(x, ((0, 0), (1, 0)))[:, :-1]
+
+
 def step_one_at_a_time(model, weights, items, streamed):
     """Runs model's predict twin on `items`, streamed ones one step at a time; outputs joined on time."""
     predict = model.with_mode("predict")
@@ -117,7 +122,7 @@ def test_lm_stepped_one_token_at_a_time_equals_layer_wise():
     x = tokens((2, 10))
     weights, _ = model.init(ShapeDtype((2, 10), jnp.int32), jax.random.PRNGKey(1))
     y = model(x)
-    y_step = step_one_at_a_time(model, weights, (x,), (True,))
+    y_step = step_one_at_a_time(model, weights, (shift_right(x),), (True,))
     assert y.shape == (2, 10, 8)
     np.testing.assert_allclose(y_step, y, atol=1e-5, rtol=1e-5)
     # Logits at step t do not depend on token t (the model predicts it).
@@ -210,17 +215,19 @@ def test_transformer_decoder_steps_with_the_source_cached():
         (ShapeDtype((2, 5), jnp.int32), ShapeDtype((2, 7), jnp.int32)), jax.random.PRNGKey(4)
     )
     logits, _ = model((source, target))
-    logits_step, targets_step = step_one_at_a_time(model, weights, (source, target), (False, True))
+    logits_step, targets_step = step_one_at_a_time(
+        model, weights, (source, shift_right(target)), (False, True)
+    )
     np.testing.assert_allclose(logits_step, logits, atol=1e-5, rtol=1e-5)
-    np.testing.assert_array_equal(targets_step, target)
+    np.testing.assert_array_equal(targets_step, shift_right(target))  # What was fed, as in Trax.
 
     # The source is encoded on the first step only (and its keys and values cached):
     # after it, a different source changes nothing.
     predict = model.with_mode("predict")
     _, state = tl.start_stream(model, (ShapeDtype((2, 5), jnp.int32), ShapeDtype((2, 1), jnp.int32)), weights)
     step = jax.jit(lambda x, s: predict.pure_fn(x, weights, s, None))
-    _, state = step((source, target[:, :1]), state)
-    y1, _ = step((tokens((2, 5), seed=9), target[:, 1:2]), state)
+    _, state = step((source, jnp.zeros_like(target[:, :1])), state)
+    y1, _ = step((tokens((2, 5), seed=9), target[:, :1]), state)
     np.testing.assert_allclose(y1[0], logits[:, 1:2], atol=1e-5, rtol=1e-5)
 
 

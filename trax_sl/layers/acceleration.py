@@ -123,6 +123,9 @@ class Accelerate(base.WrapsOneLayer):
     Predict mode: the state is the layer's; streams like the layer.
     """
 
+    # Its weights are the sublayer's replicated; the sublayer keeps its own cache.
+    cache_follows_sublayers = False
+
     def __init__(self, layer: base.Layer, n_devices: int | None = None):
         """Wraps `layer`.
 
@@ -192,18 +195,18 @@ class Accelerate(base.WrapsOneLayer):
         (weights,), (state,) = super().init(input_signature, rng)
         self.replicate_weights(weights)
         self.replicate_state(state)
-        return self._weights, self._state
+        return self._cached("weights"), self._cached("state")
 
     def replicate_weights(self, weights) -> None:
         """Sets the weights of the sublayer and replicates them for this layer."""
         self.sublayer.weights = weights
-        self._weights = self._place_replicated((weights,))
-        self._initialized = True
+        self._set_cached("weights", self._place_replicated((weights,)))
+        self._own_initialized = True
 
     def replicate_state(self, state) -> None:
         """Sets the state of the sublayer and replicates it for this layer."""
         self.sublayer.state = state
-        self._state = self._place_replicated((state,))
+        self._set_cached("state", self._place_replicated((state,)))
 
     def _adopt_sublayer_cache(self) -> None:
         """Replicates an initialized sublayer's cache when this layer has none of its own."""
@@ -219,7 +222,7 @@ class Accelerate(base.WrapsOneLayer):
         Taken from the sublayer when only the sublayer was initialized.
         """
         self._adopt_sublayer_cache()
-        return self._weights
+        return self._cached("weights")
 
     @weights.setter
     def weights(self, weights):
@@ -229,7 +232,7 @@ class Accelerate(base.WrapsOneLayer):
     def state(self):
         """This layer's state, `(sublayer_state,)` replicated on every device."""
         self._adopt_sublayer_cache()
-        return self._state
+        return self._cached("state")
 
     @state.setter
     def state(self, state):
@@ -253,7 +256,7 @@ class Accelerate(base.WrapsOneLayer):
             None if state is None else self._place_replicated(state),
             rng,
         )
-        self.sublayer.state = self._state[0]
+        self.sublayer.state = self._cached("state")[0]
         return outputs
 
 

@@ -10,7 +10,7 @@ attended to, and outputs follow the query's mask.
 In predict mode `CausalAttention` (and `DotProductCausalAttention`) streams
 with a KV cache of `max_inference_length` valid steps per row;
 `AttentionQKV` streams its queries against a whole source (cross attention);
-`ShiftRight` takes the shifted-in steps from its state. `Attention` (every
+`ShiftRight` is Trax's no-op (the caller feeds the shifted stream). `Attention` (every
 step sees the whole sequence) does not stream.
 """
 
@@ -88,16 +88,17 @@ class ShiftRight(base.Layer):
 
     n_in=1, n_out=1. `[batch, time, ...]` -> same shape; the output keeps the
     input's mask (so an LM's shifted inputs line up with its targets), and
-    invalid input steps shift in as zeros. Streams with block_size 1 and no
-    latency. Unlike Trax's, the predict-mode layer is not a no-op: it keeps
-    the contract (step-wise == layer-wise). A step's output then never
-    depends on that step's input, so sampling token by token needs the model
-    without its ShiftRight, fed the previous token (what Trax's no-op did).
+    invalid input steps shift in as zeros.
 
-    Predict mode: the state holds the last `n_positions` input steps.
+    Predict mode: as in Trax, returns its input unchanged. The caller feeds
+    the already shifted stream (a decoder feeds the start token, then each
+    previous token), so a Trax decoding loop over a predict-mode LM gives the
+    eval-mode logits. `verify_contract` checks a model with it against the
+    eval-mode model fed that shifted stream. Stateless, block_size 1.
     """
 
     handles_sequences = True
+    fed_shifted_in_predict_mode = True
 
     def __init__(self, n_positions: int = 1, mode: str = "train"):
         checks.check_non_negative("ShiftRight", n_positions=n_positions)
@@ -107,27 +108,19 @@ class ShiftRight(base.Layer):
 
     @property
     def streaming_spec(self) -> streaming.StreamingSpec:
+        if self._mode == "predict":
+            return streaming.POINTWISE
         return streaming.StreamingSpec(receptive_field=(self._n, -self._n))
 
-    def init_weights_and_state(self, input_signature, rng):
-        if self._mode != "predict":
-            return (), ()
-        values = seq.values_of(input_signature)
-        return (), jnp.zeros((values.shape[0], self._n) + tuple(values.shape[2:]), values.dtype)
-
     def forward(self, x, weights, state, rng):
+        if self._mode == "predict" or self._n == 0:
+            return x, state
         x, was_sequence = seq.as_sequence(x)
-        if self._n == 0:
-            return seq.like_input(x, was_sequence), state
         values = x.mask_invalid().values
-        if self._mode == "predict":
-            past = state
-        else:
-            past = jnp.zeros((values.shape[0], self._n) + tuple(values.shape[2:]), values.dtype)
-        joined = jnp.concatenate([past, values], axis=1)
+        past = jnp.zeros((values.shape[0], self._n) + tuple(values.shape[2:]), values.dtype)
         time = values.shape[1]
-        y = seq.Sequence(joined[:, :time], x.mask)
-        return seq.like_input(y, was_sequence), (joined[:, time:] if self._mode == "predict" else state)
+        y = seq.Sequence(jnp.concatenate([past, values], axis=1)[:, :time], x.mask)
+        return seq.like_input(y, was_sequence), state
 
 
 # --- Heads -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 
 from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import errors, serialization, streaming, trax_checkpoint
+from trax_sl.layers import cache_views, errors, serialization, streaming, trax_checkpoint
 from trax_sl.layers import rng as rng_lib
 from trax_sl.layers.errors import LayerError
 from trax_sl.layers.serialization import (  # noqa: F401  (Trax's base API)
@@ -170,6 +170,17 @@ class Layer:
     # Set on combinators the library builds inside others (Branch's Parallel),
     # so error paths show the layers users wrote.
     hidden_in_paths = False
+    # Whether weights and state are one entry per sublayer, so sublayers' caches are live
+    # views into this layer's (see `cache_views`); False where they are laid out otherwise.
+    cache_follows_sublayers = True
+    # Whether predict mode takes the stream already shifted (Trax's ShiftRight is then a no-op),
+    # so `verify_contract` compares against the eval-mode model with this layer a no-op too.
+    fed_shifted_in_predict_mode = False
+    # Where this layer's interactive caches live when they are part of another layer's:
+    # (owner, path) per cache, None for a cache of its own.
+    _weights_home = None
+    _state_home = None
+    _own_initialized = False
 
     def __init__(self, n_in: int = 1, n_out: int = 1, name: str | None = None, sublayers_to_print=None):
         if n_in < 0 or n_out < 0:
@@ -184,7 +195,6 @@ class Layer:
         self._caller = errors.user_frame(self)
         self._weights = EMPTY_WEIGHTS
         self._state = EMPTY_STATE
-        self._initialized = False
         self._jitted_pure_fn = None
 
     # --- Description --------------------------------------------------------
@@ -454,8 +464,7 @@ class Layer:
             except TypeError as e:
                 raise LayerError(self, "init", input_signature, e) from e
             weights, state, _ = self.init_tree(signature, rng)
-        self._weights, self._initialized = weights, True
-        self.state = state
+        self.weights, self.state = weights, state
         return weights, state
 
     def _init_without_signature(self, rng):
@@ -549,25 +558,38 @@ class Layer:
     def weights(self):
         """The interactive cache's weights (set by `init` or assignment).
 
-        Inside a Trax-style `forward(self, x)` or `init_weights_and_state(self,
-        input_signature)`, the weights of the call being run (see `Layer`).
+        As in Trax, a sublayer's are its part of the initialized model's, and
+        assigning them changes the model's (`cache_views`); a combinator not
+        initialized itself gives its sublayers' weights. Inside a Trax-style
+        `forward(self, x)` or `init_weights_and_state(self, input_signature)`,
+        the weights of the call being run (see `Layer`).
         """
         bound = self._bound
-        return self._weights if bound is None else bound["weights"]
+        if bound is not None:
+            return bound["weights"]
+        if not self._initialized and self.cache_follows_sublayers and self.sublayers:
+            return tuple(sub.weights for sub in self.sublayers)
+        return self._cached("weights")
 
     @weights.setter
     def weights(self, weights):
         if self._bound is not None:
             self._bound["weights"] = weights
             return
-        self._weights = weights
-        self._initialized = True
+        self._set_cached("weights", weights)
+        if self._weights_home is None:
+            self._own_initialized = True
+        cache_views.bind_sublayers(self, "weights", SHARED)
 
     @property
     def state(self):
         """The interactive cache's state (set by `init`, `layer(x)` or assignment); a Trax-style call's inside it."""
         bound = self._bound
-        return self._state if bound is None else bound["state"]
+        if bound is not None:
+            return bound["state"]
+        if not self._initialized and self.cache_follows_sublayers and self.sublayers:
+            return tuple(sub.state for sub in self.sublayers)
+        return self._cached("state")
 
     @state.setter
     def state(self, state):
@@ -575,8 +597,47 @@ class Layer:
         if self._bound is not None:
             self._bound["state"] = state
             return
-        self._state = state
+        self._set_cached("state", state)
+        cache_views.bind_sublayers(self, "state", SHARED)
         self._stream_pending, self._stream_steps = False, 0
+
+    @property
+    def _initialized(self) -> bool:
+        """Whether the interactive cache holds weights (this layer's, or its part of its owner's)."""
+        home = self._weights_home
+        return self._own_initialized if home is None else home[0]._initialized
+
+    def _cache_home(self, kind: str):
+        return self._weights_home if kind == "weights" else self._state_home
+
+    def _set_cache_home(self, kind: str, home) -> None:
+        """Makes this layer's `kind` cache its part of `home = (owner, path)`'s (its own copy is dropped)."""
+        if kind == "weights":
+            self._weights_home, self._weights = home, EMPTY_WEIGHTS
+        else:
+            self._state_home, self._state = home, EMPTY_STATE
+
+    def _cached(self, kind: str):
+        """The `kind` ("weights" or "state") cache: its own, or its part of its owner's."""
+        home = self._cache_home(kind)
+        if home is not None:
+            part = cache_views.follow(home[0]._cached(kind), home[1])
+            if part is not None:
+                return part
+            self._set_cache_home(kind, None)  # The owner's tree was replaced by one without this part.
+        return self._weights if kind == "weights" else self._state
+
+    def _set_cached(self, kind: str, value) -> None:
+        home = self._cache_home(kind)
+        if home is not None and cache_views.follow(home[0]._cached(kind), home[1]) is not None:
+            owner, path = home
+            owner._set_cached(kind, cache_views.replace_at(owner._cached(kind), path, value))
+            return
+        self._set_cache_home(kind, None)
+        if kind == "weights":
+            self._weights = value
+        else:
+            self._state = value
 
     @property
     def rng(self):
@@ -607,16 +668,16 @@ class Layer:
         first call starts the stream from the model's weights and state).
         """
         if weights is None and not self._initialized:
-            self._init_weightless(x)
+            self._init_for_call(x)
         elif state is None and not self._initialized:  # Weights given, no state yet: a fresh one.
             self.state = self.init_tree(shapes.signature(x), default_rng())[1]
-        weights = self._weights if weights is None else weights
+        weights = self._cached("weights") if weights is None else weights
         if state is None and self._stream_pending:
-            self.state = streaming.start_stream(self, shapes.signature(x), weights, self._state)[1]
+            self.state = streaming.start_stream(self, shapes.signature(x), weights, self._cached("state"))[1]
         steps = self._stream_steps
         if state is None and (self._mode == "predict" or self._has_predict_mode_sublayer()):
             steps = streaming.steps_after_block(self, self._stream_steps, x)
-        state = self._state if state is None else state
+        state = self._cached("state") if state is None else state
         if self._jitted_pure_fn is None:
             self._jitted_pure_fn = jax.jit(self.pure_fn)
         try:
@@ -631,17 +692,19 @@ class Layer:
             except TypeError as bad_input:
                 raise LayerError(self, "__call__", x, bad_input) from bad_input
             raise LayerError(self, "__call__", x, e) from e
-        self._state, self._stream_steps = new_state, steps
+        self._set_cached("state", new_state)
+        self._stream_steps = steps
         return outputs
 
-    def _init_weightless(self, x) -> None:
+    def _init_for_call(self, x) -> None:
+        """Fills the cache for a first call without weights: a weightless layer's, or its sublayers' (as Trax)."""
         try:
             checks.check_array_leaves(self.name, x)
         except TypeError as e:
             raise LayerError(self, "__call__", x, e) from e
-        weights, _ = self.init(shapes.signature(x))
-        if jax.tree.leaves(weights):
-            self._weights, self._state, self._initialized = EMPTY_WEIGHTS, EMPTY_STATE, False
+        weights, state, _ = self.init_tree(shapes.signature(x), self.rng)
+        weights, state, missing = cache_views.with_sublayer_caches(self, weights, state, SHARED)
+        if missing:
             raise LayerError(
                 self,
                 "__call__",
@@ -651,6 +714,7 @@ class Layer:
                     f"layer.init(input_signature) first (or pass weights=)"
                 ),
             )
+        self.weights, self.state = weights, state
 
     # --- Modes ----------------------------------------------------------------
 
@@ -673,6 +737,10 @@ class Layer:
                 new._predict_inside_memo = None
                 new._stream_pending, new._stream_steps = mode == "predict", 0
                 memo[id(layer)] = new
+                for kind in cache_views.CACHES:  # A view into the twinned owner looks into the owner's twin.
+                    home = layer._cache_home(kind)
+                    if home is not None and id(home[0]) in memo:
+                        new._set_cache_home(kind, (memo[id(home[0])], home[1]))
                 new._sublayers = tuple(twin(sub) for sub in layer._sublayers)
                 if new._sublayers_to_print is not None:
                     new._sublayers_to_print = [
@@ -680,7 +748,13 @@ class Layer:
                     ]
             return memo[id(layer)]
 
-        return twin(self)
+        new = twin(self)
+        if self._initialized and self._weights_home is not None:  # Part of a model outside the twin: a copy.
+            new._weights_home = new._state_home = None
+            new._own_initialized = False
+            new.weights, new.state = self.weights, self.state
+            new._stream_pending = mode == "predict"
+        return new
 
     # --- Files ----------------------------------------------------------------
 
@@ -691,7 +765,7 @@ class Layer:
         tree plus a JSON header: no pickle, so loading runs no code.
         """
         serialization.save_layer(
-            file_name, self._weights, None if weights_only else self._state, input_signature
+            file_name, self.weights, None if weights_only else self.state, input_signature
         )
 
     def init_from_file(self, file_name, weights_only: bool = False, input_signature=None):
@@ -714,7 +788,7 @@ class Layer:
         weights, state = serialization.load_layer(file_name, weights_sig, None if weights_only else state_sig)
         if weights_only:
             _, state = self.init(signature)
-        self._weights, self._state, self._initialized = weights, state, True
+        self.weights, self.state = weights, state
         return weights, state
 
     def _init_from_trax_file(self, file_name, weights_only: bool, input_signature):
@@ -731,7 +805,7 @@ class Layer:
         state = None if weights_only else trax_checkpoint.state_or_none(content, state_sig, where)
         if state is None:
             _, state = self.init(signature)
-        self._weights, self._state, self._initialized = weights, state, True
+        self.weights, self.state = weights, state
         return weights, state
 
 

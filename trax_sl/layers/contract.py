@@ -8,7 +8,10 @@ Public, for users' own layers too (also reachable under its old name,
 
 It builds the layer in 'eval' mode (layer-wise) and 'predict' mode
 (step-wise) on the same weights, and raises AssertionError naming the first
-broken rule.
+broken rule. A layer that, as Trax's `ShiftRight`, takes an already shifted
+stream in predict mode (`fed_shifted_in_predict_mode`) is a no-op on both
+sides: the predict-mode model fed the shifted stream must equal the eval-mode
+model.
 """
 
 from __future__ import annotations
@@ -248,6 +251,33 @@ def _masked_dot(y, cotangents):
     return total
 
 
+def _graph(layer) -> list:
+    """Every layer of `layer`'s graph, each once."""
+    seen, found, todo = set(), [], [layer]
+    while todo:
+        node = todo.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            found.append(node)
+            todo.extend(node.sublayers)
+    return found
+
+
+def _fed_shifted(layer):
+    """Eval-mode `layer`, or where it shifts its input (ShiftRight) a twin fed the shifted stream.
+
+    The twin's shifting layers run as in predict mode (no-ops), so it computes
+    what the predict-mode layer computes on the stream the caller shifts.
+    """
+    if not any(node.fed_shifted_in_predict_mode for node in _graph(layer)):
+        return layer
+    twin = layer.with_mode("eval")
+    for node in _graph(twin):
+        if node.fed_shifted_in_predict_mode:
+            node._mode = "predict"
+    return twin
+
+
 def verify_contract(
     layer_fn,
     input_signature,
@@ -306,7 +336,7 @@ def verify_contract(
         if not isinstance(input_signature, seq.Sequence)
         else input_signature
     )
-    layer = layer_fn("eval")
+    layer = _fed_shifted(layer_fn("eval"))
     predict = layer_fn("predict")
     name = layer.name
     if not predict.supports_step:

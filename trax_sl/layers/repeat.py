@@ -22,6 +22,8 @@ class Repeat(base.Layer):
     Predict mode: the state holds each repeat's stream state, stacked.
     """
 
+    cache_follows_sublayers = False  # Its weights are the sublayer's stacked, one per repeat.
+
     handles_sequences = True
 
     def __init__(self, layer: base.Layer, n_repeats: int, remat: bool = False, name: str | None = None):

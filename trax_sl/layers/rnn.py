@@ -2,8 +2,8 @@
 
 Names, arguments, weight layouts and stack semantics are Trax's
 (`trax.layers.rnn`). A cell maps `(x, state) -> (y, new_state)` for one time
-step; `LSTM`, `GRU` and `SRU` are Trax's compositions, with Trax's
-`Scan(cell, axis=1, mode=mode)` replaced by a scan over time that streams:
+step; `LSTM`, `GRU` and `SRU` are Trax's compositions around Trax's
+`Scan(cell, axis=1, mode=mode)`, which streams (`control_flow.TimeScan`):
 masked (invalid) steps leave a row's carry as it was, and in predict mode the
 carry lives in the state, so a sequence fed block by block gives the outputs
 of the whole sequence at once.
@@ -11,17 +11,15 @@ of the whole sequence at once.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
 from trax_sl import checks, partitioning, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import activation_fns, base, convolution, core, streaming
+from trax_sl.layers import activation_fns, base, convolution, core
 from trax_sl.layers import initializers as init
 from trax_sl.layers.base import Fn, Layer
-from trax_sl.layers.combinators import Branch, Dup, Gate, Multiply, Parallel, Select, Serial, Split
+from trax_sl.layers.combinators import Branch, Dup, Gate, Multiply, Parallel, Scan, Select, Serial, Split
 
 # --- Helpers -------------------------------------------------------------------
 
@@ -268,138 +266,6 @@ def MakeZeroState(depth_multiplier: int = 1) -> Layer:  # noqa: N802
     return _ZeroState(depth_multiplier=depth_multiplier)
 
 
-def _drop_time(signature):
-    """The signature of one time step of a `[batch, time, ...]` item."""
-    values = seq.values_of(signature)
-    if len(values.shape) < 2:
-        raise ValueError(f"expected scanned inputs [batch, time, ...], got {shapes.short_form(values)}")
-    return shapes.ShapeDtype((values.shape[0],) + tuple(values.shape[2:]), values.dtype)
-
-
-def _frozen_where(valid, new, old):
-    """new where the step is valid, else old (the carry does not advance)."""
-    valid = jnp.reshape(valid, (valid.shape[0],) + (1,) * (old.ndim - 1))
-    return jnp.where(valid, new.astype(old.dtype), old)
-
-
-class _TimeRecurrence(Layer):
-    """A cell run over time (axis 1), streaming: Trax's `Scan(cell, axis=1, n_carry, mode)`.
-
-    Named TimeRecurrence, not Scan, so that printed layers and error paths
-    tell it apart from `combinators.Scan` (which does not stream).
-
-    The cell maps `(x1..xN, carry1..carryM) -> (y1..yK, new_carry1..M)` for
-    one step; this layer maps `xs [batch, time, ...]` (Sequences or arrays)
-    and initial carries `[batch, ...]` to `ys [batch, time, ...]` and the
-    final carries. A row's carry does not advance at its invalid steps, and
-    invalid steps are zeroed before the cell sees them, so padding never
-    reaches valid outputs. The ys are Sequences with the (and-ed) input mask
-    when any x is a Sequence. The weights are `(cell_weights,)`, as Trax's.
-
-    Predict mode: the state holds (cell state, carries, started): the carries
-    of the stream so far, used instead of the stack's carries from the
-    second block on (the first block starts from the stack's, as in Trax);
-    `started` is per row (`[batch]`), so that a row's stream restarts alone.
-    """
-
-    handles_sequences = True
-
-    def __init__(self, cell: Layer, n_carry: int = 1, mode: str = "train"):
-        if not 1 <= n_carry < cell.n_in or n_carry > cell.n_out:
-            raise ValueError(
-                f"TimeRecurrence: n_carry must be >= 1 and leave at least one scanned input; got "
-                f"n_carry={n_carry} for {cell.name} with n_in={cell.n_in}, n_out={cell.n_out}"
-            )
-        checks.check_mode("TimeRecurrence", mode)
-        super().__init__(n_in=cell.n_in, n_out=cell.n_out, name="TimeRecurrence")
-        self._sublayers = (cell,)
-        self._n_carry = n_carry
-        self._mode = mode
-
-    @property
-    def cell(self) -> Layer:
-        return self._sublayers[0]
-
-    # The carry sees every earlier step; the cell has no time axis of its own.
-    streaming_spec = streaming.StreamingSpec(receptive_field=(math.inf, 0))
-
-    def _split(self, items: tuple):
-        n_xs = self.n_in - self._n_carry
-        return items[:n_xs], items[n_xs:]
-
-    def init_weights_and_state(self, input_signature, rng):
-        xs, carries = self._split(base.as_items(input_signature, self.n_in))
-        for c in carries:
-            if isinstance(c, seq.Sequence):
-                raise TypeError(f"{self.name}: carries must be arrays [batch, ...], got a Sequence")
-        step_signature = tuple(_drop_time(x) for x in xs) + tuple(carries)
-        w, s, _ = base.init_sublayer(0, self.cell, base.from_items(step_signature, self.cell.n_in), rng)
-        if self._mode != "predict":
-            return (w,), (s,)
-        zeros = tuple(jnp.zeros(c.shape, c.dtype) for c in carries)
-        return (w,), (s, zeros, jnp.zeros(carries[0].shape[:1], jnp.bool_))
-
-    def forward(self, inputs, weights, state, rng):
-        xs, carries = self._split(base.as_items(inputs, self.n_in))
-        if any(isinstance(c, seq.Sequence) for c in carries):
-            raise TypeError(f"{self.name}: carries must be arrays [batch, ...], got a Sequence")
-        masks = [x.mask for x in xs if isinstance(x, seq.Sequence)]
-        values = [x.mask_invalid().values if isinstance(x, seq.Sequence) else x for x in xs]
-        batch_time = tuple(values[0].shape[:2])
-        for v in values[1:]:
-            if tuple(v.shape[:2]) != batch_time:
-                raise ValueError(
-                    f"{self.name}: scanned inputs differ in [batch, time]: {shapes.short_form(tuple(values))}"
-                )
-        mask = jnp.ones(batch_time, jnp.bool_)
-        for m in masks:
-            mask = mask & m
-        if self._mode == "predict":
-            cell_state, stored, started = state
-            carries = tuple(
-                jnp.where(started.reshape(started.shape + (1,) * (s.ndim - 1)), s, c.astype(s.dtype))
-                for s, c in zip(stored, carries)
-            )
-        else:
-            (cell_state,) = state
-        rngs = None if rng is None else jax.random.split(rng, batch_time[1])
-        n_ys = self.cell.n_out - self._n_carry
-
-        def body(carry_and_state, step):
-            carry, cell_state = carry_and_state
-            x_t, valid, step_rng = step
-            outputs, new_cell_state = base.call_sublayer(
-                0,
-                self.cell,
-                base.from_items(tuple(x_t) + tuple(carry), self.cell.n_in),
-                weights[0],
-                cell_state,
-                step_rng,
-            )
-            outputs = base.as_items(outputs, self.cell.n_out)
-            new_carry = tuple(_frozen_where(valid, n, o) for n, o in zip(outputs[n_ys:], carry))
-            return (new_carry, new_cell_state), outputs[:n_ys]
-
-        if batch_time[1] == 1:
-            # One step (streaming with blocks of 1): no loop to compile.
-            step = (tuple(v[:, 0] for v in values), mask[:, 0], None if rngs is None else rngs[0])
-            (carries, cell_state), ys = body((tuple(carries), cell_state), step)
-            ys = tuple(jnp.expand_dims(y, 1) for y in ys)
-        else:
-            time_major = tuple(jnp.swapaxes(v, 0, 1) for v in values)
-            (carries, cell_state), ys = jax.lax.scan(
-                body, (tuple(carries), cell_state), (time_major, jnp.swapaxes(mask, 0, 1), rngs)
-            )
-            ys = tuple(jnp.swapaxes(y, 0, 1) for y in ys)
-        if masks:
-            ys = tuple(seq.Sequence(y, mask) for y in ys)
-        if self._mode == "predict":
-            new_state = (cell_state, carries, jnp.ones_like(state[2]))
-        else:
-            new_state = (cell_state,)
-        return base.from_items(ys + carries, self.n_out), new_state
-
-
 # --- Recurrent layers ---------------------------------------------------------------
 
 
@@ -459,7 +325,7 @@ def LSTM(  # noqa: N802
     checks.check_positive("LSTM", n_units=n_units)
     checks.check_mode("LSTM", mode)
     layers = [] if initial_state else [Branch(None, _ZeroState(depth=2 * n_units))]
-    layers.append(_TimeRecurrence(LSTMCell(n_units=n_units), mode=mode))
+    layers.append(Scan(LSTMCell(n_units=n_units), axis=1, mode=mode))
     if not return_state:
         layers.append(Select([0], n_in=2))
     return _recurrent_stack(layers, f"LSTM_{n_units}", mode)
@@ -480,7 +346,7 @@ def GRU(n_units: int, mode: str = "train") -> Layer:  # noqa: N802
     checks.check_mode("GRU", mode)
     layers = [
         Branch(None, _ZeroState(depth=n_units)),
-        _TimeRecurrence(GRUCell(n_units=n_units), mode=mode),
+        Scan(GRUCell(n_units=n_units), axis=1, mode=mode),
         Select([0], n_in=2),
     ]
     return _recurrent_stack(layers, f"GRU_{n_units}", mode)
@@ -502,7 +368,7 @@ def ScanSRUCell(mode: str = "train", monkey_patched_mask=None) -> Layer:  # noqa
             "ScanSRUCell: monkey_patched_mask is not supported; pass Sequences (values and mask) "
             "instead: invalid steps keep the carry"
         )
-    return _TimeRecurrence(InnerSRUCell(), mode=mode)
+    return Scan(InnerSRUCell(), axis=1, mode=mode)
 
 
 def SRU(n_units: int, activation: Layer | None = None, mode: str = "train") -> Layer:  # noqa: N802

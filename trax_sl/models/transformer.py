@@ -2,12 +2,11 @@
 
 Names, arguments, defaults, stack semantics and weights trees are Trax's
 (`trax.models.transformer`). The decoder side streams in predict mode: the
-KV caches of `CausalAttention`, the position count of `PositionalEncoding`
-and the shifted-in token of `ShiftRight` live in the state, so that
-autoregressive decoding feeds one token at a time and gets what the whole
-sequence gives layer-wise. Unlike Trax's, the predict-mode `ShiftRight`
-keeps the contract: a decoding loop feeds each new token itself (the model
-shifts it in for the next step), not the previous one.
+KV caches of `CausalAttention` and the position count of
+`PositionalEncoding` live in the state, so that autoregressive decoding feeds
+one token at a time and gets what the whole sequence gives layer-wise. As in
+Trax, the predict-mode `ShiftRight` is a no-op: a decoding loop feeds the
+start token, then each previous token (the shifted stream).
 
 The KV caches hold `max_len` tokens per row (`CausalAttention`'s
 `max_inference_length`), as many as `PositionalEncoding` has positions; past
@@ -146,10 +145,11 @@ def TransformerLM(  # noqa: N802
     the logits at step t predict token t from tokens < t. A Sequence input
     gives logits with its mask. Streams with block_size 1 and no latency.
 
-    Predict mode: the state holds the last token (ShiftRight), each row's
-    count of valid steps (PositionalEncoding) and each block's KV cache of
-    `max_len` steps per row. Feed the tokens themselves, one (or more) per
-    step: the logits of step t are those the whole sequence gives at t.
+    Predict mode: the state holds each row's count of valid steps
+    (PositionalEncoding) and each block's KV cache of `max_len` steps per
+    row. As in Trax, feed the shifted tokens (0, then each previous token),
+    one (or more) per step: the logits of step t are those the whole
+    sequence gives at t.
     """
 
     def _Dropout():  # noqa: N802
@@ -197,8 +197,9 @@ def Transformer(  # noqa: N802
     whole at every step. Predict mode: the state holds the encoded source
     (encoded once, on the first step, by the encoder in 'eval' mode), the
     cross attentions' projected keys and values (computed on the first
-    step), the shifted-in token, the target's position count and the
-    decoder's KV caches (`max_len` steps per row).
+    step), the target's position count and the decoder's KV caches
+    (`max_len` steps per row). As in Trax, feed the shifted target (0, then
+    each previous token).
     """
     in_embedder = core.Embedding(input_vocab_size, d_model)
     if output_vocab_size is None:
@@ -313,20 +314,25 @@ def _check_d_model(model: str, d_model: int, n_heads: int) -> None:
         )
 
 
-def _EncoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation):  # noqa: N802
-    """Layers of an encoder block: `(activations, mask)` -> same; attention over the whole sequence."""
+def _EncoderBlock(  # noqa: N802
+    d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, residual=combinators.Residual
+):
+    """Layers of an encoder block: `(activations, mask)` -> same; attention over the whole sequence.
+
+    `residual` wraps each sub-block (ReZero's models pass their `ResidualZero`).
+    """
     _check_d_model("Transformer encoder block", d_model, n_heads)
 
     def _Dropout():  # noqa: N802
         return core.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode)
 
     return [
-        combinators.Residual(
+        residual(
             normalization.LayerNorm(),
             attention.Attention(d_model, n_heads=n_heads, dropout=dropout, mode=mode),
             _Dropout(),
         ),
-        combinators.Residual(
+        residual(
             normalization.LayerNorm(),
             _FeedForwardBlock(d_model, d_ff, dropout, dropout_shared_axes, mode, ff_activation),
             _Dropout(),
@@ -334,22 +340,35 @@ def _EncoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff
     ]
 
 
-def _DecoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len):  # noqa: N802
-    """Layers of a decoder block: `activations` -> same; causal attention, streaming."""
+def _DecoderBlock(  # noqa: N802
+    d_model,
+    d_ff,
+    n_heads,
+    dropout,
+    dropout_shared_axes,
+    mode,
+    ff_activation,
+    max_len,
+    residual=combinators.Residual,
+):
+    """Layers of a decoder block: `activations` -> same; causal attention, streaming.
+
+    `residual` wraps each sub-block (ReZero's models pass their `ResidualZero`).
+    """
     _check_d_model("Transformer decoder block", d_model, n_heads)
 
     def _Dropout():  # noqa: N802
         return core.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode)
 
     return [
-        combinators.Residual(
+        residual(
             normalization.LayerNorm(),
             attention.CausalAttention(
                 d_model, n_heads=n_heads, dropout=dropout, max_inference_length=max_len, mode=mode
             ),
             _Dropout(),
         ),
-        combinators.Residual(
+        residual(
             normalization.LayerNorm(),
             _FeedForwardBlock(d_model, d_ff, dropout, dropout_shared_axes, mode, ff_activation),
             _Dropout(),
@@ -358,22 +377,33 @@ def _DecoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff
 
 
 def _EncoderDecoderBlock(  # noqa: N802
-    d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len
+    d_model,
+    d_ff,
+    n_heads,
+    dropout,
+    dropout_shared_axes,
+    mode,
+    ff_activation,
+    max_len,
+    residual=combinators.Residual,
 ):
-    """Layers of an encoder-decoder block: `(vec_d, masks, vec_e)` -> same."""
+    """Layers of an encoder-decoder block: `(vec_d, masks, vec_e)` -> same.
+
+    `residual` wraps each sub-block (ReZero's models pass their `ResidualZero`).
+    """
     _check_d_model("Transformer encoder-decoder block", d_model, n_heads)
 
     def _Dropout():  # noqa: N802
         return core.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode)
 
     return [  # vec_d masks vec_e
-        combinators.Residual(
+        residual(
             normalization.LayerNorm(),
             # No attention dropout here, as in Trax.
             attention.CausalAttention(d_model, n_heads=n_heads, max_inference_length=max_len, mode=mode),
             _Dropout(),
         ),
-        combinators.Residual(
+        residual(
             normalization.LayerNorm(),
             combinators.Select([0, 2, 2, 1, 2]),  # vec_d vec_e vec_e masks vec_e
             attention.AttentionQKV(
@@ -381,7 +411,7 @@ def _EncoderDecoderBlock(  # noqa: N802
             ),  # vec_d masks vec_e
             _Dropout(),
         ),
-        combinators.Residual(
+        residual(
             normalization.LayerNorm(),
             _FeedForwardBlock(d_model, d_ff, dropout, dropout_shared_axes, mode, ff_activation),
             _Dropout(),

@@ -1,10 +1,9 @@
 """Autoregressive sampling from a predict-mode model, as one compiled loop.
 
 The model runs in predict mode (streaming: each call takes one block of
-tokens and carries its KV caches, positions and carries in its state). A
-language model that starts with `ShiftRight` has that layer's job done by
-the sampler: it feeds `start_id`, then each sampled token, to the rest of the
-model, as Trax's predict-mode no-op ShiftRight did.
+tokens and carries its KV caches, positions and carries in its state). As in
+Trax, the sampler feeds `start_id`, then each sampled token: the shifted
+stream that a predict-mode `ShiftRight` (a no-op) expects.
 
 Sampling runs on the device inside `jax.lax.scan` (no Python work or host
 sync per token), greedy at temperature 0 and categorical otherwise, with JAX
@@ -21,32 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trax_sl import shapes
-from trax_sl.layers import attention, base, combinators, streaming
-
-
-def _without_first_shift(model: base.Layer, weights, state):
-    """(model, weights, state) without the first ShiftRight met depth-first through Serials.
-
-    A language model starts with it; an encoder-decoder has it on the target
-    path after the encoder. model is None when the model is only a ShiftRight;
-    it is returned unchanged when it has none.
-    """
-    if isinstance(model, attention.ShiftRight):
-        return None, (), ()
-    if not isinstance(model, combinators.Serial):
-        return model, weights, state
-    for i, sub in enumerate(model.sublayers):
-        new_sub, new_weights, new_state = _without_first_shift(sub, weights[i], state[i])
-        if new_sub is sub:
-            continue
-        keep = (new_sub,) if new_sub is not None else ()
-        layers = model.sublayers[:i] + keep + model.sublayers[i + 1 :]
-        return (
-            combinators.Serial(*layers, name=model.name),
-            tuple(weights[:i]) + (new_weights,) * len(keep) + tuple(weights[i + 1 :]),
-            tuple(state[:i]) + (new_state,) * len(keep) + tuple(state[i + 1 :]),
-        )
-    return model, weights, state
+from trax_sl.layers import base, streaming
 
 
 def _sample(logits, rng, temperature: float):
@@ -101,27 +75,12 @@ def check_capacity(model: base.Layer, prompt_length: int, max_length: int) -> No
 
 
 def _start(model, weights, state, batch_size: int, inputs):
-    """(core without ShiftRight, its weights, its fresh stream state)."""
+    """(the predict-mode model, its fresh stream state)."""
     predict_model = _predict_twin(model)
     block = shapes.ShapeDtype((batch_size, 1), np.int32)
     signature = block if inputs is None else (shapes.signature(inputs), block)
     _, stream_state = streaming.start_stream(predict_model, signature, weights, state)
-    core, core_weights, core_state = _without_first_shift(predict_model, weights, stream_state)
-    if core is None:
-        raise ValueError("autoregressive_sample: the model is only a ShiftRight; nothing to sample from")
-    return _cached_core(predict_model, core), core_weights, core_state
-
-
-_CORES: dict[int, tuple[base.Layer, base.Layer]] = {}
-
-
-def _cached_core(predict_model: base.Layer, core: base.Layer) -> base.Layer:
-    """One core object per predict model, so jit's cache (keyed on it) is hit on later calls."""
-    cached = _CORES.get(id(predict_model))
-    if cached is None or cached[0] is not predict_model:
-        cached = (predict_model, core)
-        _CORES[id(predict_model)] = cached
-    return cached[1]
+    return predict_model, stream_state
 
 
 @functools.partial(jax.jit, static_argnames=("core", "length", "temperature", "eos_id", "min_length"))
@@ -222,13 +181,12 @@ def autoregressive_sample(
         context, inputs = inputs, None
     prefix = _prefix(batch_size, start_id, context)
     check_capacity(model, prefix.shape[1], max_length)
-    core, core_weights, core_state = _start(
-        model, model.weights if weights is None else weights, state, batch_size, inputs
-    )
+    weights = model.weights if weights is None else weights
+    core, core_state = _start(model, weights, state, batch_size, inputs)
     tokens = _decode(
         core,
         inputs,
-        core_weights,
+        weights,
         core_state,
         jnp.asarray(prefix),
         jax.random.PRNGKey(0) if rng is None else rng,
@@ -267,9 +225,8 @@ def autoregressive_sample_stream(
     ValueError naming its cache.
     """
     del accelerate, eval_min_length, eval_mode
-    core, core_weights, stream_state = _start(
-        model, model.weights if weights is None else weights, state, batch_size, inputs
-    )
+    weights = model.weights if weights is None else weights
+    core, stream_state = _start(model, weights, state, batch_size, inputs)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     last = jnp.asarray(_prefix(batch_size, start_id, None))
     capacity, source = _capacity(model)
@@ -280,7 +237,7 @@ def autoregressive_sample_stream(
         tokens, stream_state, last = _decode_chunk(
             core,
             inputs,
-            core_weights,
+            weights,
             stream_state,
             last,
             chunk_rng,

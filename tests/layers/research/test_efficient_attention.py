@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import trax_sl.layers as tl
 from trax_sl import sequence as seq
 from trax_sl.layers import attention, base, test_utils
 from trax_sl.layers.research import efficient_attention as ea
@@ -203,6 +204,15 @@ def test_self_attention_dropout_and_predict_mode():
     assert not layer.supports_step
     with pytest.raises(base.LayerError, match="does not stream"):
         layer.with_mode("predict").pure_fn(X, weights, state, None)
+
+
+def test_chunked_attention_dropout_is_one_mask_for_every_chunk():
+    # Trax's attend draws the dropout mask of one chunk's [q, kv] dots; with chunks it broadcasts.
+    layer = tl.LSHSelfAttention(n_heads=2, d_qk=4, d_v=4, attention_dropout=0.5, chunk_len=4, n_hashes=1)
+    x = jnp.ones((2, 8, 8))
+    layer.init(ShapeDtype(x.shape))
+    a, b = layer(x, rng=jax.random.PRNGKey(0)), layer(x, rng=jax.random.PRNGKey(1))
+    assert a.shape == (2, 8, 8) and not np.allclose(a, b)
 
 
 def test_forward_and_or_backward_equals_autodiff():

@@ -1,8 +1,9 @@
-"""Control-flow combinators: Scan, Cond, Chunk, Cache, BatchLeadingAxes, Bidirectional.
+"""Control-flow combinators: Scan (TimeScan), Cond, Chunk, Cache, BatchLeadingAxes, Bidirectional.
 
 Each runs a sublayer in another way than once on the stack: scanned along an
 axis, chosen by a condition, over batch chunks, memoised, on folded axes, or
-on time reversed. None of them streams except through its sublayer's rules.
+on time reversed. A scan over time with carries (`TimeScan`) streams; the
+others stream only through their sublayer's rules.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl import shapes
 from trax_sl.layers import base, streaming
 from trax_sl.layers.base import Layer
 from trax_sl.layers.combinators.stack import Branch, Concatenate, Select, Serial, StackOp
@@ -29,10 +30,16 @@ class Scan(Layer):
     The layer maps `(x1..xN, carry1..carryM) -> (y1..yK, new_carry1..M)`; Scan
     maps stacked xs (along `axis`) and the initial carries to stacked ys and
     the final carries. `remat=True` recomputes the body in the backward pass.
-    Predict mode: not streamable (the carry is an explicit input and output).
+
+    Over time (`axis=1`) with carries it is a `TimeScan`, which streams as
+    Trax's predict-mode Scan does; over other axes it does not stream.
     """
 
     handles_sequences = True
+
+    def __new__(cls, layer=None, axis: int = 0, n_carry: int = 1, *args, **kwargs):
+        over_time = cls is Scan and axis == 1 and isinstance(layer, Layer) and 1 <= n_carry < layer.n_in
+        return super().__new__(TimeScan if over_time else cls)
 
     def __init__(
         self, layer: Layer, axis: int = 0, n_carry: int = 1, remat: bool = False, mode: str = "train"
@@ -109,6 +116,137 @@ class Scan(Layer):
         n_ys = self.n_out - self._n_carry
         out_items = tuple(jax.tree.map(add_axis, y) for y in out_items[:n_ys]) + out_items[n_ys:]
         return (w,), (s,), base.from_items(out_items, self.n_out)
+
+
+def _drop_time(signature):
+    """The signature of one time step of a `[batch, time, ...]` item."""
+    values = seq.values_of(signature)
+    if len(values.shape) < 2:
+        raise ValueError(f"expected scanned inputs [batch, time, ...], got {shapes.short_form(values)}")
+    return shapes.ShapeDtype((values.shape[0],) + tuple(values.shape[2:]), values.dtype)
+
+
+def _frozen_where(valid, new, old):
+    """new where the step is valid, else old (the carry does not advance)."""
+    valid = jnp.reshape(valid, (valid.shape[0],) + (1,) * (old.ndim - 1))
+    return jnp.where(valid, new.astype(old.dtype), old)
+
+
+class TimeScan(Scan):
+    """`Scan(cell, axis=1, n_carry >= 1, ...)`: a cell run over time that streams, as Trax's Scan does.
+
+    `Scan` builds this for `axis=1` with carries, so Trax's code gets it as
+    written. The cell maps `(x1..xN, carry1..carryM) -> (y1..yK, new_carry1..M)` for
+    one step; this layer maps `xs [batch, time, ...]` (Sequences or arrays)
+    and initial carries `[batch, ...]` to `ys [batch, time, ...]` and the
+    final carries. A row's carry does not advance at its invalid steps, and
+    invalid steps are zeroed before the cell sees them, so padding never
+    reaches valid outputs. The ys are Sequences with the (and-ed) input mask
+    when any x is a Sequence. The weights are `(cell_weights,)`, as Trax's.
+
+    Predict mode: the state holds (cell state, carries, started): the carries
+    of the stream so far, used instead of the stack's carries from the
+    second block on (the first block starts from the stack's, as in Trax);
+    `started` is per row (`[batch]`), so that a row's stream restarts alone.
+    """
+
+    handles_sequences = True
+
+    def __init__(
+        self, layer: Layer, axis: int = 1, n_carry: int = 1, remat: bool = False, mode: str = "train"
+    ):
+        if axis != 1 or not 1 <= n_carry < layer.n_in:
+            raise ValueError(
+                f"Scan over time: axis must be 1 and n_carry >= 1 must leave at least one scanned input; "
+                f"got axis={axis}, n_carry={n_carry} for {layer.name} with n_in={layer.n_in}"
+            )
+        checks.check_mode("Scan", mode)
+        super().__init__(layer, axis=1, n_carry=n_carry, remat=remat, mode=mode)
+
+    # The carry sees every earlier step; the cell has no time axis of its own.
+    streaming_spec = streaming.StreamingSpec(receptive_field=(math.inf, 0))
+
+    def _split(self, items: tuple):
+        n_xs = self.n_in - self._n_carry
+        return items[:n_xs], items[n_xs:]
+
+    init_with_output_signature = Layer.init_with_output_signature  # Scan's is for other axes.
+
+    def init_weights_and_state(self, input_signature, rng):
+        xs, carries = self._split(base.as_items(input_signature, self.n_in))
+        for c in carries:
+            if isinstance(c, seq.Sequence):
+                raise TypeError(f"{self.name}: carries must be arrays [batch, ...], got a Sequence")
+        step_signature = tuple(_drop_time(x) for x in xs) + tuple(carries)
+        w, s, _ = base.init_sublayer(
+            0, self.sublayer, base.from_items(step_signature, self.sublayer.n_in), rng
+        )
+        if self._mode != "predict":
+            return (w,), (s,)
+        zeros = tuple(jnp.zeros(c.shape, jax.dtypes.canonicalize_dtype(c.dtype)) for c in carries)
+        return (w,), (s, zeros, jnp.zeros(carries[0].shape[:1], jnp.bool_))
+
+    def forward(self, inputs, weights, state, rng):
+        xs, carries = self._split(base.as_items(inputs, self.n_in))
+        if any(isinstance(c, seq.Sequence) for c in carries):
+            raise TypeError(f"{self.name}: carries must be arrays [batch, ...], got a Sequence")
+        masks = [x.mask for x in xs if isinstance(x, seq.Sequence)]
+        values = [x.mask_invalid().values if isinstance(x, seq.Sequence) else x for x in xs]
+        batch_time = tuple(values[0].shape[:2])
+        for v in values[1:]:
+            if tuple(v.shape[:2]) != batch_time:
+                raise ValueError(
+                    f"{self.name}: scanned inputs differ in [batch, time]: {shapes.short_form(tuple(values))}"
+                )
+        mask = jnp.ones(batch_time, jnp.bool_)
+        for m in masks:
+            mask = mask & m
+        if self._mode == "predict":
+            cell_state, stored, started = state
+            carries = tuple(
+                jnp.where(started.reshape(started.shape + (1,) * (s.ndim - 1)), s, c.astype(s.dtype))
+                for s, c in zip(stored, carries)
+            )
+        else:
+            (cell_state,) = state
+        rngs = None if rng is None else jax.random.split(rng, batch_time[1])
+        n_ys = self.sublayer.n_out - self._n_carry
+
+        def body(carry_and_state, step):
+            carry, cell_state = carry_and_state
+            x_t, valid, step_rng = step
+            outputs, new_cell_state = base.call_sublayer(
+                0,
+                self.sublayer,
+                base.from_items(tuple(x_t) + tuple(carry), self.sublayer.n_in),
+                weights[0],
+                cell_state,
+                step_rng,
+            )
+            outputs = base.as_items(outputs, self.sublayer.n_out)
+            new_carry = tuple(_frozen_where(valid, n, o) for n, o in zip(outputs[n_ys:], carry))
+            return (new_carry, new_cell_state), outputs[:n_ys]
+
+        if self._remat:
+            body = jax.checkpoint(body)
+        if batch_time[1] == 1:
+            # One step (streaming with blocks of 1): no loop to compile.
+            step = (tuple(v[:, 0] for v in values), mask[:, 0], None if rngs is None else rngs[0])
+            (carries, cell_state), ys = body((tuple(carries), cell_state), step)
+            ys = tuple(jnp.expand_dims(y, 1) for y in ys)
+        else:
+            time_major = tuple(jnp.swapaxes(v, 0, 1) for v in values)
+            (carries, cell_state), ys = jax.lax.scan(
+                body, (tuple(carries), cell_state), (time_major, jnp.swapaxes(mask, 0, 1), rngs)
+            )
+            ys = tuple(jnp.swapaxes(y, 0, 1) for y in ys)
+        if masks:
+            ys = tuple(seq.Sequence(y, mask) for y in ys)
+        if self._mode == "predict":
+            new_state = (cell_state, carries, jnp.ones_like(state[2]))
+        else:
+            new_state = (cell_state,)
+        return base.from_items(ys + carries, self.n_out), new_state
 
 
 class Cond(Layer):

@@ -190,7 +190,8 @@ def attend(
         if rng is None:
             raise ValueError(f"attend: dropout={dropout} needs an rng, got None")
         keep_prob = 1.0 - dropout
-        keep = jax.random.bernoulli(rng, keep_prob, (dots.shape[-2], dots.shape[-1]))
+        # One mask for every chunk, as Trax's (its shape made explicit: no rank promotion).
+        keep = jax.random.bernoulli(rng, keep_prob, (1,) * (dots.ndim - 2) + tuple(dots.shape[-2:]))
         dots = dots * (keep.astype(dots.dtype) / keep_prob)
     out = jnp.matmul(dots, v)
     return jnp.reshape(out, (-1, out.shape[-1])), jnp.reshape(dots_logsumexp, (-1,))
