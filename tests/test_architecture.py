@@ -32,6 +32,7 @@ FLOORS = (
         "trax_sl.layers.serialization",
         "trax_sl.layers.trax_checkpoint",
         "trax_sl.layers.sharding",
+        "trax_sl.layers.cache_views",
     ),
     ("trax_sl.layers.base",),
     ("trax_sl.layers",),

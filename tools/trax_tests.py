@@ -537,7 +537,9 @@ def reason(record):
     if not chain:
         return _last_error_line(record.get("text", ""))[:300]
     top, root = chain[0], chain[-1]
-    return (top if top == root else f"{top}  <-  {root}")[:300]
+    if top == root or root.partition(": ")[2][:60] in top:  # The top message already quotes its cause.
+        return top[:300]
+    return f"{top}  <-  {root}"[:300]
 
 
 def static_test_count(source):

@@ -381,6 +381,9 @@ REGISTRY: dict[str, Entry] = {
     "RandomUniform": Entry(lambda mode: tl.RandomUniform(shape=(3,)), (), streams=False),
     "LocallyConnected1d": Entry(lambda mode: tl.LocallyConnected1d(3, 3, padding="SAME"), X, streams=False),
     "PrintShape": Entry(lambda mode: tl.PrintShape(), X),
+    # The time letter 't' binds per block in predict mode: blocks of 1, 2, 3 steps must all pass.
+    "AssertShape": Entry(lambda mode: tl.AssertShape("bt..."), X),
+    "AssertFunction": Entry(lambda mode: tl.AssertFunction("btd->btf", tl.Dense(3)), X),
     "SummaryScalar": Entry(lambda mode: tl.SummaryScalar("x"), X),
     "SummaryImage": Entry(lambda mode: tl.SummaryImage("x", 1), X, streams=False),
     "Flatten": Entry(lambda mode: tl.Flatten(n_axes_to_keep=2), ShapeDtype((2, 8, 2, 2))),

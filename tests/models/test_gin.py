@@ -8,17 +8,18 @@ from trax_sl import models
 from trax_sl.shapes import ShapeDtype
 from trax_sl.supervised import trainer_lib  # noqa: F401  (registers `train`)
 
-MODELS = [
-    "MLP",
-    "TransformerEncoder",
-    "TransformerDecoder",
-    "TransformerLM",
-    "Transformer",
-    "RNNLM",
-    "GRULM",
-    "ConformerEncoder",
-    "SequenceTransformer",
-]
+# The names of Trax's trax/models/__init__.py (its model_configure calls), in its order.
+TRAX_MODELS = [
+    "AtariCnn", "AtariCnnBody", "FrameStackMLP", "BERT", "BERTClassifierHead", "BERTRegressionHead",
+    "ConfigurableTerraformer", "ConfigurableTransformer", "ConfigurableTransformerEncoder",
+    "ConfigurableTransformerLM", "MLP", "NeuralGPU", "Reformer", "ReformerLM", "ReformerShortenLM",
+    "Resnet50", "ReZeroTransformer", "ReZeroTransformerDecoder", "ReZeroTransformerEncoder",
+    "ReZeroTransformerLM", "SkippingTransformerLM", "LayerDropTransformerLM",
+    "EveryOtherLayerDropTransformerLM", "Transformer", "TransformerDecoder", "TransformerEncoder",
+    "TransformerLM", "Transformer2", "WideResnet", "Policy", "PolicyAndValue", "Value", "Quality",
+    "RNNLM", "GRULM", "LSTMSeq2SeqAttn", "ResidualShuffleExchange", "HourglassLM",
+]  # fmt: skip
+MODELS = TRAX_MODELS + ["ConformerEncoder", "SequenceTransformer"]
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +36,11 @@ def test_configs_name_models(name):
     assert reference.configurable.name == name
     assert reference.configurable.module == "trax_sl.models"
     assert name in models.__all__
+
+
+def test_every_trax_model_name_exists():
+    assert len(TRAX_MODELS) == 38
+    assert [name for name in TRAX_MODELS if not hasattr(models, name)] == []
 
 
 def test_bindings_reach_the_model():

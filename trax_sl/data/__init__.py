@@ -60,6 +60,9 @@ keeps its rows (`per_process=True` for a batch size per process). Batches
 are made ahead of use in a thread, or in worker processes (`read_ahead`).
 """
 
+import types
+
+from trax_sl.data import inputs
 from trax_sl.data.batcher import batcher, make_additional_stream, make_parallel_stream
 from trax_sl.data.batching import (
     AddLossWeights,
@@ -116,5 +119,13 @@ from trax_sl.data.trax_streams import (
     Parallel,
     PrefixLM,
     UnBatch,
+    data_counters,
     random_spans_noise_mask,
 )
+
+# Trax's `trax.data.inputs` module holds every stream function; here the rest live in sibling
+# modules. So that Trax code's `inputs.addition_inputs(...)` runs as written, that module also
+# gets the package's names it does not define.
+for _name, _value in list(globals().items()):
+    if not _name.startswith("_") and not isinstance(_value, types.ModuleType) and not hasattr(inputs, _name):
+        setattr(inputs, _name, _value)

@@ -55,6 +55,7 @@ from trax_sl.layers.activation_fns import (
     Tanh,
     ThresholdedLinearUnit,
 )
+from trax_sl.layers.assert_shape import AssertFunction, AssertShape, assert_shape  # The decorator, as in Trax.
 from trax_sl.layers.attention import (
     Attention,
     AttentionQKV,
@@ -72,6 +73,7 @@ from trax_sl.layers.attention import (
 from trax_sl.layers.base import (
     EMPTY_STATE,
     EMPTY_WEIGHTS,
+    GET_WEIGHTS_FROM_CACHE,
     SHARED,
     Fn,
     Layer,

@@ -59,6 +59,7 @@ class _SharedWeights:
 
 SHARED = _SharedWeights()
 jax.tree_util.register_pytree_node(_SharedWeights, lambda _: ((), None), lambda _a, _c: SHARED)
+GET_WEIGHTS_FROM_CACHE = SHARED  # Trax's name for the marker.
 
 
 class _Scope(threading.local):
@@ -915,10 +916,17 @@ def Fn(name: str, f, n_out: int = 1, *, supports_step: bool = True) -> Layer:  #
     mixes time steps (it then refuses predict mode).
     """
     parameters = inspect.signature(f).parameters.values()
+    not_positional = {
+        inspect.Parameter.VAR_POSITIONAL: "variable args",
+        inspect.Parameter.VAR_KEYWORD: "keyword args",
+        inspect.Parameter.KEYWORD_ONLY: "keyword args",
+    }
     for p in parameters:
-        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is not p.empty:
+        what = "default args" if p.default is not p.empty else not_positional.get(p.kind)
+        if what is not None:  # Trax's words: 'default arg', 'keyword arg', 'variable arg'.
             raise ValueError(
-                f"Fn {name}: f must take positional arguments only, without defaults; got parameter {p}"
+                f"Fn {name}: f must take positional arguments only, without defaults; it has {what} "
+                f"(parameter {p})"
             )
     n_in = len(list(parameters))
     if n_in == 1:

@@ -5,16 +5,20 @@ has the model. As in Trax, the names here are gin configurables, so configs
 say `train.model = @trax_sl.models.TransformerLM` and
 `TransformerLM.d_model = 64` (and a direct call sees those bindings too).
 
-Trax's: MLP; the Transformer family (TransformerEncoder/Decoder/LM,
+Trax's 38 models: MLP; the Transformer family (TransformerEncoder/Decoder/LM,
 Transformer), its configurable (ConfigurableTransformer*, Terraformer),
-ReZero and LayerDrop variants, Reformer and BERT; RNNLM, GRULM, LSTMSeq2SeqAttn; Resnet50,
-WideResnet, AtariCnn, NeuralGPU and the RL heads (Policy, Value, ...).
+ReZero and LayerDrop variants, Reformer, BERT, Transformer2 and HourglassLM;
+RNNLM, GRULM, LSTMSeq2SeqAttn; Resnet50, WideResnet, AtariCnn, NeuralGPU,
+ResidualShuffleExchange and the RL heads (Policy, Value, ...).
 
 Streaming (predict mode, see DESIGN §5): the causal language models and
-decoders stream (as in Trax, a predict-mode `ShiftRight` is a no-op: feed 0,
-then each previous token), encoder-decoders stream in the target (the source
-given whole), ConformerEncoder and SequenceTransformer stream with bounded
-horizons; encoders and image models do not (supports_step False).
+decoders built from causal dot-product attention stream (as in Trax, a
+predict-mode `ShiftRight` is a no-op: feed 0, then each previous token),
+encoder-decoders stream in the target (the source given whole),
+ConformerEncoder and SequenceTransformer stream with bounded horizons.
+Encoders, image models, and models whose attention is LSH or chunked
+(Reformer's defaults, Terraformer, Transformer2, HourglassLM) do not: their
+predict mode raises with the reason.
 `LogMelFrontend` is the notebook's streaming speech front end, a natural
 input to ConformerEncoder.
 """
@@ -27,6 +31,7 @@ from trax_sl.models import (
     bert,
     configurable_transformer,
     conformer,
+    hourglass,
     layerdrop_transformer,
     mlp,
     neural_gpu,
@@ -35,9 +40,11 @@ from trax_sl.models import (
     rezero,
     rl,
     rnn,
+    rse,
     sequence_transformer,
     terraformer,
     transformer,
+    transformer2,
 )
 
 
@@ -83,6 +90,9 @@ ReformerShortenLM = _model_configure(reformer.ReformerShortenLM)
 BERT = _model_configure(bert.BERT)
 BERTClassifierHead = _model_configure(bert.BERTClassifierHead)
 BERTRegressionHead = _model_configure(bert.BERTRegressionHead)
+Transformer2 = _model_configure(transformer2.Transformer2)
+ResidualShuffleExchange = _model_configure(rse.ResidualShuffleExchange)
+HourglassLM = _model_configure(hourglass.HourglassLM)
 
 __all__ = [
     "BERT",
@@ -100,6 +110,7 @@ __all__ = [
     "ConformerEncoder",
     "EveryOtherLayerDropTransformerLM",
     "FrameStackMLP",
+    "HourglassLM",
     "LSTMSeq2SeqAttn",
     "LayerDropTransformerLM",
     "LogMelFrontend",
@@ -114,10 +125,12 @@ __all__ = [
     "Reformer",
     "ReformerLM",
     "ReformerShortenLM",
+    "ResidualShuffleExchange",
     "Resnet50",
     "SequenceTransformer",
     "SkippingTransformerLM",
     "Transformer",
+    "Transformer2",
     "TransformerDecoder",
     "TransformerEncoder",
     "TransformerLM",
@@ -127,6 +140,7 @@ __all__ = [
     "bert",
     "configurable_transformer",
     "conformer",
+    "hourglass",
     "layerdrop_transformer",
     "mlp",
     "neural_gpu",
@@ -135,7 +149,9 @@ __all__ = [
     "rezero",
     "rl",
     "rnn",
+    "rse",
     "sequence_transformer",
     "terraformer",
     "transformer",
+    "transformer2",
 ]

@@ -80,6 +80,8 @@ from trax_sl.supervised.tasks import EvalTask, TrainTask
 
 # The metrics.jsonl keys that time a run (they differ between two runs of the same steps).
 TIMING_KEYS = ("train/steps_per_second", "train/input_wait_fraction")
+# The name `save_checkpoint` gives the step checkpoints (a restart resumes from them), as Trax's basename.
+STEP_CHECKPOINTS = "model"
 
 __all__ = ["EvalTask", "Loop", "TrainTask"]
 
@@ -385,7 +387,7 @@ class Loop:
             self._sync_models()
             if self._output_dir is not None and self._saved_step != self._step:
                 # The step a run stops at is always saved: a restart must not train it again.
-                self.save_checkpoint()
+                self.save_checkpoint(STEP_CHECKPOINTS)
             self.wait_for_checkpoints()
         if stop.signum is not None:
             self._logger.close()  # Event files flushed; metrics.jsonl is written line by line.
@@ -440,8 +442,10 @@ class Loop:
             scalars = self._train_scalars() + self.run_evals(log=False)
             self._logger.log(step, scalars)
         permanent = self._permanent_checkpoint_at(step)
-        if permanent or self._checkpoint_at(step):
-            self.save_checkpoint(permanent=permanent)
+        if permanent:
+            self.save_checkpoint(STEP_CHECKPOINTS, permanent=True)
+        elif self._checkpoint_at(step):
+            self.save_checkpoint(STEP_CHECKPOINTS)  # Positional, as Trax calls it (tests replace the method).
         if self._checkpoint_at(step):
             if self._checkpoint_low_metric is not None and self._at_extreme(self._checkpoint_low_metric, min):
                 self.save_checkpoint(f"lowest_{self._checkpoint_low_metric}")
@@ -565,34 +569,35 @@ class Loop:
             input_signature=serialization.signature_to_json(self._model_input_signature),
         )
 
-    def _checkpoints_named(self, name: str | None) -> checkpoints.Checkpoints:
-        """The step checkpoints (name None) or the named checkpoint `name`, opened once."""
+    def _checkpoints_named(self, name: str) -> checkpoints.Checkpoints:
+        """The step checkpoints (name "model") or the named checkpoint `name`, opened once."""
         if name not in self._checkpoint_dirs:
             root = checkpoints.checkpoints_root(self._output_dir)
-            if name is None:
+            if name == STEP_CHECKPOINTS:
                 found = checkpoints.Checkpoints(root, self._n_checkpoints_to_keep, self._async_checkpoints)
             else:
                 found = checkpoints.Checkpoints(os.path.join(root, name), 1, self._async_checkpoints)
             self._checkpoint_dirs[name] = found
         return self._checkpoint_dirs[name]
 
-    def save_checkpoint(self, basename: str | None = None, permanent: bool = False) -> None:
+    def save_checkpoint(self, basename: str = STEP_CHECKPOINTS, permanent: bool = False) -> None:
         """Starts saving a checkpoint of the current step (see `checkpoints`).
 
         The files are written in the background (`wait_for_checkpoints` waits);
         every process of a multi-process run calls it.
 
         Args:
-            basename: None for the step checkpoint `step_<step>` (the ones a
-                restart resumes from, pruned to `n_checkpoints_to_keep`), or the
-                name of a checkpoint of its own, replaced at each save.
+            basename: "model" (Trax's name, the default) for the step
+                checkpoint `step_<step>` (the ones a restart resumes from,
+                pruned to `n_checkpoints_to_keep`), or the name of a checkpoint
+                of its own, replaced at each save.
             permanent: Never prune this step checkpoint.
         """
         if self._output_dir is None:
             logging.info("Did not save a checkpoint: output_dir is None.")
             return
         self._fetch_pending_losses()  # Saved so that a resumed run logs the same mean losses.
-        if basename is None:
+        if basename == STEP_CHECKPOINTS:
             self._saved_step = self._step
         train_data = [self._train_data_state(i) for i in range(len(self._tasks))]
         metadata = {
@@ -647,7 +652,7 @@ class Loop:
             else:
                 checkpoint = found.restore_latest(lambda step: self._restore(found, step))
         finally:
-            if found is not self._checkpoint_dirs.get(None):
+            if found is not self._checkpoint_dirs.get(STEP_CHECKPOINTS):
                 found.close()
         if checkpoint is None:
             if own and self._is_chief:
@@ -726,9 +731,9 @@ def _checkpoint_location(directory: str, filename: str | None, open_own):
     """(Checkpoints, step or None for the newest) of checkpoint `filename` in output dir `directory`."""
     root = checkpoints.checkpoints_root(directory)
     match = re.fullmatch(r"step_(\d+)", filename or "")
-    name = None if filename is None or match else filename
+    name = None if filename in (None, STEP_CHECKPOINTS) or match else filename
     if open_own is not None and name is None:
-        found = open_own(None)
+        found = open_own(STEP_CHECKPOINTS)
     else:
         found = checkpoints.Checkpoints(root if name is None else os.path.join(root, name), create=False)
     if match:
