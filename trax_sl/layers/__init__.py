@@ -55,7 +55,11 @@ from trax_sl.layers.activation_fns import (
     Tanh,
     ThresholdedLinearUnit,
 )
-from trax_sl.layers.assert_shape import AssertFunction, AssertShape, assert_shape  # The decorator, as in Trax.
+from trax_sl.layers.assert_shape import (  # tl.assert_shape is the decorator, as in Trax.
+    AssertFunction,
+    AssertShape,
+    assert_shape,
+)
 from trax_sl.layers.attention import (
     Attention,
     AttentionQKV,
