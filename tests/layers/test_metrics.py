@@ -73,7 +73,7 @@ def test_accuracy_deprecated_combinator():
     layer = metrics.Accuracy()
     close(layer((LOGITS, TARGETS, WEIGHTS)), 4 / 6)
     close(layer((padded(LOGITS), TARGETS, WEIGHTS)), 3 / 5)
-    assert (layer.name, layer.n_in, layer.n_out, repr(layer)) == ("Accuracy", 3, 1, "Accuracy")
+    assert (layer.name, layer.n_in, layer.n_out, repr(layer)) == ("Accuracy", 3, 1, "Accuracy_in3")
 
 
 def test_accuracy_with_a_custom_classifier():

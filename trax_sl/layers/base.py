@@ -226,12 +226,18 @@ class Layer:
         return self._mode
 
     def __repr__(self) -> str:
+        """Trax's form: the name, `_in<n>`/`_out<n>` where not 1, then the sublayers indented in brackets."""
         to_print = self._sublayers_to_print
         subs = self.sublayers if to_print is None else to_print
+        head = (
+            self.name
+            + (f"_in{self.n_in}" if self.n_in != 1 else "")
+            + (f"_out{self.n_out}" if self.n_out != 1 else "")
+        )
         if not subs:
-            return self.name
+            return head
         body = "\n".join("  " + line for sub in subs for line in repr(sub).split("\n"))
-        return f"{self.name}[\n{body}\n]"
+        return f"{head}[\n{body}\n]"
 
     # --- Streaming properties (see DESIGN §5) -----------------------------------
 
@@ -319,8 +325,8 @@ class Layer:
         del input_signature, rng
         return EMPTY_WEIGHTS, EMPTY_STATE
 
-    def forward(self, inputs, weights, state, rng):
-        """Returns (outputs, new_state)."""
+    def forward(self, inputs, weights=None, state=None, rng=None):
+        """Returns (outputs, new_state). (Trax calls the base one as `forward(x)`: it raises the same.)"""
         raise NotImplementedError(f"{self.name} must define forward")
 
     def weight_axes(self, weights):

@@ -350,8 +350,48 @@ def EmbeddingAndPositionalEncodings(  # noqa: N802
     return Encoder(in_embedder, encoder_mode), Encoder(out_embedder, mode), output_vocab_size
 
 
+def _EmbeddingWithPositions(  # noqa: N802
+    vocab_size,
+    d_model,
+    dropout,
+    dropout_shared_axes,
+    mode,
+    max_len,
+    pos_type,
+    pos_axial_shape,
+    pos_d_axial_embs,
+    pos_start_from_zero_prob=1.0,
+    pos_max_offset_to_add=0,
+) -> list:
+    """Trax's inline `positional_encoder`: Embedding(vocab_size, d_model), Dropout and `PositionalEncoder`.
+
+    A list (Serial flattens it): ids `[batch, time]` -> `[batch, time,
+    d_model]`. Also used by `reformer`'s language models, whose Trax code
+    builds the same three layers.
+    """
+    return [
+        tl.Embedding(vocab_size, d_model),
+        tl.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode),
+        PositionalEncoder(
+            mode,
+            dropout,
+            max_len,
+            pos_type,
+            pos_axial_shape,
+            pos_d_axial_embs,
+            pos_start_from_zero_prob,
+            pos_max_offset_to_add,
+        ),
+    ]
+
+
 def _OutputDense(vocab_size):  # noqa: N802
-    """The dense output layer Trax's `SparseDenseWithOptions` gives without sparsity."""
+    """The dense output layer Trax's `SparseDenseWithOptions` gives without sparsity.
+
+    Private (Trax has no such layer: its models call `SparseDenseWithOptions`,
+    whose sparse options trax_sl lacks), but also used by the models built on
+    this module's blocks: `reformer` and `terraformer`.
+    """
     return tl.Dense(vocab_size, kernel_axes=("embed", "vocab"))
 
 
@@ -396,9 +436,17 @@ def ConfigurableTransformerEncoder(  # noqa: N802
         pos_type=pos_type,
     )
     positional_encoder = tl.Serial(
-        tl.Embedding(vocab_size, d_model),
-        tl.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode),
-        PositionalEncoder(mode, dropout, max_len, pos_type, pos_axial_shape, pos_d_axial_embs),
+        _EmbeddingWithPositions(
+            vocab_size,
+            d_model,
+            dropout,
+            dropout_shared_axes,
+            mode,
+            max_len,
+            pos_type,
+            pos_axial_shape,
+            pos_d_axial_embs,
+        )
     )
     encoder_blocks = [
         EncoderBlock(
@@ -483,20 +531,19 @@ def ConfigurableTransformerLM(  # noqa: N802
         loss_sparsity_prob=loss_sparsity_prob,
         pos_type=pos_type,
     )
-    positional_encoder = [
-        tl.Embedding(vocab_size, d_model),
-        tl.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode),
-        PositionalEncoder(
-            mode,
-            dropout,
-            max_len,
-            pos_type,
-            pos_axial_shape,
-            pos_d_axial_embs,
-            pos_start_from_zero_prob,
-            pos_max_offset_to_add,
-        ),
-    ]
+    positional_encoder = _EmbeddingWithPositions(
+        vocab_size,
+        d_model,
+        dropout,
+        dropout_shared_axes,
+        mode,
+        max_len,
+        pos_type,
+        pos_axial_shape,
+        pos_d_axial_embs,
+        pos_start_from_zero_prob,
+        pos_max_offset_to_add,
+    )
     decoder_blocks = [
         DecoderBlock(
             d_model,
@@ -659,27 +706,18 @@ def EncoderBlock(  # noqa: N802
     masked by the padding mask), Dropout), then `n_feedforward_layers`
     Residual(`FeedForwardWithOptions`).
     """
-    residual_attentions = [
-        tl.Residual(
-            tl.LayerNorm(),
-            ApplyAttentionLayer(
-                attention_type,
-                d_model,
-                n_heads,
-                d_model // n_heads,
-                d_model // n_heads,
-                causal=False,
-                masked=True,
-                attention_dropout=dropout,
-                output_dropout=dropout,
-                attention_chunk_size=attention_chunk_size,
-                mode=mode,
-            ),
-            _Dropout(dropout, dropout_shared_axes, mode),
-        )
-        for _ in range(n_attention_layers)
-    ]
-    return residual_attentions + _FeedForwards(
+    return _AttentionBlocks(
+        n_attention_layers,
+        attention_type,
+        d_model,
+        n_heads,
+        dropout,
+        dropout_shared_axes,
+        attention_chunk_size,
+        mode,
+        causal=False,
+        masked=True,
+    ) + _FeedForwards(
         n_feedforward_layers,
         d_model,
         d_ff,
@@ -719,27 +757,18 @@ def DecoderBlock(  # noqa: N802
     Dropout), then `n_feedforward_layers` Residual(`FeedForwardWithOptions`).
     Streams when its attention does (CausalAttention: a KV cache in the state).
     """
-    residual_attentions = [
-        tl.Residual(
-            tl.LayerNorm(),
-            ApplyAttentionLayer(
-                attention_type,
-                d_model,
-                n_heads,
-                d_model // n_heads,
-                d_model // n_heads,
-                causal=True,
-                masked=False,
-                attention_dropout=dropout,
-                output_dropout=dropout,
-                attention_chunk_size=attention_chunk_size,
-                mode=mode,
-            ),
-            _Dropout(dropout, dropout_shared_axes, mode),
-        )
-        for _ in range(n_attention_layers)
-    ]
-    return residual_attentions + _FeedForwards(
+    return _AttentionBlocks(
+        n_attention_layers,
+        attention_type,
+        d_model,
+        n_heads,
+        dropout,
+        dropout_shared_axes,
+        attention_chunk_size,
+        mode,
+        causal=True,
+        masked=False,
+    ) + _FeedForwards(
         n_feedforward_layers,
         d_model,
         d_ff,
@@ -753,6 +782,46 @@ def DecoderBlock(  # noqa: N802
         mode,
         ff_sparsity_type,
     )
+
+
+def _AttentionBlocks(  # noqa: N802
+    n_layers,
+    attention_type,
+    d_model,
+    n_heads,
+    dropout,
+    dropout_shared_axes,
+    attention_chunk_size,
+    mode,
+    causal,
+    masked,
+):
+    """`n_layers` Residual(LayerNorm, `ApplyAttentionLayer` with `d_model // n_heads` per head, Dropout).
+
+    The attention half of Trax's `EncoderBlock` (not causal, masked),
+    `DecoderBlock` (causal, not masked) and `EncoderDecoderBlock` (causal,
+    masked); `dropout` is also the attention's and its output's dropout.
+    """
+    return [
+        tl.Residual(
+            tl.LayerNorm(),
+            ApplyAttentionLayer(
+                attention_type,
+                d_model,
+                n_heads,
+                d_model // n_heads,
+                d_model // n_heads,
+                causal=causal,
+                masked=masked,
+                attention_dropout=dropout,
+                output_dropout=dropout,
+                attention_chunk_size=attention_chunk_size,
+                mode=mode,
+            ),
+            _Dropout(dropout, dropout_shared_axes, mode),
+        )
+        for _ in range(n_layers)
+    ]
 
 
 def _FeedForwards(  # noqa: N802
@@ -831,20 +900,20 @@ def EncoderDecoderBlock(  # noqa: N802
         q_sparsity=q_sparsity,
         result_sparsity=result_sparsity,
     )
-    causal_attention = ApplyAttentionLayer(
+    causal_attention = _AttentionBlocks(  # vec_d masks vec_e
+        1,
         attention_type,
         d_model,
         n_heads,
-        d_model // n_heads,
-        d_model // n_heads,
+        dropout,
+        dropout_shared_axes,
+        attention_chunk_size,
+        mode,
         causal=True,
         masked=True,
-        attention_dropout=dropout,
-        output_dropout=dropout,
-        attention_chunk_size=attention_chunk_size,
-        mode=mode,
     )
-    feed_forward = FeedForwardWithOptions(
+    feed_forward = _FeedForwards(  # vec_d masks vec_e
+        1,
         d_model,
         d_ff,
         dropout,
@@ -854,22 +923,13 @@ def EncoderDecoderBlock(  # noqa: N802
         ff_chunk_size,
         ff_use_sru,
         ff_sparsity,
-        True,
         mode,
-        False,
         ff_sparsity_type,
     )
-    return [  # vec_d masks vec_e
-        tl.Residual(
-            tl.LayerNorm(),  # vec_d masks vec_e
-            causal_attention,  # vec_d masks vec_e
-            _Dropout(dropout, dropout_shared_axes, mode),  # vec_d masks vec_e
-        ),
-        tl.Residual(
-            tl.LayerNorm(),  # vec_d masks vec_e
-            tl.Select([0, 2, 2, 1, 2]),  # vec_d vec_e vec_e masks vec_e
-            attention_qkv,  # vec_d masks vec_e
-            _Dropout(dropout, dropout_shared_axes, mode),  # vec_d masks vec_e
-        ),
-        tl.Residual(feed_forward),  # vec_d masks vec_e
-    ]
+    encoder_attention = tl.Residual(
+        tl.LayerNorm(),  # vec_d masks vec_e
+        tl.Select([0, 2, 2, 1, 2]),  # vec_d vec_e vec_e masks vec_e
+        attention_qkv,  # vec_d masks vec_e
+        _Dropout(dropout, dropout_shared_axes, mode),  # vec_d masks vec_e
+    )
+    return [*causal_attention, encoder_attention, *feed_forward]  # vec_d masks vec_e

@@ -66,27 +66,22 @@ def SkippingTransformerLM(  # noqa: N802
     def ConditionedBlock(current_layer_num):  # noqa: N802
         return combinators.Serial(
             combinators.Select([1, 0, 1]),  # n_layers_to_keep embedding n_layers_to_keep
-            _Cond(
-                _LargerThan(float(current_layer_num), float(current_layer_num), mode),
-                combinators.Serial(
-                    _decoder_block(d_model, d_ff, n_heads, dropout, max_len, mode, ff_activation)
-                ),
-                combinators.Serial(),
+            _ConditionedDecoderBlock(
+                float(current_layer_num),
+                float(current_layer_num),
+                d_model,
+                d_ff,
+                n_heads,
+                dropout,
+                max_len,
+                mode,
+                ff_activation,
             ),  # embedding n_layers_to_keep
         )
 
-    return combinators.Serial(
-        _embedder(vocab_size, d_model, dropout, max_len, mode),
-        _Draw(
-            minimum_layers, maximum_layers, eval_value=float(n_layers), mode=mode
-        ),  # n_layers_to_keep embedding
-        combinators.Swap(),  # embedding n_layers_to_keep
-        [ConditionedBlock(i) for i in range(n_layers)],
-        combinators.Select([0], n_in=2),  # embedding
-        normalization.LayerNorm(),
-        core.Dense(vocab_size, kernel_axes=("embed", "vocab")),
-        name="SkippingTransformerLM",
-    )
+    draw = _Draw(minimum_layers, maximum_layers, eval_value=float(n_layers), mode=mode)
+    blocks = [ConditionedBlock(i) for i in range(n_layers)]
+    return _SharedDrawLM("SkippingTransformerLM", vocab_size, d_model, dropout, max_len, mode, draw, blocks)
 
 
 def EveryOtherLayerDropTransformerLM(  # noqa: N802
@@ -134,23 +129,24 @@ def EveryOtherLayerDropTransformerLM(  # noqa: N802
     def ConditionedBlock(current_layer_num):  # noqa: N802
         return combinators.Serial(
             combinators.Select([1, 0, 1]),  # random embedding random
-            _Cond(
-                _LargerThan(thresholds[current_layer_num], eval_thresholds[current_layer_num], mode),
-                combinators.Serial(
-                    _decoder_block(d_model, d_ff, n_heads, dropout, max_len, mode, ff_activation)
-                ),
+            _ConditionedDecoderBlock(
+                thresholds[current_layer_num],
+                eval_thresholds[current_layer_num],
+                d_model,
+                d_ff,
+                n_heads,
+                dropout,
+                max_len,
+                mode,
+                ff_activation,
+                identity_skip=True,  # Trax's Cond without a false branch.
             ),  # embedding random
         )
 
-    return combinators.Serial(
-        _embedder(vocab_size, d_model, dropout, max_len, mode),
-        _Draw(0.0, 1.0, eval_value=_fixed_draw(eval_thresholds), mode=mode),  # random embedding
-        combinators.Swap(),  # embedding random
-        [ConditionedBlock(i) for i in range(n_layers)],
-        combinators.Select([0], n_in=2),  # embedding
-        normalization.LayerNorm(),
-        core.Dense(vocab_size, kernel_axes=("embed", "vocab")),
-        name="EveryOtherLayerDropTransformerLM",
+    draw = _Draw(0.0, 1.0, eval_value=_fixed_draw(eval_thresholds), mode=mode)
+    blocks = [ConditionedBlock(i) for i in range(n_layers)]
+    return _SharedDrawLM(
+        "EveryOtherLayerDropTransformerLM", vocab_size, d_model, dropout, max_len, mode, draw, blocks
     )
 
 
@@ -212,12 +208,16 @@ def LayerDropTransformerLM(  # noqa: N802
         eval_threshold = eval_skip_fraction[current_layer_num]
         return combinators.Serial(
             _Draw(0.0, 1.0, eval_value=_fixed_draw([eval_threshold]), mode=mode),  # random embedding
-            _Cond(
-                _LargerThan(skip_fraction[current_layer_num], eval_threshold, mode),
-                combinators.Serial(
-                    _decoder_block(d_model, d_ff, n_heads, dropout, max_len, mode, ff_activation)
-                ),
-                combinators.Serial(),
+            _ConditionedDecoderBlock(
+                skip_fraction[current_layer_num],
+                eval_threshold,
+                d_model,
+                d_ff,
+                n_heads,
+                dropout,
+                max_len,
+                mode,
+                ff_activation,
             ),  # embedding
         )
 
@@ -240,9 +240,46 @@ def _embedder(vocab_size, d_model, dropout, max_len, mode):
     ]
 
 
-def _decoder_block(d_model, d_ff, n_heads, dropout, max_len, mode, ff_activation):
-    """TransformerLM's decoder block, without shared dropout axes (Trax passes [])."""
-    return transformer._DecoderBlock(d_model, d_ff, n_heads, dropout, None, mode, ff_activation, max_len)
+def _SharedDrawLM(name, vocab_size, d_model, dropout, max_len, mode, draw, blocks) -> base.Layer:  # noqa: N802
+    """The LM whose `blocks` share one `draw`: `_embedder`, the draw (under the activations), the blocks, head.
+
+    The blocks take `embedding draw` and give it back; the draw is dropped
+    before the LayerNorm and Dense(vocab_size).
+    """
+    return combinators.Serial(
+        _embedder(vocab_size, d_model, dropout, max_len, mode),
+        draw,  # draw embedding
+        combinators.Swap(),  # embedding draw
+        blocks,
+        combinators.Select([0], n_in=2),  # embedding
+        normalization.LayerNorm(),
+        core.Dense(vocab_size, kernel_axes=("embed", "vocab")),
+        name=name,
+    )
+
+
+def _ConditionedDecoderBlock(  # noqa: N802
+    threshold,
+    eval_threshold,
+    d_model,
+    d_ff,
+    n_heads,
+    dropout,
+    max_len,
+    mode,
+    ff_activation,
+    identity_skip=False,
+) -> base.Layer:
+    """Trax's `Cond(LargerThan(threshold), Serial(decoder block), skip)`: `u x` -> the block's `x` if u > t.
+
+    The decoder block is TransformerLM's, without shared dropout axes (Trax
+    passes []); `eval_threshold` replaces `threshold` outside training. The
+    skip branch is an empty Serial, or with `identity_skip` `Cond`'s identity
+    (Trax's Cond without a false branch).
+    """
+    block = transformer._DecoderBlock(d_model, d_ff, n_heads, dropout, None, mode, ff_activation, max_len)
+    false = None if identity_skip else combinators.Serial()
+    return _Cond(_LargerThan(threshold, eval_threshold, mode), combinators.Serial(block), false)
 
 
 def _fixed_draw(eval_thresholds) -> float | None:

@@ -169,20 +169,19 @@ def ReformerLM(  # noqa: N802
         loss_sparsity_prob=loss_sparsity_prob,
         pos_type=pos_type,
     )
-    positional_embedder = [
-        core.Embedding(vocab_size, d_model),
-        core.Dropout(rate=dropout, shared_axes=[-2], mode=mode),
-        ct.PositionalEncoder(
-            mode,
-            dropout,
-            max_len,
-            pos_type,
-            pos_axial_shape,
-            pos_d_axial_embs,
-            pos_start_from_zero_prob,
-            pos_max_offset_to_add,
-        ),
-    ]
+    positional_embedder = ct._EmbeddingWithPositions(
+        vocab_size,
+        d_model,
+        dropout,
+        [-2],  # dropout_shared_axes
+        mode,
+        max_len,
+        pos_type,
+        pos_axial_shape,
+        pos_d_axial_embs,
+        pos_start_from_zero_prob,
+        pos_max_offset_to_add,
+    )
     decoder_blocks = _decoder_blocks(
         "ReformerLM",
         n_layers,
@@ -209,8 +208,7 @@ def ReformerLM(  # noqa: N802
         # Trax's TODO: whether dropout should go before or after the LayerNorm.
         normalization.LayerNorm(),
         core.Dropout(rate=dropout, shared_axes=[-2], mode=mode),
-        # Trax's SparseDenseWithOptions without sparsity.
-        core.Dense(vocab_size, kernel_axes=("embed", "vocab")),
+        ct._OutputDense(vocab_size),
         name="ReformerLM",
     )
 
@@ -258,11 +256,9 @@ def ReformerShortenLM(  # noqa: N802
             "inference); use mode='train' or 'eval'"
         )
     ct.check_options("ReformerShortenLM", ff_sparsity=ff_sparsity, pos_type=pos_type)
-    positional_embedder = [
-        core.Embedding(vocab_size, d_embedding),
-        core.Dropout(rate=dropout, shared_axes=[-2], mode=mode),
-        ct.PositionalEncoder(mode, dropout, max_len, pos_type, pos_axial_shape, pos_d_axial_embs),
-    ]
+    positional_embedder = ct._EmbeddingWithPositions(
+        vocab_size, d_embedding, dropout, [-2], mode, max_len, pos_type, pos_axial_shape, pos_d_axial_embs
+    )
     decoder_blocks = _decoder_blocks(
         "ReformerShortenLM",
         n_layers,
@@ -312,7 +308,7 @@ def ReformerShortenLM(  # noqa: N802
         convolution.CausalConv(d_embedding),
         activation_fns.Relu(),
         rnn_layers.SRU(d_embedding),  # One RNN layer for conditional dependence.
-        core.Dense(vocab_size, kernel_axes=("embed", "vocab")),
+        ct._OutputDense(vocab_size),
         name="ReformerShortenLM",
     )
 
@@ -560,7 +556,7 @@ def Reformer(  # noqa: N802
         normalization.LayerNorm(),
         # Map to output vocab.
         combinators.Select([0], n_in=3),  # vec_d tok_d
-        core.Dense(output_vocab_size, kernel_axes=("embed", "vocab")),
+        ct._OutputDense(output_vocab_size),
         name="Reformer",
     )
 

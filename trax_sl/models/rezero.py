@@ -90,12 +90,7 @@ def ReZeroTransformerEncoder(  # noqa: N802
             _positional_encoder(embedder, dropout, dropout_shared_axes, max_len, mode),
             attention.PaddingMask(),
         ),  # vecs masks
-        [
-            transformer._EncoderBlock(
-                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, ResidualZero
-            )
-            for _ in range(n_layers)
-        ],
+        _encoder_blocks(d_model, d_ff, n_layers, n_heads, dropout, dropout_shared_axes, mode, ff_activation),
         combinators.Select([0], n_in=2),  # Drops the masks.
         normalization.LayerNorm(),
         core.Mean(axis=1),
@@ -224,12 +219,9 @@ def ReZeroTransformer(  # noqa: N802
         in_embedder,
         # EncodeOnce runs the encoder in 'eval' mode when predicting: the source is not streamed.
         position.PositionalEncoding(max_len=max_len, mode=mode),
-        [
-            transformer._EncoderBlock(
-                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, ResidualZero
-            )
-            for _ in range(n_encoder_layers)
-        ],
+        _encoder_blocks(
+            d_model, d_ff, n_encoder_layers, n_heads, dropout, dropout_shared_axes, mode, ff_activation
+        ),
         normalization.LayerNorm(),
         name="Encoder",
     )
@@ -263,6 +255,16 @@ def ReZeroTransformer(  # noqa: N802
         core.Dense(output_vocab_size, kernel_axes=("embed", "vocab")),
         name="ReZeroTransformer",
     )
+
+
+def _encoder_blocks(d_model, d_ff, n_layers, n_heads, dropout, dropout_shared_axes, mode, ff_activation):
+    """`n_layers` Transformer encoder blocks with ReZero residuals (masked attention over the whole sequence)."""
+    return [
+        transformer._EncoderBlock(
+            d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, ResidualZero
+        )
+        for _ in range(n_layers)
+    ]
 
 
 def _decoder_blocks(

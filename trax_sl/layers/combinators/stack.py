@@ -454,7 +454,8 @@ class Concatenate(Layer):
     def __init__(self, n_items: int = 2, axis: int = -1):
         if n_items < 1:
             raise ValueError(f"Concatenate: n_items must be >= 1, got {n_items}")
-        super().__init__(n_in=n_items, n_out=1, name="Concatenate")
+        name = "Concatenate" if axis == -1 else f"Concatenate_axis{axis}"  # Trax's names.
+        super().__init__(n_in=n_items, n_out=1, name=name)
         self._axis = axis
 
     def forward(self, xs, weights, state, rng):
