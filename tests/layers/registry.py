@@ -849,8 +849,12 @@ REGISTRY.update(
         ),
         "TimeBinPositionalEncoding": Entry(lambda mode: tl.TimeBinPositionalEncoding(3, mode=mode), X),
         # Research attention: layer-wise only.
+        # Causal and chunked it streams (a window of past chunks); unchunked it does not (tested there).
         "SelfAttention": Entry(
-            lambda mode: tl.SelfAttention(n_heads=2, d_qk=4, d_v=4, causal=True, mode=mode), X, streams=False
+            lambda mode: tl.SelfAttention(
+                n_heads=2, d_qk=4, d_v=4, causal=True, chunk_len=4, n_chunks_before=1, mode=mode
+            ),
+            X,
         ),
         "LSHSelfAttention": Entry(
             lambda mode: tl.LSHSelfAttention(n_heads=2, d_qk=4, d_v=4, chunk_len=4, n_buckets=2, mode=mode),

@@ -1287,3 +1287,11 @@ def test_assigning_rng_seeds_the_next_init_as_in_trax():
     expected, _ = tl.Dense(3).init(ShapeDtype((2, 4)), rng=jax.random.PRNGKey(7))
     np.testing.assert_array_equal(seeded[0], expected[0])
     assert not np.array_equal(seeded[0], tl.Dense(3).init(ShapeDtype((2, 4)))[0][0])
+
+
+def test_a_list_of_stack_items_is_their_tuple():
+    # Trax's tests pass several inputs as a list: layer([x, y]).
+    x, y = np.ones((2, 3)), np.zeros((2, 3))
+    out = tl.AssertShape("ab,ab")([x, y])
+    assert isinstance(out, tuple) and len(out) == 2
+    np.testing.assert_array_equal(tl.Add()([x, y]), x + y)

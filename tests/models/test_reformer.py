@@ -263,7 +263,7 @@ def test_lm_eval_mode_with_the_default_attention_is_causal_and_does_not_stream()
     y2 = model(x2)
     np.testing.assert_allclose(y2[:, :6], y[:, :6], atol=1e-6)
     assert not np.allclose(y2[:, 6], y[:, 6])
-    # tl.SelfAttention has no predict mode here: the model says so rather than running.
+    # Unchunked tl.SelfAttention sees the whole past, so it does not stream: the model says so.
     assert not model.supports_step
     predict = model.with_mode("predict")
     state = jax.tree.map(
@@ -274,15 +274,21 @@ def test_lm_eval_mode_with_the_default_attention_is_causal_and_does_not_stream()
         jax.eval_shape(lambda: predict.pure_fn(x[:, :1], model.weights, state, None))
 
 
-def test_lm_with_causal_attention_in_predict_mode_equals_eval():
-    # Trax's idiom (its transformer_test): token by token in predict mode, the eval-mode logits.
-    assert reformer.ReformerLM(8, n_layers=1, attention_type=tl.CausalAttention, **TINY).supports_step
+@pytest.mark.parametrize(
+    "attention",
+    [tl.CausalAttention, functools.partial(tl.SelfAttention, chunk_len=2, n_chunks_before=1)],
+    ids=["causal", "chunked-self-attention"],
+)
+def test_lm_in_predict_mode_equals_eval(attention):
+    # Trax's idiom (its transformer_test): token by token in predict mode, the eval-mode logits;
+    # chunked SelfAttention streams past its first chunks (7 tokens: 4 chunks of 2).
+    assert reformer.ReformerLM(8, n_layers=1, attention_type=attention, **TINY).supports_step
     test_utils.test_eval_equals_predict_discrete(
         lambda mode, vocab_size: reformer.ReformerLM(
-            vocab_size, n_layers=2, attention_type=tl.CausalAttention, mode=mode, **TINY
+            vocab_size, n_layers=2, attention_type=attention, mode=mode, **TINY
         ),
         vocab_size=8,
-        length=5,
+        length=7,
         batch_size=2,
     )
 

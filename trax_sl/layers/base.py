@@ -361,6 +361,8 @@ class Layer:
         try:
             if weights is SHARED:
                 weights = _scope.shared_weights[id(self)]
+            if isinstance(x, list) and self._n_in > 1:
+                x = tuple(x)  # As in Trax, a list of stack items is the tuple of them.
             self._check_arity(x)
             if self._mode == "predict":
                 streaming.check_predict_mode(self, x)

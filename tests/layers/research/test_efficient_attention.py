@@ -206,6 +206,52 @@ def test_self_attention_dropout_and_predict_mode():
         layer.with_mode("predict").pure_fn(X, weights, state, None)
 
 
+def test_fast_inference_of_causal_chunked_self_attention_equals_eval():
+    # Trax's efficient_attention_test.test_fast_inference_self_attention (one of its head groupings).
+    common = dict(n_heads=6, d_qk=7, d_v=17, causal=True, chunk_len=5, n_chunks_before=1, n_chunks_after=0)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 10, 13), dtype=jnp.float32)
+    reference = ea.SelfAttention(use_reference_code=True, mode="eval", **common)
+    weights, state = reference.init(ShapeDtype(x.shape))
+    expected, _ = reference.pure_fn(x, weights, state, jax.random.PRNGKey(0))
+    predict = ea.SelfAttention(mode="predict", n_parallel_heads=3, **common)
+    assert predict.supports_step and predict.block_size == 1
+    _, stream = predict.init(ShapeDtype((2, 1, 13)))
+    outputs = []
+    for t in range(10):
+        y, stream = predict.pure_fn(x[:, t : t + 1], weights, stream, jax.random.PRNGKey(0))
+        outputs.append(y)
+    np.testing.assert_allclose(jnp.concatenate(outputs, axis=1), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_causal_chunked_self_attention_keeps_the_contract_and_pads_its_last_chunk():
+    def make(mode):
+        return ea.SelfAttention(
+            n_heads=2,
+            d_qk=3,
+            d_v=3,
+            causal=True,
+            share_qk=True,
+            bias=True,
+            chunk_len=4,
+            n_chunks_before=1,
+            mode=mode,
+        )
+
+    test_utils.verify_contract(make, ShapeDtype((2, 12, 4)), check_gradients=False)
+    layer = make("eval")
+    weights, state = layer.init(ShapeDtype((2, 8, 4)))
+    x = jnp.asarray(RNG.standard_normal((2, 8, 4)), jnp.float32)
+    # 6 steps (not a multiple of chunk_len): the first 6 outputs of 8 steps, as causal outputs are.
+    np.testing.assert_allclose(
+        layer.pure_fn(x[:, :6], weights, state, None)[0],
+        layer.pure_fn(x, weights, state, None)[0][:, :6],
+        atol=1e-5,
+    )
+    # Look-ahead or no chunks: no bounded window of the past, so no streaming.
+    assert not ea.SelfAttention(causal=True, chunk_len=4, n_chunks_after=1).supports_step
+    assert not ea.SelfAttention(causal=True).supports_step
+
+
 def test_chunked_attention_dropout_is_one_mask_for_every_chunk():
     # Trax's attend draws the dropout mask of one chunk's [q, kv] dots; with chunks it broadcasts.
     layer = tl.LSHSelfAttention(n_heads=2, d_qk=4, d_v=4, attention_dropout=0.5, chunk_len=4, n_hashes=1)

@@ -7,9 +7,10 @@ once. Masking uses per-position integers (`q_info`, `kv_info`) instead of
 `[length, length]` masks. The array functions are in `attention_ops`; the LSH
 layers in `lsh_attention`; all are exported from here under Trax's names.
 
-These are layer-wise research layers: they do not stream (supports_step is
-False; predict mode raises). Sequence inputs are masked first, their masks
-mask the keys, and the output follows the first input's kind.
+These are layer-wise research layers, except causal chunked `SelfAttention`
+(a window of past chunks), which streams; the others do not (supports_step
+is False; predict mode raises). Sequence inputs are masked first, their
+masks mask the keys, and the output follows the first input's kind.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from trax_sl import checks, partitioning
-from trax_sl.layers import base
+from trax_sl import sequence as seq
+from trax_sl.layers import base, streaming
 from trax_sl.layers import initializers as init
 from trax_sl.layers.research.attention_ops import (  # noqa: F401  (Trax's module API)
     DropoutRates,
@@ -60,12 +62,20 @@ class SelfAttention(DropoutRates, EfficientAttentionBase):
     visible), `v = x w_v`; softmax(q k^T / sqrt(d_qk)) v w_o, summed over heads.
     `causal` masks future keys; `chunk_len` splits the length into chunks that
     attend within themselves and `n_chunks_before`/`n_chunks_after` neighbours
-    (wrapping around at the ends, as in Trax). A Sequence input's mask masks
-    the keys like `masked=True`. Weights: `(w_q, w_k, w_v, w_o)` (no w_k with
-    share_qk; biases `b_q, b_k, b_v` appended with `bias=True`), stacked over
-    heads: `w_q [n_heads, d_model, d_qk]`, `w_o [n_heads, d_v, d_model]`.
+    (wrapping around at the ends, as in Trax). The length must be a multiple
+    of chunk_len, as in Trax, except for causal attention, which pads its last
+    chunk with masked steps. A Sequence input's mask masks the keys like
+    `masked=True`. Weights: `(w_q, w_k, w_v, w_o)` (no w_k with share_qk;
+    biases `b_q, b_k, b_v` appended with `bias=True`), stacked over heads:
+    `w_q [n_heads, d_model, d_qk]`, `w_o [n_heads, d_v, d_model]`.
 
-    Predict mode: not streamable (supports_step is False).
+    Predict mode: causal chunked attention without look-ahead
+    (`n_chunks_after=0`, `masked=False`) streams with block_size 1: the state
+    holds the last `(n_chunks_before + 1) * chunk_len` steps of input (their
+    keys and values are recomputed) and each row's position, so a decoder
+    fed one token at a time gets the whole sequence's outputs (Trax's
+    predict memory instead attends to all of `predict_mem_len`, which differs
+    from eval). Other configurations do not stream (supports_step is False).
     """
 
     def __init__(
@@ -121,6 +131,76 @@ class SelfAttention(DropoutRates, EfficientAttentionBase):
         self._bias = bias
         self._attention_dropout, self._output_dropout = attention_dropout, output_dropout
 
+    def _streams(self) -> bool:
+        """Whether each output sees a bounded window of past steps only: causal, chunked, no look-ahead."""
+        return self._causal and self._chunk_len is not None and not self._n_chunks_after and not self._masked
+
+    @property
+    def _window(self) -> int:
+        """The past steps a streaming query can see: its chunk and `n_chunks_before` chunks before it."""
+        return (self._n_chunks_before + 1) * self._chunk_len
+
+    @property
+    def streaming_spec(self) -> streaming.StreamingSpec:
+        if not self._streams():
+            return streaming.NOT_STREAMING
+        return streaming.StreamingSpec(receptive_field=(self._window - 1, 0))
+
+    def init_weights_and_state(self, input_signature, rng):
+        weights, state = super().init_weights_and_state(input_signature, rng)
+        if self._mode != "predict" or not self._streams():
+            return weights, state
+        values = seq.values_of(input_signature)
+        batch, d_model = values.shape[0], values.shape[-1]
+        memory = (
+            jnp.zeros((batch, self._window, d_model), values.dtype),  # The last steps of input.
+            jnp.full((batch, self._window), -2, jnp.int32),  # Their key info (< -1: empty; attend adds 1).
+            jnp.zeros((batch,), jnp.int32),  # Each row's next position.
+        )
+        return weights, memory
+
+    def forward(self, inputs, weights, state, rng):
+        if self._mode == "predict" and self._streams():
+            return self._stream_forward(inputs, weights, state)
+        return super().forward(inputs, weights, state, rng)
+
+    def _window_mask(self, dots, q_info, kv_info):
+        """Layer-wise chunked attention's mask, on keys from memory: causal, and no further back than the window."""
+        dots = mask_self_attention(
+            dots, q_info, kv_info, causal=True, exclude_self=self._share_qk, masked=True
+        )
+        # attend shifts the infos by 1; chunk c sees chunks c - n_chunks_before .. c.
+        q_chunk, kv_chunk = (q_info - 1) // self._chunk_len, (kv_info - 1) // self._chunk_len
+        return dots - 1e9 * (kv_chunk < q_chunk - self._n_chunks_before)
+
+    def _stream_forward(self, x, weights, memory):
+        """One predict-mode block: its queries attend to the memory and the block; the memory keeps the last steps."""
+        values, mask = values_and_mask(x)
+        batch, time = values.shape[:2]
+        memory_x, memory_info, next_position = memory
+        valid = jnp.ones((batch, time), jnp.bool_) if mask is None else mask
+        positions = next_position.reshape((batch, 1)) + jnp.arange(time, dtype=jnp.int32).reshape((1, time))
+        keys_x = jnp.concatenate([memory_x, values.astype(memory_x.dtype)], axis=1)
+        keys_info = jnp.concatenate([memory_info, masked_key_info(positions, valid)], axis=1)
+
+        def one_head(x_q, x_kv, q_info, kv_info, w):
+            q, _, _, w_o = self._projections(x_q, w)
+            q_of_keys, k, v, _ = self._projections(x_kv, w)
+            if self._share_qk:
+                k = length_normalized(q_of_keys)
+            o, _ = attend(q, k, v, mask_fn=self._window_mask, q_info=q_info, kv_info=kv_info)
+            return jnp.matmul(o, w_o)
+
+        per_head = jax.vmap(one_head, in_axes=(None, None, None, None, 0))
+        out = jax.vmap(per_head, in_axes=(0, 0, 0, 0, None))(values, keys_x, positions, keys_info, weights)
+        out = jnp.sum(out, axis=1).astype(values.dtype)
+        new_memory = (
+            keys_x[:, -self._window :],
+            keys_info[:, -self._window :],
+            next_position + jnp.sum(valid, axis=1).astype(jnp.int32),
+        )
+        return (seq.Sequence(out, mask) if isinstance(x, seq.Sequence) else out), new_memory
+
     def create_weights_unbatched(self, input_signature, rng):
         if isinstance(input_signature, tuple):
             input_signature = input_signature[0]
@@ -162,14 +242,18 @@ class SelfAttention(DropoutRates, EfficientAttentionBase):
     def forward_unbatched(self, x, mask=None, *, weights, state, rng, update_state):
         del update_state
         length = x.shape[0]
-        if self._chunk_len is not None and length % self._chunk_len:
+        pad = 0 if self._chunk_len is None else -length % self._chunk_len
+        if pad and not self._causal:
             raise ValueError(
                 f"{self.name}: the length ({length}) must be a multiple of chunk_len={self._chunk_len}"
             )
+        if pad:  # Causal: masked steps at the end change no earlier output.
+            mask = jnp.arange(length + pad) < length if mask is None else jnp.pad(mask, (0, pad))
+            x = jnp.pad(x, ((0, pad), (0, 0)))
         attention_rate, output_rate = self._rates(rng)
         attend_rng, output_rng = split_rng(rng, 2)
         q, k, v, w_o = self._projections(x, weights)
-        positions = jnp.arange(length, dtype=jnp.int32)
+        positions = jnp.arange(length + pad, dtype=jnp.int32)
         mask_fn = functools.partial(
             mask_self_attention, causal=self._causal, exclude_self=self._share_qk, masked=mask is not None
         )
@@ -187,7 +271,7 @@ class SelfAttention(DropoutRates, EfficientAttentionBase):
             dropout=attention_rate,
             rng=attend_rng,
         )
-        out = jnp.matmul(o, w_o)
+        out = jnp.matmul(o[:length], w_o)
         return apply_broadcasted_dropout(out, output_rate, output_rng), state
 
 
