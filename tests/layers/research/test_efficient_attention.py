@@ -208,7 +208,15 @@ def test_self_attention_dropout_and_predict_mode():
 
 def test_fast_inference_of_causal_chunked_self_attention_equals_eval():
     # Trax's efficient_attention_test.test_fast_inference_self_attention (one of its head groupings).
-    common = dict(n_heads=6, d_qk=7, d_v=17, causal=True, chunk_len=5, n_chunks_before=1, n_chunks_after=0)
+    common = {
+        "n_heads": 6,
+        "d_qk": 7,
+        "d_v": 17,
+        "causal": True,
+        "chunk_len": 5,
+        "n_chunks_before": 1,
+        "n_chunks_after": 0,
+    }
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 10, 13), dtype=jnp.float32)
     reference = ea.SelfAttention(use_reference_code=True, mode="eval", **common)
     weights, state = reference.init(ShapeDtype(x.shape))
