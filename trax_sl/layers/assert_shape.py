@@ -25,6 +25,7 @@ import numpy as np
 
 from trax_sl.layers import base
 from trax_sl.layers.combinators import Serial
+from trax_sl.layers.errors import LayerError
 
 __all__ = ["AssertFunction", "AssertShape", "assert_shape"]
 
@@ -136,13 +137,25 @@ class AssertShape(base.Layer):
         self._message = message
         self._visible_layer = visible_layer
 
-    def forward(self, inputs, weights, state, rng):
+    def _check(self, inputs) -> None:
         shapes = _item_shapes(inputs, self.n_in)
         try:
             _bind(self._specs, shapes, {}, "input")
         except ValueError as e:
             raise _failure(self.name, self._spec_text, shapes, e, self._message) from None
+
+    def forward(self, inputs, weights, state, rng):
+        self._check(inputs)
         return inputs, state
+
+    def __call__(self, x, weights=None, state=None, rng=None):
+        """Checks `x` and returns it, the very object given (as Trax's): nothing to compile or run."""
+        items = tuple(x) if isinstance(x, list) and self.n_in > 1 else x
+        try:
+            self._check(items)
+        except ValueError as e:
+            raise LayerError(self, "__call__", items, e) from e
+        return x
 
 
 class _AssertFunction(Serial):
