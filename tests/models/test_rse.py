@@ -3,8 +3,10 @@
 import inspect
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from trax_sl import sequence as seq
 from trax_sl.models import rse
 from trax_sl.shapes import ShapeDtype
 
@@ -101,3 +103,14 @@ def test_benes_block_shares_one_rsu_per_half():
     weights, _ = block.init(ShapeDtype((1, 16, 4)))
     kernels = [w.shape for w in jax.tree.leaves(weights) if w.shape == (8, 16)]
     assert kernels == [(8, 16), (8, 16)]
+
+
+def test_a_sequence_is_taken_as_its_padded_ids():
+    # The trainer's built-in inputs give Sequences; the shuffles need Trax's zero-padded ids.
+    model = rse.ResidualShuffleExchange(10, 8, 0.0, 0.0, mode="eval")
+    ids = jnp.asarray(np.random.default_rng(0).integers(1, 10, size=(2, 8)), jnp.int32)
+    lengths = jnp.asarray([5, 8])
+    x = seq.Sequence(ids, jnp.arange(8).reshape((1, 8)) < lengths.reshape((2, 1)))
+    model.init(x)
+    padded = jnp.where(x.mask, ids, 0)
+    np.testing.assert_allclose(model(x), model(padded), atol=1e-6)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import trax_sl.layers as tl
+from trax_sl import sequence as seq
 from trax_sl.layers import base
 
 
@@ -145,6 +146,19 @@ def BenesBlock(d_model, dropout, mode):  # noqa: N802
     )
 
 
+class _PaddedValues(base.Layer):
+    """A Sequence's values with its invalid steps zeroed (an array passes as is): Trax's padded ids.
+
+    The shuffles permute positions across the whole length, so a mask
+    cannot follow them; padding is token 0, as in Trax's padded batches.
+    """
+
+    handles_sequences = True
+
+    def forward(self, x, weights, state, rng):
+        return (x.mask_invalid().values if isinstance(x, seq.Sequence) else x), state
+
+
 def ResidualShuffleExchange(  # noqa: N802
     vocab_size, d_model, input_dropout, dropout, mode="train", n_blocks=2
 ) -> base.Layer:
@@ -153,9 +167,11 @@ def ResidualShuffleExchange(  # noqa: N802
     n_in=1, n_out=1; the output is `[batch, length, vocab_size]`. The length
     must be a power of 2. Embedding, Dropout(input_dropout), `n_blocks`
     `BenesBlock`s, a `ResidualSwitchUnit`, Dense(vocab_size), LogSoftmax.
-    Not streamable (the shuffles permute the time axis).
+    Not streamable (the shuffles permute the time axis). A Sequence input is
+    taken as its padded ids (zeros past each row's length), as Trax's batches.
     """
     return tl.Serial(
+        _PaddedValues(),
         tl.Embedding(vocab_size, d_model),
         tl.Dropout(rate=input_dropout, mode=mode),
         *[BenesBlock(d_model, dropout, mode) for _ in range(n_blocks)],
