@@ -192,9 +192,7 @@ class Accelerate(base.WrapsOneLayer):
         Returns `((weights,), (state,))`, replicated; the sublayer's cache gets
         `weights` and `state`.
         """
-        (weights,), (state,) = super().init(input_signature, rng)
-        self.replicate_weights(weights)
-        self.replicate_state(state)
+        super().init(input_signature, rng)  # Its assignments replicate (the weights and state setters).
         return self._cached("weights"), self._cached("state")
 
     def replicate_weights(self, weights) -> None:

@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import trax_sl.layers as tl
-from trax_sl import sequence as seq
-from trax_sl.layers import base
+from trax_sl.layers import attention_core, base
 
 
 def _inverse_sigmoid(x):
@@ -156,7 +155,7 @@ class _PaddedValues(base.Layer):
     handles_sequences = True
 
     def forward(self, x, weights, state, rng):
-        return (x.mask_invalid().values if isinstance(x, seq.Sequence) else x), state
+        return attention_core.masked_values(x), state
 
 
 def ResidualShuffleExchange(  # noqa: N802
