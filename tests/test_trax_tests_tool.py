@@ -130,6 +130,8 @@ def test_gin_config():
 def test_unfair_needs_come_from_the_failure_text():
     assert trax_tests.unfair_need("ModuleNotFoundError: No module named 'tensorflow'") == "tensorflow"
     assert trax_tests.unfair_need("ModuleNotFoundError: No module named 'gym'") == "gym"
+    jax_refuses = "TypeError: unsupported operand type(s) for ==: 'ArrayImpl' and 'list'"
+    assert trax_tests.unfair_need(jax_refuses) == "an older JAX (array == list)"
     assert trax_tests.unfair_need("AttributeError: module 'trax_sl.layers' has no attribute 'X'") is None
     assert trax_tests.unfair_need("ModuleNotFoundError: No module named 'trax_sl.models.research'") is None
 

@@ -1247,6 +1247,35 @@ def test_a_trax_style_subclass_inits_runs_and_differentiates_purely():
     assert int(model.state[2]) == 2
 
 
+class TraxWeightsPlusState(tl.Layer):
+    """Trax's base_test MyLayer: its forward cannot run on its inputs' shape, and need not for init."""
+
+    def init_weights_and_state(self, input_signature):
+        self.weights = jnp.zeros((2, 3))
+        self.state = jnp.ones(input_signature.shape)
+
+    def forward(self, inputs):
+        return self.weights + self.state
+
+
+def test_a_trax_style_init_does_not_run_forward():
+    layer = TraxWeightsPlusState()
+    weights, state = layer.weights_and_state_signature(jnp.zeros((3, 4)))
+    assert (weights.shape, state.shape) == ((2, 3), (3, 4))
+    weights, state = layer.init(ShapeDtype((3, 4)))
+    assert (weights.shape, state.shape) == ((2, 3), (3, 4))
+    # Inside a combinator the output is needed, so the mismatch is found there.
+    with pytest.raises(tl.LayerError, match="TraxWeightsPlusState"):
+        tl.Serial(layer, tl.Relu()).init(ShapeDtype((3, 4)))
+
+
+def test_setting_weighs_is_an_error_as_in_trax():
+    layer = tl.Layer()
+    layer.weights = 1.0
+    with pytest.raises(ValueError, match="weighs"):
+        layer.weighs = 1.0
+
+
 def test_a_trax_style_backward_gives_the_gradient():
     # Trax's base_test: custom zero and identity gradients.
     class IdWithZeroGrad(tl.Layer):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import trax_sl.layers as tl
-from trax_sl import Sequence
+from trax_sl import Sequence, shapes
 from trax_sl.shapes import ShapeDtype
 
 F = fractions.Fraction
@@ -617,6 +617,24 @@ def test_cond_with_two_input_branches():
     a, b = _x(), _x(scale=10.0)
     np.testing.assert_array_equal(layer((jnp.array(1), a, b)), a + b)
     np.testing.assert_array_equal(layer((jnp.array(0), a, b)), b - a)
+
+
+def test_cond_keeps_trax_stack_semantics():
+    # Trax's CondTest: no inputs; a branch's one-item list output is that item.
+    constant = lambda value: tl.Fn("ReturnConst", lambda: value)
+    for condition, expected in ((True, 2), (False, 5)):
+        layer = tl.Cond(constant(condition), constant([2]), constant([5]))
+        layer.init(())
+        assert layer(()) == expected
+    # A one-item list input is the item; items below the branch inputs pass through.
+    halve = tl.Cond(tl.Fn("Small", lambda c: c < 3.0), tl.Fn("Half", lambda x: x / 2.0))
+    x = [np.arange(5, dtype=np.float32)]
+    layer = tl.Cond(constant(True), tl.Fn("Half", lambda x: x / 2.0), tl.Fn("Quarter", lambda x: x / 4.0))
+    layer.init(shapes.signature(x))
+    np.testing.assert_array_equal(layer(x), [0.0, 0.5, 1.0, 1.5, 2.0])
+    y, rest = halve((jnp.array(2.0), jnp.array([4.0, 12.0]), jnp.array(7.0)))
+    np.testing.assert_array_equal(y, [2.0, 6.0])
+    assert float(rest) == 7.0
 
 
 def test_cond_rejects_mismatched_branches():

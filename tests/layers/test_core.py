@@ -374,21 +374,22 @@ def test_summary_scalar_keeps_the_aggregate_in_state():
     assert layer.name == "Summary_loss"
     x = f32([[1, 2], [3, 6]])
     _, state = layer.init(shapes.signature(x))
-    assert state.shape == () and float(state) == 0.0
+    assert list(state) == ["summary_loss"]  # Trax's key
+    assert state["summary_loss"].shape == () and float(state["summary_loss"]) == 0.0
     y, state = layer.pure_fn(x, (), state, None)
     np.testing.assert_array_equal(y, x)
-    assert float(state) == 3.0
+    assert float(state["summary_loss"]) == 3.0
     layer(x)
-    assert float(layer.state) == 3.0
+    assert float(layer.state["summary_loss"]) == 3.0
     _, state = core.SummaryScalar("m", aggregation_fun=jnp.max).pure_fn(x, (), state, None)
-    assert float(state) == 6.0
+    assert float(state["summary_m"]) == 6.0
 
 
 def test_summary_scalar_on_sequence_averages_valid_steps():
     x = Sequence.from_lengths(f32([[[1, 3], [5, 7], [100, 100]]]), [2])
-    y, state = core.SummaryScalar("s").pure_fn(x, (), jnp.zeros(()), None)
+    y, state = core.SummaryScalar("s").pure_fn(x, (), {"summary_s": jnp.zeros(())}, None)
     assert isinstance(y, Sequence)
-    assert float(state) == 4.0
+    assert float(state["summary_s"]) == 4.0
 
 
 def test_summary_image_keeps_the_first_images():

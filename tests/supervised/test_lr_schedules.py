@@ -99,6 +99,18 @@ def test_body_and_tail_with_cosine_sawtooth_tail():
     np.testing.assert_allclose(values(schedule, [0, 1, 2, 4, 5, 10, 15]), expected, rtol=1e-6)
 
 
+def test_cosine_sawtooth_by_trax_private_names_on_python_steps():
+    # Trax's lr_schedules_test.test_cosine_sawtooth: Python steps give Trax's float64 values exactly.
+    tail_fn = lr_schedules._CosineSawtoothTail(180, min_value=0.1)
+    lr_fn = lr_schedules._BodyAndTail(0.3, tail_start=0, tail_fn=tail_fn)
+    for cycle_start in (0, 180):
+        for step, expected in ((1, 0.29998477), (30, 0.28660254), (60, 0.25), (120, 0.15), (179, 0.10001523)):
+            assert lr_fn(cycle_start + step) == pytest.approx(expected, abs=5e-8)
+    assert lr_fn(180) == 0.3
+    # A traced step still works, in float32.
+    assert jax.jit(lr_fn)(jnp.int32(60)).dtype == jnp.float32
+
+
 def test_body_and_tail_rejects_missing_parts():
     with pytest.raises(ValueError, match="body_start and tail_start are both None"):
         lr_schedules.BodyAndTail(1.0)

@@ -69,6 +69,8 @@ class _Scope(threading.local):
     shared_weights: dict | None = None
     # Set while tl.summary traces an init: recorder(layer, init_fn) returns the init_fn to run.
     init_recorder = None
+    # The layer whose init was asked for weights and state only (`init`, `weights_and_state_signature`).
+    output_unneeded_for = None
 
 
 _scope = _Scope()
@@ -472,8 +474,18 @@ class Layer:
                 signature = as_signature(input_signature)
             except TypeError as e:
                 raise LayerError(self, "init", input_signature, e) from e
-            weights, state, _ = self.init_tree(signature, rng)
+            weights, state = self._weights_and_state_only(signature, rng)
         self.weights, self.state = weights, state
+        return weights, state
+
+    def _weights_and_state_only(self, signature, rng):
+        """`init_tree` without the output signature where it is not needed (see init_with_output_signature)."""
+        outer = _scope.output_unneeded_for
+        _scope.output_unneeded_for = self
+        try:
+            weights, state, _ = self.init_tree(signature, rng)
+        finally:
+            _scope.output_unneeded_for = outer
         return weights, state
 
     def _init_without_signature(self, rng):
@@ -527,6 +539,9 @@ class Layer:
             with self._trax_call(EMPTY_WEIGHTS, EMPTY_STATE, rng) as bound:
                 self.init_weights_and_state(input_signature)
             weights, state = bound["weights"], bound["state"]
+            if _scope.output_unneeded_for is self:
+                # Trax's init never runs forward: its weights may be set before forward could run.
+                return weights, state, None
         else:
             weights, state = self.init_weights_and_state(input_signature, rng)
         if type(self).forward is Layer.forward:
@@ -546,8 +561,10 @@ class Layer:
 
     def weights_and_state_signature(self, input_signature):
         """(weights signature, state signature) for inputs of `input_signature`."""
-        weights, state, _ = self._abstract_init(input_signature)
-        return weights, state
+        signature = as_signature(input_signature)
+        return shapes.from_abstract(
+            jax.eval_shape(lambda rng: self._weights_and_state_only(signature, rng), default_rng())
+        )
 
     def _abstract_init(self, input_signature):
         signature = as_signature(input_signature)
@@ -562,6 +579,11 @@ class Layer:
         return weights, state, captured[0]
 
     # --- Interactive use ------------------------------------------------------
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "weighs":  # As Trax's: the typo would otherwise set weights that nothing reads.
+            raise ValueError(f"{self.name}: you tried to set `weighs`; did you mean `weights`?")
+        super().__setattr__(name, value)
 
     @property
     def weights(self):

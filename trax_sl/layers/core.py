@@ -465,21 +465,22 @@ def PrintShape(n_in: int = 1, msg: str = "") -> Layer:  # noqa: N802
 class SummaryScalar(_PassThrough):
     """Passes its input through and keeps an aggregate of it, for TensorBoard.
 
-    n_in=1, n_out=1. `[batch, time, depth]` -> same. The state is the
-    float32 scalar `aggregation_fun(x)`, which a training loop reads from the
-    layer named `Summary_{name}`. For a Sequence the default `jnp.mean` is the
-    mean over valid steps; another `aggregation_fun` gets the values with
-    invalid steps zeroed.
+    n_in=1, n_out=1. `[batch, time, depth]` -> same. The state is Trax's
+    dict `{'summary_' + name: aggregation_fun(x)}` (a float32 scalar), kept
+    by the layer named `Summary_{name}`. For a Sequence the default
+    `jnp.mean` is the mean over valid steps; another `aggregation_fun` gets
+    the values with invalid steps zeroed.
 
     Predict mode: the state holds the aggregate of the last block.
     """
 
     def __init__(self, name: str, aggregation_fun: Callable = jnp.mean):
         super().__init__(1, name=f"Summary_{name}")
+        self._key = f"summary_{name}"
         self._aggregation_fun = aggregation_fun
 
     def init_weights_and_state(self, input_signature, rng):
-        return base.EMPTY_WEIGHTS, jnp.zeros((), jnp.float32)
+        return base.EMPTY_WEIGHTS, {self._key: jnp.zeros((), jnp.float32)}
 
     def forward(self, x, weights, state, rng):
         if isinstance(x, seq.Sequence):
@@ -491,7 +492,7 @@ class SummaryScalar(_PassThrough):
                 summary = self._aggregation_fun(values)
         else:
             summary = self._aggregation_fun(x)
-        return x, jnp.asarray(summary, jnp.float32).reshape(())
+        return x, {self._key: jnp.asarray(summary, jnp.float32).reshape(())}
 
 
 class SummaryImage(_PassThrough):

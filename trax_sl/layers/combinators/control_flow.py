@@ -17,7 +17,16 @@ from trax_sl import checks, shapes
 from trax_sl import sequence as seq
 from trax_sl.layers import base, streaming
 from trax_sl.layers.base import Layer
-from trax_sl.layers.combinators.stack import Branch, Concatenate, Select, Serial, StackOp
+from trax_sl.layers.combinators.stack import (
+    Branch,
+    Concatenate,
+    PassesThrough,
+    Select,
+    Serial,
+    StackOp,
+    inputs_from_stack,
+    outputs_onto_stack,
+)
 
 
 def _move_axis_to_front(x, axis):
@@ -249,12 +258,14 @@ class TimeScan(Scan):
         return base.from_items(ys + carries, self.n_out), new_state
 
 
-class Cond(Layer):
+class Cond(PassesThrough, Layer):
     """Runs `true` or `false` on the stack depending on `cond`.
 
     Stack: `c1..ck y...` (k = cond.n_in) -> `true(y...)` if cond(c) else
     `false(y...)`. Only the chosen branch runs; the other's state is kept.
     `false` defaults to the identity (then true must have n_in == n_out).
+    As in Trax, items below the branches' inputs pass through, and a branch
+    output that is a list is that many stack items (`[2]` is the item 2).
     """
 
     handles_sequences = True
@@ -281,12 +292,10 @@ class Cond(Layer):
 
     def forward(self, xs, weights, state, rng):
         cond, true, false = self.sublayers
-        items = base.as_items(xs, self.n_in)
+        stack = self._items(xs)
         rng_c, rng_t, rng_f = base.split_rng(rng, 3)
-        c, cond_state = base.call_sublayer(
-            0, cond, base.from_items(items[: cond.n_in], cond.n_in), weights[0], state[0], rng_c
-        )
-        rest = base.from_items(items[cond.n_in :], true.n_in)
+        c, cond_state = base.call_sublayer(0, cond, _inputs(stack, cond.n_in), weights[0], state[0], rng_c)
+        stack = stack[cond.n_in :]
 
         def run_true(operand):
             y, s = base.call_sublayer(1, true, operand, weights[1], state[1], rng_t)
@@ -297,19 +306,24 @@ class Cond(Layer):
             return y, (state[1], s)
 
         y, (true_state, false_state) = jax.lax.cond(
-            jnp.asarray(c).astype(bool).reshape(()), run_true, run_false, rest
+            jnp.asarray(c).astype(bool).reshape(()), run_true, run_false, _inputs(stack, true.n_in)
         )
-        return y, (cond_state, true_state, false_state)
+        return outputs_onto_stack(y, stack, true.n_in), (cond_state, true_state, false_state)
 
     def init_with_output_signature(self, input_signature, rng):
         cond, true, false = self.sublayers
-        items = base.as_items(input_signature, self.n_in)
+        stack = self._items(input_signature)
         rngs = base.split_rng(rng, 3)
-        wc, sc, _ = base.init_sublayer(0, cond, base.from_items(items[: cond.n_in], cond.n_in), rngs[0])
-        rest = base.from_items(items[cond.n_in :], true.n_in)
-        wt, st, out = base.init_sublayer(1, true, rest, rngs[1])
-        wf, sf, _ = base.init_sublayer(2, false, rest, rngs[2])
-        return (wc, wt, wf), (sc, st, sf), out
+        wc, sc, _ = base.init_sublayer(0, cond, _inputs(stack, cond.n_in), rngs[0])
+        stack = stack[cond.n_in :]
+        wt, st, out = base.init_sublayer(1, true, _inputs(stack, true.n_in), rngs[1])
+        wf, sf, _ = base.init_sublayer(2, false, _inputs(stack, true.n_in), rngs[2])
+        return (wc, wt, wf), (sc, st, sf), outputs_onto_stack(out, stack, true.n_in)
+
+
+def _inputs(stack: tuple, n: int):
+    """n items off the top of the stack, packaged as a layer takes them (none is `()`)."""
+    return inputs_from_stack(stack, n) if n else ()
 
 
 def Chunk(layer: Layer, chunk_size: int, pass_unchunkable: bool = True) -> Layer:  # noqa: N802
