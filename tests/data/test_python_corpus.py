@@ -286,3 +286,21 @@ def test_tfds_preprocess_fn_runs_on_the_example_dicts(corpus):
     )
     paths = [example[0] for example in itertools.islice(source(), 2)]
     assert all(p == p.upper() for p in paths) and len(set(paths)) == 2
+
+
+def test_data_streams_gives_trax_train_and_eval_stream_functions(corpus):
+    _, data_dir, name = corpus
+    train_fn, eval_fn = data.data_streams(name, data_dir=data_dir, input_name="path", target_name="text")
+    train = list(itertools.islice(train_fn(), 4))
+    assert sorted(train[:2]) == [(b"b.py", TEXTS["b.py"].encode()), (b"sub/c.py", TEXTS["sub/c.py"].encode())]
+    assert sorted(train[2:]) == sorted(train[:2])  # Shuffled per epoch, repeated.
+    assert list(itertools.islice(eval_fn(), 2)) == [(b"a.py", TEXTS["a.py"].encode())] * 2
+    # Trax's batcher takes the pair; gin finds it under Trax's name.
+    gin.parse_config(f"data_streams.dataset_name = '{name}'")
+    gin.clear_config()
+    with pytest.raises(ValueError, match="no supervised keys; name its features"):
+        data.data_streams(name, data_dir=data_dir)
+    with pytest.raises(ValueError, match="Tensor2Tensor"):
+        data.data_streams("t2t_translate_ende_wmt32k")
+    with pytest.raises(ValueError, match="tf.data.Dataset"):
+        data.data_streams(name, data_dir=data_dir, bare_preprocess_fn=lambda ds, training: ds)

@@ -102,7 +102,7 @@ from trax_sl.data.synthetic import (
     simple_sequence_copy_inputs,
     sine_inputs,
 )
-from trax_sl.data.tf_inputs import TFDS
+from trax_sl.data.tf_inputs import TFDS, data_streams, no_preprocess
 from trax_sl.data.tokenizers import (
     ConvertToUnicode,
     Detokenize,

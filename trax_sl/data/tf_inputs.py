@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import gin
 import grain
+import numpy as np
 import tensorflow_datasets as tfds
 
 from trax_sl import checks
@@ -114,6 +115,82 @@ def TFDS(  # noqa: N802
         return examples(dataset, processes).map(lambda example: _select(example, keys))
 
     return Step(f"TFDS({dataset_name!r}, train={train})", None, selected, is_source=True)
+
+
+def no_preprocess(dataset, training):
+    """Trax's default preprocess_fn of `data_streams`: the dataset unchanged."""
+    del training
+    return dataset
+
+
+@gin.configurable(module="trax_sl.data")
+def data_streams(
+    dataset_name: str,
+    data_dir: str | None = None,
+    preprocess_fn: Callable = no_preprocess,
+    bare_preprocess_fn: Callable | None = None,
+    shuffle_buffer_size: int = 1024,
+    eval_holdout_size: float = 0,
+    input_name: str | None = None,
+    target_name: str | None = None,
+) -> tuple[StreamFn, StreamFn]:
+    """`(train_fn, eval_fn)`: stream functions of `(input, target)` examples of a tfds dataset (Trax's).
+
+    Read as `TFDS` reads, without TensorFlow: the train stream shuffles (a
+    seeded permutation per epoch, so `shuffle_buffer_size` has no use), both
+    repeat forever, and uint8 features become int32 as in Trax. This is what
+    `batcher(data_streams=...)` takes.
+
+    Args:
+        dataset_name: A tfds name (`'mnist'`, `'imdb_reviews'`); Trax's `t2t_`
+            names need Tensor2Tensor, which trax_sl does not support.
+        data_dir: Where the prepared data is; tfds' default if None.
+        preprocess_fn: Trax's `(tf.data.Dataset, training) -> Dataset`; only
+            the default (`no_preprocess`) runs here, as there is no tf.data.
+        bare_preprocess_fn: Likewise; only None.
+        shuffle_buffer_size: Accepted for Trax's configs; the shuffle is exact.
+        eval_holdout_size: A fraction of the train split used for evaluation
+            instead of the eval split.
+        input_name: The input feature; by default the first supervised key.
+        target_name: The target feature; by default the second supervised key.
+    """
+    del shuffle_buffer_size  # A seeded permutation of the whole split needs no buffer.
+    if dataset_name.startswith("t2t_"):
+        raise ValueError(
+            f"data_streams: {dataset_name!r} is a Tensor2Tensor problem, which trax_sl does not read; "
+            f"use a TensorFlow Datasets name"
+        )
+    if preprocess_fn not in (None, no_preprocess) or bare_preprocess_fn is not None:
+        raise ValueError(
+            f"data_streams({dataset_name!r}): preprocess_fn and bare_preprocess_fn are Trax's functions "
+            f"of a tf.data.Dataset, which trax_sl's data_streams does not build; preprocess the examples "
+            f"with stream steps instead (trax_sl.data.Serial(TFDS(...), ...)), or TFDS(use_tf=True, "
+            f"tfds_preprocess_fn=...) with TensorFlow"
+        )
+    keys = _prepared_builder(dataset_name, data_dir, "array_record").info.supervised_keys or (None, None)
+    names = (input_name or keys[0], target_name or keys[1])
+    if None in names:
+        raise ValueError(
+            f"data_streams: dataset {dataset_name!r} has no supervised keys; name its features with "
+            f"input_name= and target_name="
+        )
+
+    def stream_fn(train: bool) -> StreamFn:
+        examples = TFDS(
+            dataset_name, data_dir=data_dir, keys=names, train=train, eval_holdout_size=eval_holdout_size
+        )
+
+        def stream(generator=None) -> Iterator:
+            del generator  # A source.
+            return (tuple(_int32_if_uint8(x) for x in example) for example in examples())
+
+        return stream
+
+    return stream_fn(True), stream_fn(False)
+
+
+def _int32_if_uint8(x):
+    return x.astype(np.int32) if getattr(x, "dtype", None) == np.uint8 else x
 
 
 def _prepared_builder(dataset_name: str, data_dir: str | None, file_format: str):
