@@ -27,15 +27,21 @@ fraction of each weight per step, independent of the learning rate, and
 `Momentum`, `RMSProp`, `Adam`, `AdamW` (decay scaled by the learning rate; not
 in Trax), `Adafactor`, `SM3`. In gin: `train.optimizer =
 @trax_sl.optimizers.Adam` and `Adam.weight_decay_rate = 1e-5`.
+
+Trax's per-tree API runs too: `opt.tree_init(weights)` gives `(slots,
+opt_params)` (one slot per weight array: Momentum's velocity, Adam's `(m, v)`,
+None for SGD), `opt.tree_update(step, grads, weights, slots, opt_params)` one
+update, and `Trainer(model_with_loss, opt).one_step(batch, rng)` a compiled step.
 """
 
-from trax_sl.optimizers import adafactor, adam, base, momentum, rms_prop, sm3
+from trax_sl.optimizers import adafactor, adam, base, momentum, rms_prop, sm3, trainer
 from trax_sl.optimizers.adafactor import Adafactor
 from trax_sl.optimizers.adam import Adam, AdamW
 from trax_sl.optimizers.base import SGD, Optimizer, clip_grads, l2_norm
 from trax_sl.optimizers.momentum import Momentum
 from trax_sl.optimizers.rms_prop import RMSProp
 from trax_sl.optimizers.sm3 import SM3, MomentumType
+from trax_sl.optimizers.trainer import Trainer
 
 __all__ = [
     "SGD",
@@ -47,6 +53,7 @@ __all__ = [
     "MomentumType",
     "Optimizer",
     "RMSProp",
+    "Trainer",
     "clip_grads",
     "l2_norm",
 ]

@@ -135,6 +135,50 @@ class Optimizer:
         # float32 hyperparameters even for bfloat16 weights, as Trax keeps them.
         return optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(**hyperparams)
 
+    # --- Trax's per-tree API (its Trainer, and loops written against it) ----------------
+
+    _slots = None  # Trax's: None until tree_init.
+
+    @property
+    def slots(self):
+        """Trax's slots: after `tree_init`, one entry per weight array (None where nothing is kept for it).
+
+        An entry holds the optimizer's per-array state in optax's order:
+        Momentum's velocity, Adam's `(m, v)`; SGD keeps nothing.
+        """
+        return self._slots
+
+    @slots.setter
+    def slots(self, slots):
+        self._slots = slots
+
+    def tree_init(self, weight_tree):
+        """Trax's: `(slots, opt_params)` for `weight_tree`; the slots are also stored (`self.slots`)."""
+        tx = self.to_optax()
+        self._slots = _slots_of(tx, tx.init(weight_tree), weight_tree)
+        return self._slots, self.opt_params
+
+    def tree_update(self, step, grad_tree, weight_tree, slots, opt_params, store_slots: bool = True):
+        """Trax's update of a whole tree: `(new_weights, new_slots, {'gradients_l2', 'weights_l2'})`.
+
+        `step` counts updates from 0 (Adam's bias correction uses it);
+        `opt_params` sets the hyperparameters (e.g. `learning_rate`) of this
+        update. Jit-able; with `store_slots=False` it is pure (Trax's Trainer
+        jits it so), else the new slots are also stored.
+        """
+        tx = self.to_optax()
+        state = _state_of(tx, weight_tree, slots, step, opt_params)
+        updates, state = tx.update(grad_tree, state, weight_tree)
+        new_weights = optax.apply_updates(weight_tree, updates)
+        new_slots = _slots_of(tx, state, weight_tree)
+        if store_slots:
+            self._slots = new_slots
+        return (
+            new_weights,
+            new_slots,
+            {"gradients_l2": l2_norm(grad_tree), "weights_l2": l2_norm(weight_tree)},
+        )
+
     def _schedules(self, step_offset: int) -> dict[str, Schedule]:
         """Step-dependent injected hyperparameters other than the learning rate."""
         del step_offset
@@ -142,6 +186,35 @@ class Optimizer:
 
     def _transform(self, learning_rate, **injected) -> optax.GradientTransformation:
         raise NotImplementedError(f"{type(self).__name__} must define _transform")
+
+
+def _leaf_indices(weight_tree):
+    """`weight_tree` with each array replaced by its index in flattening order, and the array count."""
+    leaves, treedef = jax.tree.flatten(weight_tree)
+    return jax.tree.unflatten(treedef, range(len(leaves))), len(leaves)
+
+
+def _slots_of(tx: optax.GradientTransformation, state, weight_tree) -> tuple:
+    """Trax's slots: per weight array, the parts of optax's state that belong to it."""
+    indices, n = _leaf_indices(weight_tree)
+    parts = [[] for _ in range(n)]
+    optax.tree_utils.tree_map_params(tx, lambda x, i: parts[i].append(x) or x, state, indices)
+    return tuple(None if not p else p[0] if len(p) == 1 else tuple(p) for p in parts)
+
+
+def _state_of(tx: optax.GradientTransformation, weight_tree, slots, step, opt_params):
+    """optax's state holding `slots`, with its update counts at `step` and hyperparameters from opt_params."""
+    indices, n = _leaf_indices(weight_tree)
+    if len(slots) != n:
+        raise ValueError(f"tree_update: got {len(slots)} slots for a weight tree of {n} arrays")
+    queues = [[] if s is None else list(s) if isinstance(s, tuple) else [s] for s in slots]
+    state = optax.tree_utils.tree_map_params(tx, lambda _, i: queues[i].pop(0), tx.init(weight_tree), indices)
+    step = jnp.asarray(step, jnp.int32)
+    state = jax.tree_util.tree_map_with_path(  # Every update count (injected hyperparameters', Adam's, ...).
+        lambda path, x: step if getattr(path[-1], "name", None) == "count" else x, state
+    )
+    given = {k: jnp.asarray(v, jnp.float32) for k, v in opt_params.items() if k in state.hyperparams}
+    return state._replace(hyperparams={**state.hyperparams, **given})
 
 
 def _shifted(schedule: Schedule, step_offset: int) -> Schedule:
