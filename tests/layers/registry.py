@@ -890,6 +890,83 @@ REGISTRY.update(
     }
 )
 
+
+# Trax's research.rel_attention, resampling and rotary_positional_embedding; deconvolution.
+def _relative_biases():
+    return tl.get_rel_att_inputs(4, 2)
+
+
+def _attention_resampling(mode, is_upsampling):
+    return tl.Serial(
+        tl.AttentionResampling(
+            2, 4, is_upsampling, 8, 2, 0.0, None, mode, tl.Relu, *_relative_biases(), 1, tl.AveragePooling
+        )
+    )
+
+
+MASK_8x8 = ShapeDtype((2, 1, 8, 8), BOOL)
+REGISTRY.update(
+    {
+        "Rotate": Entry(
+            lambda mode: tl.Rotate(mode=mode),
+            X,
+            space=Space(
+                st.fixed_dictionaries({"rank": st.sampled_from((3, 4))}),
+                built(tl.Rotate),
+                dtypes=(F32, BF16),
+                depths=(2, 4, 6, 8),
+            ),
+        ),
+        "ConvTranspose": Entry(
+            lambda mode: tl.ConvTranspose(3, (2, 2), strides=(2, 1)), IMAGE, streams=False
+        ),
+        "RelativeAttentionWrapper": Entry(
+            lambda mode: tl.RelativeAttentionWrapper(
+                4,
+                2,
+                mode=mode,
+                context_bias_layer=_relative_biases()[0],
+                location_bias_layer=_relative_biases()[1],
+                total_pooling=1,
+            ),
+            X,
+            streams=False,
+        ),
+        "RelativeAttentionLMLayer": Entry(
+            lambda mode: tl.RelativeAttentionLMLayer(4, *_relative_biases(), 1, n_heads=2, mode=mode),
+            (X, X, X),
+            streams=False,
+        ),
+        "RelativeAttentionLayer": Entry(
+            lambda mode: tl.RelativeAttentionLayer(4, *_relative_biases(), 1, False, n_heads=2, mode=mode),
+            (X, X, X, MASK_8x8),
+            streams=False,
+        ),
+        "RelativeAttention": Entry(
+            lambda mode: tl.RelativeAttention(False, n_heads=2, mode=mode),
+            (ShapeDtype((1, 2, 1, 2)), ShapeDtype((1, 2, 1, 2)), ShapeDtype((8, 4)), X, X, X, MASK_8x8),
+            streams=False,
+        ),
+        "PositionalEmbeddings": Entry(
+            lambda mode: tl.PositionalEmbeddings(4, False, 1), (X, X), streams=False
+        ),
+        "CreateAttentionMaskLayer": Entry(
+            lambda mode: tl.CreateAttentionMaskLayer(), (X, X, X), streams=False
+        ),
+        "ShiftRightCls": Entry(lambda mode: tl.ShiftRightCls(1), IDS, streams=False),
+        # Resampling: AveragePooling is AvgPool with stride = size (non-overlapping windows), which streams.
+        "AveragePooling": Entry(lambda mode: tl.AveragePooling(2), X),
+        "LinearPooling": Entry(lambda mode: tl.LinearPooling(2, 4, mode=mode), X, streams=False),
+        "LinearUpsampling": Entry(lambda mode: tl.LinearUpsampling(2, 4, mode=mode), X, streams=False),
+        "NaiveUpsampling": Entry(lambda mode: tl.NaiveUpsampling(2, 4), X, streams=False),
+        "NoUpsampling": Entry(lambda mode: tl.NoUpsampling(2, 4), X, streams=False),
+        "FeedForwardBlock": Entry(
+            lambda mode: tl.Serial(tl.FeedForwardBlock(4, 8, 0.0, None, mode, tl.Relu)), X
+        ),
+        "AttentionResampling": Entry(lambda mode: _attention_resampling(mode, False), X, streams=False),
+    }
+)
+
 # CamelCase exports of `tl` that are not layers.
 NOT_LAYERS = {
     "Layer",

@@ -1068,6 +1068,14 @@ def test_parallel_raises_on_disagreeing_output_ratios():
         _ = tl.Branch(Streamer(output_ratio=F(1, 2)), None).output_ratio
     with pytest.raises(ValueError, match="output_ratio"):
         _ = tl.Residual(Streamer(output_ratio=F(2))).output_ratio
+    # It does not step, and predict mode says why.
+    assert not layer.supports_step
+    predict = tl.Parallel(Streamer(output_ratio=F(1, 2)), Streamer()).with_mode("predict")
+    with pytest.raises(tl.LayerError, match="does not stream .*must agree on output_ratio"):
+        predict.init((ShapeDtype((1, 2, 1)), ShapeDtype((1, 2, 1))))
+        predict.pure_fn(
+            (jnp.zeros((1, 2, 1)), jnp.zeros((1, 2, 1))), *predict.init((ShapeDtype((1, 2, 1)),) * 2), None
+        )
 
 
 def test_non_streamable_combinators_say_so():

@@ -24,12 +24,12 @@ def test_trax_signature_and_defaults():
         "dropout_shared_axes": None,
         "mode": "train",
         "ff_activation": tl.FastGelu,
-        "vanilla_attn_type": hourglass.RelativeAttentionWrapper,
-        "middle_attn_type": hourglass.RelativeAttentionWrapper,
-        "downsampling_fn": hourglass.AttentionResampling,
-        "upsampling_fn": hourglass.AttentionResampling,
-        "attention_downsampling_fn": hourglass.AveragePooling,
-        "attention_upsampling_fn": hourglass.LinearUpsampling,
+        "vanilla_attn_type": tl.RelativeAttentionWrapper,
+        "middle_attn_type": tl.RelativeAttentionWrapper,
+        "downsampling_fn": tl.AttentionResampling,
+        "upsampling_fn": tl.AttentionResampling,
+        "attention_downsampling_fn": tl.AveragePooling,
+        "attention_upsampling_fn": tl.LinearUpsampling,
     }
 
 
@@ -106,22 +106,15 @@ def test_lsh_attention_in_vanilla():  # Trax: test_lsh_attention_in_vanilla (gin
         d_ff=16,
         n_heads=2,
         vanilla_attn_type=lsh,
-        downsampling_fn=hourglass.LinearPooling,
-        upsampling_fn=hourglass.LinearUpsampling,
+        downsampling_fn=tl.LinearPooling,
+        upsampling_fn=tl.LinearUpsampling,
     )
     assert output_shape(model, (3, 12)) == (3, 12, 7)
 
 
-def test_relative_distances_and_masks_hand_checked():
-    """Key j's distance from query i: same lengths j - i; shortened queries j - 2i; shortened keys 2j - i."""
-    # Same lengths (3): positions -2, -1, 0; query i reads key j <= i at index 2 + j - i (clipped past i).
-    np.testing.assert_array_equal(hourglass._relative_positions(3, 3, 2), [-4, -2, 0])
-    np.testing.assert_array_equal(hourglass._position_index(3, 3), [[2, 2, 2], [1, 2, 2], [0, 1, 2]])
-    # Downsampling, 2 queries over 4 keys: positions -3..3; index 3 + j - 2i.
-    np.testing.assert_array_equal(hourglass._position_index(2, 4), [[3, 4, 5, 6], [1, 2, 3, 4]])
-    # Upsampling, 4 queries over 2 keys: positions -3..3; index 3 + 2j - i.
-    np.testing.assert_array_equal(hourglass._position_index(4, 2), [[3, 5], [2, 4], [1, 3], [0, 2]])
-    mask_layer = hourglass.CreateAttentionMaskLayer()
+def test_attention_masks_of_shortened_and_upsampled_queries_hand_checked():
+    """Query i of a shortened sequence sees keys up to its span's end; upsampled, up to its key's start."""
+    mask_layer = tl.CreateAttentionMaskLayer()
     down = mask_layer((np.zeros((1, 2, 1)), np.zeros((1, 4, 1)), np.zeros((1, 4, 1))))[3]
     np.testing.assert_array_equal(down[0, 0], [[1, 1, 0, 0], [1, 1, 1, 1]])
     up = mask_layer((np.zeros((1, 4, 1)), np.zeros((1, 2, 1)), np.zeros((1, 2, 1))))[3]
@@ -130,12 +123,12 @@ def test_relative_distances_and_masks_hand_checked():
 
 def test_relative_attention_shares_its_biases():
     """One context and one location bias `[1, n_heads, 1, d_head]` serve every relative attention."""
-    context, location = hourglass.get_rel_att_inputs(8, 2)
+    context, location = tl.get_rel_att_inputs(8, 2)
     attention = tl.Serial(
-        hourglass.RelativeAttentionWrapper(
+        tl.RelativeAttentionWrapper(
             8, 2, context_bias_layer=context, location_bias_layer=location, total_pooling=1
         ),
-        hourglass.RelativeAttentionWrapper(
+        tl.RelativeAttentionWrapper(
             8, 2, context_bias_layer=context, location_bias_layer=location, total_pooling=1
         ),
     )
@@ -148,8 +141,8 @@ def test_relative_attention_shares_its_biases():
     "make, match",
     [
         (lambda: hourglass.HourglassLM(8, mode="predict"), "HourglassLM: mode='predict'"),
-        (lambda: hourglass.RelativeAttention(separate_cls=True), "separate_cls=True"),
-        (lambda: hourglass.get_rel_att_inputs(6, 4), "multiple of n_heads"),
+        (lambda: tl.PositionalEmbeddings(8, True, 1), "separate_cls=True"),
+        (lambda: tl.get_rel_att_inputs(6, 4), "multiple of n_heads"),
     ],
 )
 def test_unsupported_options_raise(make, match):

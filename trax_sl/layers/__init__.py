@@ -135,6 +135,7 @@ from trax_sl.layers.core import (
     ToFloat,
     Weights,
 )
+from trax_sl.layers.deconvolution import ConvTranspose
 from trax_sl.layers.delay import Delay, Lookahead
 from trax_sl.layers.distributions import (
     log_gaussian_diag_pdf,
@@ -215,6 +216,27 @@ from trax_sl.layers.research.position_encodings import (
     threefry_2x32_prange,
     threefry_2x32_prf,
 )
+from trax_sl.layers.research.rel_attention import (
+    CreateAttentionMaskLayer,
+    PositionalEmbeddings,
+    RelativeAttention,
+    RelativeAttentionLayer,
+    RelativeAttentionLMLayer,
+    RelativeAttentionWrapper,
+    ShiftRightCls,
+    calc_funnel_ratio,
+    get_rel_att_inputs,
+)
+from trax_sl.layers.research.resampling import (
+    AttentionResampling,
+    AveragePooling,
+    FeedForwardBlock,
+    LinearPooling,
+    LinearUpsampling,
+    NaiveUpsampling,
+    NoUpsampling,
+)
+from trax_sl.layers.research.rotary_positional_embedding import Rotate, rotate
 from trax_sl.layers.reversible import (
     ReversibleConcatenatePair,
     ReversibleHalfResidual,

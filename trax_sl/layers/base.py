@@ -302,7 +302,10 @@ class Layer:
     @property
     def supports_step(self) -> bool:
         """Whether predict mode keeps the streaming contract for this layer."""
-        return self._spec().supports_step
+        try:
+            return self._spec().supports_step
+        except ValueError:  # No spec at all: e.g. branches whose output ratios disagree.
+            return False
 
     @property
     def stream_capacity(self) -> int | None:

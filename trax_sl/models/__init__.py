@@ -94,20 +94,6 @@ Transformer2 = _model_configure(transformer2.Transformer2)
 ResidualShuffleExchange = _model_configure(rse.ResidualShuffleExchange)
 HourglassLM = _model_configure(hourglass.HourglassLM)
 
-# Trax names HourglassLM's resampling layers in `trax.layers` (its research layers), and its
-# configs pick them by name (`HourglassLM.downsampling_fn = @LinearPooling`); here they are
-# defined with the model, and named where Trax's configs look.
-for _resampling in (
-    hourglass.AveragePooling,
-    hourglass.LinearPooling,
-    hourglass.LinearUpsampling,
-    hourglass.NaiveUpsampling,
-    hourglass.NoUpsampling,
-    hourglass.AttentionResampling,
-    hourglass.RelativeAttentionWrapper,
-):
-    gin.external_configurable(_resampling, module="trax_sl.layers")
-
 __all__ = [
     "BERT",
     "GRULM",

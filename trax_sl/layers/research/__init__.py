@@ -1,3 +1,10 @@
-"""Research layers: Trax's research.efficient_attention and research.position_encodings."""
+"""Research layers: Trax's research modules (efficient_attention, position_encodings, rel_attention,
+resampling, rotary_positional_embedding), each under Trax's module name."""
 
-from trax_sl.layers.research import efficient_attention, position_encodings
+from trax_sl.layers.research import (
+    efficient_attention,
+    position_encodings,
+    rel_attention,
+    resampling,
+    rotary_positional_embedding,
+)

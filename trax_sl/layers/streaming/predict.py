@@ -37,7 +37,10 @@ def check_steps(layer) -> None:
     sublayers all do), so the message names the culprit, not its parents.
     """
     if not layer.supports_step and all(sub.supports_step for sub in layer.sublayers):
-        why = layer.streaming_spec.why_not or "supports_step is False"
+        try:
+            why = layer.streaming_spec.why_not or "supports_step is False"
+        except ValueError as e:  # The spec itself cannot be formed; its error says why.
+            why = str(e)
         raise ValueError(
             f"{layer.name} does not stream ({why}), so it cannot run in predict mode; "
             f"run it layer-wise in 'eval' mode"
@@ -46,6 +49,8 @@ def check_steps(layer) -> None:
 
 def check_block(layer, x) -> None:
     """Raises ValueError when a predict-mode block is not a multiple of block_size."""
+    if not layer.supports_step:
+        return  # No block size; the innermost layer that does not step refuses (check_steps).
     block_size = layer.block_size
     if block_size == 1:
         return
