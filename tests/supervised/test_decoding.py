@@ -171,3 +171,64 @@ def test_a_stream_ends_at_the_cache_with_an_error_not_garbage():
         ValueError, match=r"holds 8 positions \(PositionalEncoding max_len=8\) and all 8 tokens"
     ):
         next(stream)
+
+
+# --- Beam search -----------------------------------------------------------------------------
+
+
+def _sequence_log_probs(model, sequences):
+    """log p(sequence) under the whole-sequence model (start_id 0 shifted in by the model)."""
+    log_probs = jax.nn.log_softmax(model(jnp.asarray(sequences)), axis=-1)
+    return np.take_along_axis(np.asarray(log_probs), sequences[..., None], axis=-1)[..., 0].sum(axis=-1)
+
+
+def test_beam_search_with_every_beam_is_exhaustive_search(model):
+    # VOCAB**2 beams hold every 3-token sequence's best extensions: the beams are the 4 best of all 512.
+    beams = decoding.beam_search(model, batch_size=2, n_beams=VOCAB**2, max_length=3, eos_id=-1)
+    every = np.stack(np.meshgrid(*[np.arange(VOCAB)] * 3, indexing="ij"), axis=-1).reshape((-1, 3))
+    for row in range(2):
+        scores = _sequence_log_probs(model, every)
+        best = np.argsort(-scores, kind="stable")[:4]
+        for (tokens, log_prob), index in zip(beams[:4], best):
+            np.testing.assert_array_equal(tokens[row], every[index])
+            np.testing.assert_allclose(log_prob[row], scores[index], rtol=1e-5)
+
+
+def test_one_beam_is_greedy_decoding(model):
+    ((tokens, log_prob),) = decoding.beam_search(model, batch_size=2, n_beams=1, max_length=6, eos_id=99)
+    greedy = decoding.autoregressive_sample(model, batch_size=2, temperature=0.0, max_length=6, eos_id=99)
+    np.testing.assert_array_equal(tokens, greedy)
+    np.testing.assert_allclose(log_prob, _sequence_log_probs(model, greedy), rtol=1e-5)
+
+
+def test_a_beam_ends_at_eos_and_keeps_its_score(model):
+    # With eos the greedy first token, the best beam ends at once: eos-padded, scored by that token alone.
+    eos = int(
+        decoding.autoregressive_sample(model, batch_size=1, temperature=0.0, max_length=1, eos_id=99)[0, 0]
+    )
+    beams = decoding.beam_search(model, n_beams=3, max_length=4, eos_id=eos, length_penalty=0.0)
+    tokens, log_prob = beams[0]
+    np.testing.assert_array_equal(tokens, [[eos] * 4])
+    np.testing.assert_allclose(log_prob, _sequence_log_probs(model, np.array([[eos]])), rtol=1e-5)
+    assert all(eos not in t[0][:-1] or (t[0][list(t[0]).index(eos) :] == eos).all() for t, _ in beams)
+
+
+def test_beam_search_of_an_encoder_decoder_repeats_the_inputs_per_beam():
+    from trax_sl import models
+
+    model = models.Transformer(
+        8, d_model=16, d_ff=16, n_encoder_layers=1, n_decoder_layers=1, n_heads=2, max_len=16, mode="eval"
+    )
+    source = np.array([[3, 4, 5, 6], [2, 2, 7, 1]], np.int32)
+    model.init((jax.ShapeDtypeStruct((2, 4), jnp.int32),) * 2, jax.random.PRNGKey(2))
+    beams = decoding.beam_search(model, source, batch_size=2, n_beams=3, max_length=4, eos_id=99)
+    greedy = decoding.autoregressive_sample(model, source, 2, 0.0, 0, 99, 4)
+    for tokens, log_prob in beams:  # Each beam's score is its tokens' log-probability given the source.
+        np.testing.assert_allclose(log_prob, _sequence_log_probs_of(model, source, tokens), rtol=1e-5)
+    assert (beams[0][1] >= _sequence_log_probs_of(model, source, greedy) - 1e-5).all()
+
+
+def _sequence_log_probs_of(model, source, tokens):
+    logits = model((jnp.asarray(source), jnp.asarray(tokens)))[0]
+    log_probs = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), tokens[..., None], axis=-1)
+    return log_probs[..., 0].sum(axis=-1)

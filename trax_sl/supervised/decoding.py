@@ -8,6 +8,8 @@ stream that a predict-mode `ShiftRight` (a no-op) expects.
 Sampling runs on the device inside `jax.lax.scan` (no Python work or host
 sync per token), greedy at temperature 0 and categorical otherwise, with JAX
 random keys (reproducible for a given seed). Rows stop at `eos_id`.
+`beam_search` keeps the `n_beams` most likely continuations instead, with
+each beam's stream state carried along the beam it extends.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trax_sl import shapes
+from trax_sl import checks, shapes
 from trax_sl.layers import base, streaming
+from trax_sl.layers.streaming import rows as stream_rows
 
 
 def _sample(logits, rng, temperature: float):
@@ -200,6 +203,135 @@ def autoregressive_sample(
     if ended.any(axis=1).all():
         tokens = tokens[:, : int(ended.argmax(axis=1).max()) + 1]
     return tokens
+
+
+@gin.configurable(module="trax_sl.supervised.decoding")
+def beam_search(
+    model,
+    inputs=None,
+    batch_size: int = 1,
+    n_beams: int = 2,
+    start_id: int = 0,
+    eos_id: int = 1,
+    max_length: int = 100,
+    length_penalty: float = 1.0,
+    accelerate: bool = True,
+    *,
+    context=None,
+    weights=None,
+    state=None,
+):
+    """The `n_beams` most likely continuations of `max_length` tokens, best first (Trax's signature).
+
+    Beam search as one compiled loop: every row holds `n_beams` beams, each a
+    stream of the predict-mode model; at each step the `n_beams` best
+    one-token extensions of a row's beams (by summed log-probability) become
+    its beams, each taking the stream state of the beam it extends. At the
+    first step all extensions come from one beam, as in Trax. A beam that
+    emits `eos_id` is finished: it keeps its score and is padded with
+    eos_id. Beams are ranked by `log_prob / ((5 + length) / 6) **
+    length_penalty` (GNMT's length normalisation, length counting up to the
+    eos), which orders beams of equal length as their log-probabilities do.
+
+    Args:
+      model, inputs, batch_size, start_id, context, weights, state: as in
+        `autoregressive_sample` (a language model's inputs are its prompt).
+      n_beams: beams kept per row.
+      eos_id: the token that ends a beam.
+      max_length: tokens decoded per beam.
+      length_penalty: the exponent of the length normalisation of the ranking.
+      accelerate: kept for Trax compatibility; the loop is always compiled.
+
+    Returns:
+      As Trax's: a list of `n_beams` pairs `(tokens [batch_size, max_length]
+      int32, log_prob [batch_size] float32)`, best first per row.
+    """
+    del accelerate
+    checks.check_positive("beam_search", n_beams=n_beams, max_length=max_length)
+    if inputs is not None and model.n_in == 1:  # A language model's inputs are its prompt, as in Trax.
+        if context is not None:
+            raise ValueError(
+                "beam_search: a language model's inputs are its prompt (as context is); give one"
+            )
+        context, inputs = inputs, None
+    prefix = _prefix(batch_size, start_id, context)
+    check_capacity(model, prefix.shape[1], max_length)
+    weights = model.weights if weights is None else weights
+    rows = batch_size * n_beams
+    if inputs is not None:
+        inputs = jax.tree.map(lambda x: np.repeat(np.asarray(x), n_beams, axis=0), inputs)
+    core, core_state = _start(model, weights, state, rows, inputs)
+    block = shapes.ShapeDtype((rows, 1), np.int32)
+    signature = block if inputs is None else (shapes.signature(inputs), block)
+    tokens, scores = _beams(
+        core,
+        inputs,
+        weights,
+        core_state,
+        jnp.asarray(np.repeat(prefix, n_beams, axis=0)),
+        axes=tuple(stream_rows.batch_axes(core, signature)),
+        n_beams=n_beams,
+        length=max_length,
+        eos_id=eos_id,
+        length_penalty=float(length_penalty),
+    )
+    tokens, scores = np.asarray(tokens), np.asarray(scores)
+    return [(tokens[:, b], scores[:, b]) for b in range(n_beams)]
+
+
+def _gather_streams(state, axes, rows):
+    """The stream state whose stream i is stream `rows[i]` of `state` (`axes`: `rows.batch_axes`)."""
+    leaves, structure = jax.tree.flatten(state)
+    gathered = []
+    for leaf, axis_and_k in zip(leaves, axes):
+        if axis_and_k is None:  # Shared by the batch.
+            gathered.append(leaf)
+            continue
+        axis, k = axis_and_k
+        by_stream = leaf.reshape(leaf.shape[:axis] + (leaf.shape[axis] // k, k) + leaf.shape[axis + 1 :])
+        gathered.append(jnp.take(by_stream, rows, axis=axis).reshape(leaf.shape))
+    return jax.tree.unflatten(structure, gathered)
+
+
+@functools.partial(jax.jit, static_argnames=("core", "axes", "n_beams", "length", "eos_id", "length_penalty"))
+def _beams(core, inputs, weights, state, prefix, axes, n_beams, length, eos_id, length_penalty):
+    """Beam search over `length` tokens after `prefix` [batch * n_beams, k]; (tokens, scores), best first."""
+    logits, state = _step(core, inputs, prefix, weights, state)
+    rows = prefix.shape[0]
+    batch = rows // n_beams
+    vocab = logits.shape[-1]
+    is_eos = (jnp.arange(vocab) == eos_id).reshape((1, 1, vocab))
+    # At first all beams hold the same prefix: extend beam 0 only.
+    scores = jnp.broadcast_to(jnp.where(jnp.arange(n_beams) == 0, 0.0, -jnp.inf)[None, :], (batch, n_beams))
+    history = jnp.full((batch, n_beams, length), eos_id, jnp.int32)
+    ends = jnp.full((batch, n_beams), length, jnp.int32)  # Tokens up to and including the eos.
+
+    def select(logits, scores, history, ends, t):
+        """Each row's n_beams best one-token extensions: their scores, tokens so far, ends, source beams."""
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape((batch, n_beams, vocab))
+        finished = (ends < length)[:, :, None]
+        log_probs = jnp.where(finished, jnp.where(is_eos, 0.0, -jnp.inf), log_probs)
+        candidates = (scores[:, :, None] + log_probs).reshape((batch, n_beams * vocab))
+        scores, best = jax.lax.top_k(candidates, n_beams)
+        beam, token = best // vocab, (best % vocab).astype(jnp.int32)
+        history = jnp.take_along_axis(history, beam[:, :, None], axis=1).at[:, :, t].set(token)
+        ends = jnp.take_along_axis(ends, beam, axis=1)
+        ends = jnp.where((ends == length) & (token == eos_id), t + 1, ends)
+        return scores, history, ends, beam, token
+
+    def body(carry, t):
+        logits, state, scores, history, ends = carry
+        scores, history, ends, beam, token = select(logits, scores, history, ends, t)
+        state = _gather_streams(state, axes, (jnp.arange(batch)[:, None] * n_beams + beam).reshape((rows,)))
+        logits, state = _step(core, inputs, token.reshape((rows, 1)), weights, state)
+        return (logits, state, scores, history, ends), None
+
+    carry = (logits, state, scores, history, ends)
+    (logits, _, scores, history, ends), _ = jax.lax.scan(body, carry, jnp.arange(length - 1))
+    scores, history, ends, _, _ = select(logits, scores, history, ends, length - 1)  # The last: no feed.
+    ranked = scores / ((5.0 + ends) / 6.0) ** length_penalty
+    order = jnp.argsort(-ranked, axis=1, stable=True)
+    return jnp.take_along_axis(history, order[:, :, None], axis=1), jnp.take_along_axis(scores, order, axis=1)
 
 
 def autoregressive_sample_stream(
