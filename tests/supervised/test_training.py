@@ -489,3 +489,26 @@ def test_a_train_task_takes_an_optimizer_class_as_trax_memory_efficient_trainer_
     loop = training.Loop(tiny_model(), task, random_seed=0, checkpoint_at=lambda step: False)
     loop.run(2)
     assert loop.step == 2
+
+
+def test_each_run_writes_its_own_event_files_and_a_restart_is_marked_once(tmp_path):
+    # As Trax's training_test.test_summaries_are_written: a run closes its event files.
+    loop = make_loop(str(tmp_path), eval_at=lambda step: step % 2 == 0)
+    loop.run(4)
+    assert [len(os.listdir(tmp_path / run)) for run in ("train", "eval")] == [1, 1]
+    loop.run(2)
+    assert [len(os.listdir(tmp_path / run)) for run in ("train", "eval")] == [2, 2]
+    resumed = make_loop(str(tmp_path), eval_at=lambda step: step % 2 == 0)
+    resumed.run(2)
+    resumed.run(2)
+    names = sorted(os.listdir(tmp_path / "train"))
+    assert len(names) == 4
+    restarts = [
+        name
+        for name in names
+        for event in read_events(tmp_path / "train" / name)
+        if event.HasField("session_log") and event.session_log.status == 1  # START
+    ]
+    # Each Loop's first file marks where its session starts (TensorBoard drops older events after it);
+    # its later files do not, or they would drop the events of its own earlier runs.
+    assert restarts == [names[0], names[2]]

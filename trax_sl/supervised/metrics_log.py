@@ -82,6 +82,7 @@ class MetricsLogger:
         self._write_line = write_line
         self._writers: dict[tuple[str, str | None], summaries.SummaryWriter] = {}
         self._restart_step: int | None = None
+        self._opened: set[tuple[str, str | None]] = set()  # Writers opened before (restart marked once).
 
     @property
     def metrics_path(self) -> str | None:
@@ -113,8 +114,9 @@ class MetricsLogger:
     def _writer(self, mode: str, prefix: str | None) -> summaries.SummaryWriter:
         if (mode, prefix) not in self._writers:
             writer = summaries.SummaryWriter(os.path.join(self._output_dir, prefix or "", mode))
-            if self._restart_step is not None:
+            if self._restart_step is not None and (mode, prefix) not in self._opened:
                 writer.session_start(self._restart_step)
+            self._opened.add((mode, prefix))
             self._writers[(mode, prefix)] = writer
         return self._writers[(mode, prefix)]
 
@@ -155,6 +157,7 @@ class MetricsLogger:
         writer.flush()
 
     def close(self) -> None:
+        """Closes the event files; later logs open new ones (as Trax's Loop does after each run)."""
         for writer in self._writers.values():
             writer.close()
         self._writers = {}

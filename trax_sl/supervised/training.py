@@ -389,8 +389,8 @@ class Loop:
                 # The step a run stops at is always saved: a restart must not train it again.
                 self.save_checkpoint(STEP_CHECKPOINTS)
             self.wait_for_checkpoints()
+        self._logger.close()  # Event files end with the run, as Trax's; metrics.jsonl is written line by line.
         if stop.signum is not None:
-            self._logger.close()  # Event files flushed; metrics.jsonl is written line by line.
             saved = None if self._output_dir is None else checkpoints.step_name(self._step)
             raise preemption.Preempted(stop.signum, self._step, saved)
 
