@@ -1,5 +1,7 @@
 """Trax's test helpers (trax.layers.test_utils) run Trax's model tests as written, and can fail."""
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import pytest
 import trax_sl.layers as tl
 from trax_sl import models
 from trax_sl.layers import test_utils
+from trax_sl.supervised import decoding
 
 
 def tiny_lm(mode, vocab_size):
@@ -45,3 +48,47 @@ def test_eval_equals_predict_streams_the_sequence_in_pieces():
         test_utils.test_eval_equals_predict(
             x, lambda mode: tl.Serial(tl.Dense(4), tl.Fn("Cumsum", lambda v: jnp.cumsum(v[:, ::-1], axis=1)))
         )
+
+
+# --- MockTransformerLM (Trax's test_utils_test) -------------------------------------------------
+
+
+def arithmetic_sequence(tokens, limit=10):
+    return (tokens[-1] + 1) % limit
+
+
+def test_mock_transformer_lm_eval_equals_predict():
+    model_fn = functools.partial(test_utils.MockTransformerLM, sequence_fn=arithmetic_sequence, vocab_size=10)
+    test_utils.test_eval_equals_predict_discrete(model_fn, vocab_size=10)
+    # The logits are 1000 at the next token: here the token after each input.
+    logits = model_fn(mode="eval")(np.array([[3, 7]]))
+    np.testing.assert_array_equal(np.argmax(logits, axis=-1), [[1, 4]])  # After 0, after 3.
+    assert float(logits.max()) == 1000.0
+
+
+def test_mock_transformer_lm_decodes_and_rewinds_with_trax_eager_sampling():
+    model = test_utils.MockTransformerLM(sequence_fn=arithmetic_sequence, vocab_size=10, mode="predict")
+    sample_3 = functools.partial(decoding.autoregressive_sample, max_length=3, eos_id=-1, accelerate=False)
+    np.testing.assert_array_equal(sample_3(model, start_id=0), [[1, 2, 3]])
+    state = model.state
+    np.testing.assert_array_equal(sample_3(model, start_id=3), [[4, 5, 6]])  # Goes on from the model's state.
+    model.state = state
+    np.testing.assert_array_equal(sample_3(model, start_id=3), [[4, 5, 6]])
+    model.assert_prediction_buffers_equal([[0, 1, 2, 3, 4, 5]])  # The last sampled token is not fed.
+    with pytest.raises(ValueError, match="vocab_size=10"):
+        test_utils.MockTransformerLM(lambda tokens: 12, "eval", 10)(np.zeros((1, 2), np.int32))
+
+
+def test_eager_sampling_of_a_predict_model_carries_its_stream_on():
+    model = tiny_lm("predict", 8)
+    model.init(jnp.zeros((1, 1), jnp.int32))
+    first = decoding.autoregressive_sample(model, temperature=0.0, max_length=3, eos_id=99, accelerate=False)
+    whole = decoding.autoregressive_sample(
+        model.with_mode("eval"), temperature=0.0, max_length=6, eos_id=99, weights=model.weights
+    )
+    np.testing.assert_array_equal(first, whole[:, :3])  # The compiled loop from a fresh stream agrees.
+    # Fed the last token, the model's stream goes on where it stopped.
+    then = decoding.autoregressive_sample(
+        model, temperature=0.0, max_length=3, start_id=int(first[0, -1]), eos_id=99, accelerate=False
+    )
+    np.testing.assert_array_equal(then, whole[:, 3:])

@@ -2,23 +2,29 @@
 
 `test_eval_is_deterministic`, `test_eval_equals_predict`,
 `test_eval_equals_predict_configs` and `test_eval_equals_predict_discrete`
-take Trax's arguments, so Trax's model tests run as written. Their checks are
+take Trax's arguments, so Trax's model tests run as written;
+`MockTransformerLM` is Trax's stand-in language model for testing decoding
+loops. Their checks are
 a subset of `verify_contract`'s (which also checks padding and batch
 invariance, chunkings and gradients): new code uses
 `from trax_sl.layers import contract` (or `tl.contract.verify_contract`).
 """
 
+import copy
 import functools
 
 import jax
 import numpy as np
 
 from trax_sl import shapes
+from trax_sl.layers import base
 from trax_sl.layers.contract import *
 from trax_sl.layers.contract import ContractReport, verify_contract
+from trax_sl.layers.core import one_hot
 
 __all__ = [
     "ContractReport",
+    "MockTransformerLM",
     "test_eval_equals_predict",
     "test_eval_equals_predict_configs",
     "test_eval_equals_predict_discrete",
@@ -118,3 +124,70 @@ def test_eval_equals_predict_discrete(model_fn, vocab_size=10, length=5, batch_s
         )
         next_token = draw.integers(vocab_size, size=(batch_size, 1)).astype(np.int32)
         tokens[:, index] = next_token[:, 0]
+
+
+class MockTransformerLM(base.Layer):
+    """A perfectly trained, deterministic language model, for testing decoding loops (Trax's).
+
+    `sequence_fn(tokens)` (a 1-D numpy array of the tokens so far, 0 first)
+    gives the next token. A call takes token ids `[batch, length]` and gives
+    logits `[batch, length, vocab_size]`: 1000 at the next token, 0 elsewhere.
+    In predict mode a call appends its tokens to its row's buffer and gives
+    the token after the buffer, once per call (so `length` is 1 out); in the
+    other modes every position gives the token after the tokens before it,
+    after a leading 0 (as `ShiftRight`). The buffers are the model's
+    `state`, plain Python lists: save and restore `model.state` to rewind.
+    Python state, as Trax's: call it (e.g. from `autoregressive_sample(...,
+    accelerate=False)`); it does not run under jit or `tl.Accelerate`.
+    """
+
+    def __init__(self, sequence_fn, mode, vocab_size):
+        super().__init__(name="MockTransformerLM")
+        self._sequence_fn = sequence_fn
+        self._mode = mode
+        self._vocab_size = vocab_size
+        self._buffers = None
+
+    @property
+    def state(self):
+        return copy.deepcopy(self._buffers)
+
+    @state.setter
+    def state(self, state):
+        # init's empty state (`()`) is a fresh model, as in Trax, whose init leaves the buffers unset.
+        self._buffers = copy.deepcopy(state) if state else None
+
+    def __call__(self, inputs, rng=None):
+        del rng
+        inputs = np.asarray(inputs)
+        if inputs.ndim != 2:
+            raise ValueError(
+                f"MockTransformerLM: expected token ids [batch, length], got shape {inputs.shape}"
+            )
+        if self._buffers is None:
+            self._buffers = [[] for _ in range(inputs.shape[0])]
+        if self._mode == "predict":
+            next_tokens = [self._next_after_buffer(row, buffer) for row, buffer in zip(inputs, self._buffers)]
+        else:
+            next_tokens = [self._next_at_each_position(row) for row in inputs]
+        next_tokens = np.array(next_tokens)
+        if not np.issubdtype(next_tokens.dtype, np.integer) or (next_tokens < 0).any():
+            raise ValueError(f"MockTransformerLM: sequence_fn must give token ids >= 0, got {next_tokens}")
+        if (next_tokens >= self._vocab_size).any():
+            raise ValueError(
+                f"MockTransformerLM: sequence_fn gave a token >= vocab_size={self._vocab_size}: {next_tokens}"
+            )
+        return one_hot(next_tokens, self._vocab_size) * 1000.0
+
+    def _next_after_buffer(self, tokens, buffer):
+        buffer.extend(tokens)
+        return [self._sequence_fn(np.array(buffer))]
+
+    def _next_at_each_position(self, tokens):
+        shifted = np.concatenate([[0], tokens])
+        return [self._sequence_fn(shifted[:end]) for end in range(1, len(shifted))]
+
+    def assert_prediction_buffers_equal(self, expected_buffers):
+        """Asserts that the predict-mode buffers (the tokens fed so far, per row) are `expected_buffers`."""
+        actual = np.zeros((len(expected_buffers), 0)) if self._buffers is None else np.array(self._buffers)
+        np.testing.assert_array_equal(actual, expected_buffers)

@@ -165,7 +165,12 @@ def autoregressive_sample(
       start_id: the first token fed to the model.
       eos_id: a row stops at this token; later positions hold eos_id.
       max_length: number of tokens sampled.
-      accelerate: kept for Trax compatibility; the loop is always compiled.
+      accelerate: True: one compiled loop on a fresh stream. False, with a
+        predict-mode model: Trax's eager loop, which calls the model itself
+        once per token from its current stream (`model.state`) and leaves it
+        there, so a second call continues the stream and restoring
+        `model.state` rewinds it (any layer with Trax's calling convention
+        works, e.g. `tl.test_utils.MockTransformerLM`).
       eval_mode, eval_min_length: in eval mode eos is not sampled before
         eval_min_length tokens.
       rng: a JAX key (default PRNGKey(0)): the same key gives the same samples.
@@ -175,7 +180,6 @@ def autoregressive_sample(
       int32 numpy array `[batch_size, length]`, length <= max_length: cut after
       the last row's eos.
     """
-    del accelerate
     if inputs is not None and model.n_in == 1:  # A language model's inputs are its prompt, as in Trax.
         if context is not None:
             raise ValueError(
@@ -183,6 +187,10 @@ def autoregressive_sample(
             )
         context, inputs = inputs, None
     prefix = _prefix(batch_size, start_id, context)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    min_length = eval_min_length if eval_mode else 0
+    if not accelerate and _built_for_predict(model):
+        return _sample_eagerly(model, inputs, prefix, rng, max_length, float(temperature), eos_id, min_length)
     check_capacity(model, prefix.shape[1], max_length)
     weights = model.weights if weights is None else weights
     core, core_state = _start(model, weights, state, batch_size, inputs)
@@ -192,17 +200,48 @@ def autoregressive_sample(
         weights,
         core_state,
         jnp.asarray(prefix),
-        jax.random.PRNGKey(0) if rng is None else rng,
+        rng,
         length=max_length,
         temperature=float(temperature),
         eos_id=eos_id,
-        min_length=eval_min_length if eval_mode else 0,
+        min_length=min_length,
     )
-    tokens = np.asarray(tokens)
+    return _cut_after_eos(np.asarray(tokens), eos_id)
+
+
+def _cut_after_eos(tokens, eos_id: int):
+    """`tokens` [batch, length] up to the last row's first eos, when every row has one."""
     ended = tokens == eos_id
     if ended.any(axis=1).all():
         tokens = tokens[:, : int(ended.argmax(axis=1).max()) + 1]
     return tokens
+
+
+def _built_for_predict(layer) -> bool:
+    """Whether `layer` or a layer in it was built in predict mode (as `TransformerLM(mode='predict')`)."""
+    return layer.mode == "predict" or any(_built_for_predict(sub) for sub in layer.sublayers)
+
+
+def _sample_eagerly(
+    model, inputs, prefix, rng, max_length: int, temperature: float, eos_id: int, min_length: int
+):
+    """Trax's loop (accelerate=False): `model(...)` once per token, on the model's own stream."""
+    tokens, sampled = prefix, []
+    done = np.zeros((prefix.shape[0],), bool)
+    for count in range(max_length):
+        outputs = model(tokens if inputs is None else (inputs, tokens))
+        outputs = outputs[0] if isinstance(outputs, tuple) else outputs
+        logits = jnp.asarray(getattr(outputs, "values", outputs))[:, -1]
+        if count < min_length:  # eos is not allowed before min_length tokens.
+            logits = jnp.where((jnp.arange(logits.shape[-1]) == eos_id)[None, :], -jnp.inf, logits)
+        rng, step_rng = jax.random.split(rng)
+        token = np.where(done, eos_id, np.asarray(_sample(logits, step_rng, temperature)))
+        done |= token == eos_id
+        sampled.append(token)
+        if done.all():
+            break
+        tokens = token.reshape((-1, 1)).astype(np.int32)
+    return _cut_after_eos(np.stack(sampled, axis=1).astype(np.int32), eos_id)
 
 
 @gin.configurable(module="trax_sl.supervised.decoding")
