@@ -967,6 +967,105 @@ REGISTRY.update(
     }
 )
 
+# Trax's research.sparsity: sparse feed-forward blocks (position-wise) and FAVOR attention.
+MASK_1x1x8 = ShapeDtype((2, 1, 1, 8), BOOL)
+REGISTRY.update(
+    {
+        "SparseFF": Entry(
+            lambda mode: tl.SparseFF(
+                8,
+                n_elements_in_block=4,
+                d_lowrank=3,
+                ff_chunk_size=2,
+                multiply_by_controller_output=True,
+                mode=mode,
+            ),
+            X,
+        ),
+        "BlockSparseFF": Entry(lambda mode: tl.BlockSparseFF(8, n_experts=4, mode=mode), X),
+        "SwitchSparseFF": Entry(lambda mode: tl.SwitchSparseFF(8, n_experts=2, mode=mode), X),
+        "FavorAttention": Entry(
+            lambda mode: tl.Serial(
+                tl.FavorAttention(d_feature=4, n_heads=2, mode=mode), tl.Select([0], n_in=2)
+            ),
+            (ShapeDtype((4, 8, 2)), ShapeDtype((4, 8, 2)), ShapeDtype((4, 8, 2)), MASK_1x1x8),
+            streams=False,
+        ),
+        "Favor": Entry(
+            lambda mode: tl.Serial(tl.Favor(4, n_heads=2, mode=mode), tl.Select([0], n_in=2)),
+            (X, MASK_1x1x8),
+            streams=False,
+        ),
+        "CausalFavorAttention": Entry(lambda mode: tl.CausalFavorAttention(mode=mode), (X, X, X)),
+        "CausalFavor": Entry(lambda mode: tl.CausalFavor(4, n_heads=2, mode=mode), X),
+    }
+)
+
+# Trax's research.sparsity: sparse and factored dense layers and the causal attention built on them.
+REGISTRY.update(
+    {
+        "ReversibleReshapePermute": Entry(lambda mode: tl.ReversibleReshapePermute(), X),
+        "ReversibleRandomPermute": Entry(lambda mode: tl.ReversibleRandomPermute(), X),
+        "SplitLastAxis": Entry(lambda mode: tl.Serial(tl.SplitLastAxis(2), tl.MergeLastTwoAxes()), X),
+        "MergeLastTwoAxes": Entry(lambda mode: tl.Serial(tl.SplitLastAxis(2), tl.MergeLastTwoAxes()), X),
+        "LocallyConnectedDense": Entry(lambda mode: tl.LocallyConnectedDense(2, 3, kernel_size=3), X),
+        "LocallyConvDense": Entry(
+            lambda mode: tl.LocallyConvDense(2, 3, mode=mode, kernel_size=3, length_kernel_size=3), X
+        ),
+        "LowRankDense": Entry(lambda mode: tl.LowRankDense(5, 2), X),
+        "EinsumDense": Entry(lambda mode: tl.EinsumDense(4, 5, use_bias=True), X),
+        "RandomLayer": Entry(lambda mode: tl.RandomLayer(tl.Dense(3), tl.Dense(3), 0.5), X, streams=False),
+        "SparseDenseWithOptions": Entry(
+            lambda mode: tl.SparseDenseWithOptions(
+                6, d_input=4, sparsity_type="mult", sparsity=2, prob_sparse=0.5, mode=mode
+            ),
+            X,
+        ),
+        "FactoredDense": Entry(lambda mode: tl.FactoredDense(2, 4, 6), X),
+        "MultiplicativeModularSparseDense": Entry(lambda mode: tl.MultiplicativeModularSparseDense(2, 4), X),
+        "ModularCausalAttention": Entry(
+            lambda mode: tl.ModularCausalAttention(
+                4, n_heads=2, kernel_size=3, max_inference_length=8, mode=mode
+            ),
+            X,
+        ),
+        "ConvCausalAttention": Entry(
+            lambda mode: tl.ConvCausalAttention(
+                4, n_heads=2, kernel_size=3, max_inference_length=8, mode=mode
+            ),
+            X,
+        ),
+        "LowRankCausalAttention": Entry(
+            lambda mode: tl.LowRankCausalAttention(
+                4, n_heads=2, lowrank=2, max_inference_length=8, mode=mode
+            ),
+            X,
+        ),
+        "MultiplicativeCausalAttention": Entry(
+            lambda mode: tl.MultiplicativeCausalAttention(4, n_heads=2, max_inference_length=8, mode=mode), X
+        ),
+        "MultiplicativeModularCausalAttention": Entry(
+            lambda mode: tl.MultiplicativeModularCausalAttention(
+                4, n_heads=2, max_inference_length=8, mode=mode
+            ),
+            X,
+        ),
+        "MultiplicativeConvCausalAttention": Entry(
+            lambda mode: tl.MultiplicativeConvCausalAttention(
+                4,
+                n_heads=2,
+                length_kernel_size=2,
+                share_qk=True,
+                output_layer_type="multconv",
+                v_concat_type="original",
+                max_inference_length=8,
+                mode=mode,
+            ),
+            X,
+        ),
+    }
+)
+
 # CamelCase exports of `tl` that are not layers.
 NOT_LAYERS = {
     "Layer",

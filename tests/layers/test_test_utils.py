@@ -108,7 +108,9 @@ def test_a_wrong_declared_latency_fails(preserve_length, message):
 
 
 def test_a_layer_that_does_not_stream_is_refused():
-    layer = lambda mode: tl.Fn("Centred", lambda x: x - jnp.mean(x, axis=1, keepdims=True), supports_step=False)
+    layer = lambda mode: tl.Fn(
+        "Centred", lambda x: x - jnp.mean(x, axis=1, keepdims=True), supports_step=False
+    )
     with pytest.raises(AssertionError, match="supports_step is False"):
         test_utils.verify_contract(layer, SIGNATURE)
 

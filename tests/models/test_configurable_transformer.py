@@ -1,10 +1,8 @@
 """Configurable Transformers: Trax's configurable_transformer_test cases, weights, streaming, options.
 
-Mirrors trax/models/research/configurable_transformer_test.py. Its
-test_sparse_configurable_transformer_fast_inference needs Trax's sparsity
-layers (MultiplicativeConvCausalAttention, SparseFF, FactoredDense), which
-trax_sl lacks: here it runs with the options that exist (SRU in the
-feed-forward blocks), and the sparse ones are checked to raise.
+Mirrors trax/models/research/configurable_transformer_test.py, including
+test_sparse_configurable_transformer_fast_inference with Trax's sparsity layers
+(MultiplicativeConvCausalAttention, SparseFF, FactoredDense).
 """
 
 import functools
@@ -199,8 +197,60 @@ def test_dot_product_causal_attention_fast_inference():
     test_utils.test_eval_equals_predict(np.zeros((2, 5), np.int32), model_fn)
 
 
+@pytest.mark.parametrize(
+    ("ff_sparsity", "ff_sparsity_type", "sparse_ff"),
+    [
+        (2, "1inN", "BatchLeadingAxes"),
+        ("4 2 0.1 0.3", "1inN", "BatchLeadingAxes"),
+        (2, "Block", "BlockSparseFF"),
+        (2, "Switch", "SwitchSparseFF"),
+    ],
+)
+def test_sparse_feed_forward_blocks_stream(ff_sparsity, ff_sparsity_type, sparse_ff):
+    """Trax's FeedForwardWithOptions: ff_sparsity picks SparseFF (a BatchLeadingAxes, as Trax's), BlockSparseFF or
+    SwitchSparseFF."""
+    model_fn = functools.partial(
+        ct.ConfigurableTransformerLM,
+        d_model=8,
+        d_ff=16,
+        n_layers=1,
+        n_heads=2,
+        max_len=16,
+        ff_sparsity=ff_sparsity,
+        ff_sparsity_type=ff_sparsity_type,
+    )
+    (block,) = ct.FeedForwardWithOptions(
+        8, 16, 0.0, None, tl.Relu, None, 0, 0, ff_sparsity, True, "eval", ff_sparsity_type=ff_sparsity_type
+    )
+    assert sparse_ff in (type(block[1]).__name__, block[1].name)  # [LayerNorm, the sparse block, ...]
+    test_utils.test_eval_equals_predict_discrete(model_fn, vocab_size=8, length=4, batch_size=2)
+
+
+def test_sparse_configurable_transformer_fast_inference():
+    """Trax's case as written: sparse attention, feed-forward and output layers, SRUs; the target streams."""
+    attention = functools.partial(tl.MultiplicativeConvCausalAttention, sparsity=2, length_kernel_size=1)
+    model_fn = functools.partial(
+        ct.ConfigurableTransformer,
+        input_vocab_size=16,
+        d_model=4,
+        d_ff=8,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        n_heads=2,
+        loss_sparsity=2,
+        ff_sparsity=2,
+        encoder_decoder_attention_type=attention,
+        ff_use_sru=(1, 4),
+    )
+    # loss_sparsity=2 ('mult'): the output layer is FactoredDense(2, 4, 16), of weights [2, 4], [4, 8], [16].
+    output_weights, _ = model_fn(mode="eval").sublayers[-1].weights_and_state_signature(ShapeDtype((2, 5, 4)))
+    assert [w.shape for w in jax.tree.leaves(output_weights)] == [(2, 4), (4, 8), (16,)]
+    inp = tokens((2, 5), high=16)
+    test_utils.test_eval_equals_predict((inp, np.zeros((2, 5), np.int32)), model_fn, seq_tensor=1)
+
+
 def test_transformer_with_sru_and_fixed_base_positions_streams_in_the_target():
-    """Trax's test_sparse_configurable_transformer_fast_inference, without the sparse layers trax_sl lacks."""
+    """Dense layers, fixed-base positions and SRUs: the target streams exactly, token by token."""
     model = ct.ConfigurableTransformer(
         16,
         d_model=8,
@@ -350,10 +400,6 @@ def test_feed_forward_with_options_layers():
 @pytest.mark.parametrize(
     ("model", "option", "value", "supported"),
     [
-        (ct.ConfigurableTransformerLM, "ff_sparsity", 2, "ff_sparsity=0"),
-        (ct.ConfigurableTransformerEncoder, "ff_sparsity", 4, "ff_sparsity=0"),
-        (ct.ConfigurableTransformer, "loss_sparsity", 2, "loss_sparsity=0"),
-        (ct.ConfigurableTransformerLM, "loss_sparsity_prob", 0.5, "loss_sparsity_prob=None"),
         (ct.ConfigurableTransformerLM, "pos_type", "time-bin", "'fixed-base'"),
         (ct.ConfigurableTransformer, "enc_dec_attention_sparsity", 2, "'noop'"),
     ],

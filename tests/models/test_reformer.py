@@ -293,19 +293,11 @@ def test_lm_in_predict_mode_equals_eval(attention):
     )
 
 
-def test_lm_refuses_options_it_lacks_layers_for():
+def test_lm_refuses_options_it_cannot_build():
     with pytest.raises(ValueError, match="n_layers must be a multiple of the number of attention types"):
         reformer.ReformerLM(8, n_layers=3, attention_type=[tl.SelfAttention, tl.LSHSelfAttention], **TINY)
-    with pytest.raises(ValueError, match="ReformerLM: loss_sparsity=4 needs a sparse output layer"):
-        reformer.ReformerLM(8, n_layers=1, loss_sparsity=4, **TINY)
-    with pytest.raises(ValueError, match="ReformerLM: loss_sparsity_prob=0.5 needs Trax's RandomLayer"):
-        reformer.ReformerLM(8, n_layers=1, loss_sparsity_prob=0.5, **TINY)
-    with pytest.raises(ValueError, match="ReformerLM: ff_sparsity=4 needs Trax's SparseFF"):
-        reformer.ReformerLM(8, n_layers=1, ff_sparsity=4, **TINY)
     with pytest.raises(ValueError, match="ReformerShortenLM: pos_type='time-bin' needs a time_bin_length"):
         reformer.ReformerShortenLM(8, n_layers=1, pos_type="time-bin", **TINY)
-    with pytest.raises(ValueError, match="Reformer: ff_sparsity=2 needs Trax's SparseFF"):
-        reformer.Reformer(8, ff_sparsity=2, n_encoder_layers=1, n_decoder_layers=1)
     with pytest.raises(ValueError, match="needs pos_axial_shape and pos_d_axial_embs"):
         reformer.ReformerLM(8, n_layers=1, pos_type="axial", pos_axial_shape=(4, 4), **TINY)
 
@@ -397,3 +389,17 @@ def test_encoder_block_masks_padding_for_efficient_and_standard_attention():
         y2 = block((x.at[:, 3].set(5.0), mask))
         np.testing.assert_allclose(y2[:, :3], y[:, :3], atol=1e-6)
         assert not np.allclose(y2[:, 3], y[:, 3])
+
+
+def test_lm_with_sparse_feed_forward_and_output_layers():
+    """Trax's sparse options: SparseFF blocks, and FactoredDense over the 2 * d_model features for the logits."""
+    model = reformer.ReformerLM(
+        8, n_layers=1, loss_sparsity=4, ff_sparsity=4, attention_type=tl.CausalAttention, mode="eval", **TINY
+    )
+    weights, _ = model.init(ShapeDtype((2, 8), np.int32))
+    assert [w.shape for w in jax.tree.leaves(weights[-1])] == [
+        (4, 16),
+        (16, 2),
+        (8,),
+    ]  # FactoredDense(4, 16, 8)
+    assert model(tokens((2, 8))).shape == (2, 8, 8)

@@ -260,9 +260,22 @@ def test_concat_with_padding_and_strip_by_hand():
 @pytest.mark.parametrize(
     ("option", "value"), [("ff_sparsity", 8), ("loss_sparsity", 4), ("loss_sparsity_prob", 0.5)]
 )
-def test_options_needing_layers_trax_sl_lacks_raise(option, value):
-    with pytest.raises(ValueError, match=rf"^ConfigurableTerraformer: {option}={value!r} needs .*supported"):
-        terraformer.ConfigurableTerraformer(16, d_model=8, n_heads=2, **{option: value})
+def test_sparse_feed_forward_and_output_options_build(option, value):
+    """Trax's terraformer_test.test_terraformer_one_step sets ff_sparsity; the loss options pick its output layer."""
+    model = terraformer.ConfigurableTerraformer(
+        16,
+        d_model=8,
+        d_ff=16,
+        n_heads=2,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        mode="eval",
+        **{option: value},
+    )
+    source, target = np.array([[3, 4, 5, 0]], np.int32), np.array([[2, 7, 6, 0]], np.int32)
+    model.init((source, target))
+    logits, _ = model((source, target))
+    assert logits.shape == (1, 4, 16) and np.isfinite(logits).all()
 
 
 def test_n_heads_must_divide_half_d_model():

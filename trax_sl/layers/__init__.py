@@ -207,6 +207,7 @@ from trax_sl.layers.research.efficient_attention import (
     PureLSHSelfAttentionWrapper,
     SelfAttention,
 )
+from trax_sl.layers.research.favor import CausalFavor, CausalFavorAttention, Favor, FavorAttention
 from trax_sl.layers.research.position_encodings import (
     AxialPositionalEncoding,
     FixedBasePositionalEncoding,
@@ -237,6 +238,29 @@ from trax_sl.layers.research.resampling import (
     NoUpsampling,
 )
 from trax_sl.layers.research.rotary_positional_embedding import Rotate, rotate
+from trax_sl.layers.research.sparse_attention import (
+    ConvCausalAttention,
+    LowRankCausalAttention,
+    ModularCausalAttention,
+    MultiplicativeCausalAttention,
+    MultiplicativeConvCausalAttention,
+    MultiplicativeModularCausalAttention,
+)
+from trax_sl.layers.research.sparse_dense import (
+    EinsumDense,
+    FactoredDense,
+    LocallyConnectedDense,
+    LocallyConvDense,
+    LowRankDense,
+    MergeLastTwoAxes,
+    MultiplicativeModularSparseDense,
+    RandomLayer,
+    ReversibleRandomPermute,
+    ReversibleReshapePermute,
+    SparseDenseWithOptions,
+    SplitLastAxis,
+)
+from trax_sl.layers.research.sparse_ff import BlockSparseFF, SparseFF, SwitchSparseFF
 from trax_sl.layers.reversible import (
     ReversibleConcatenatePair,
     ReversibleHalfResidual,

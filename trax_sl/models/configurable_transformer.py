@@ -7,9 +7,7 @@ block builders other models use: `EncoderBlock`, `DecoderBlock`,
 `PositionalEncoder` and `EmbeddingAndPositionalEncodings`.
 
 Options whose layers trax_sl lacks raise a ValueError naming the model,
-the option, its value and what is supported: sparse feed-forward blocks
-(`ff_sparsity` with `ff_sparsity_type` '1inN', 'Block' or 'Switch'), sparse
-loss layers (`loss_sparsity` > 0, `loss_sparsity_prob`), sparse
+the option, its value and what is supported: sparse
 encoder-decoder attention (`enc_dec_attention_sparsity`) and
 `pos_type='time-bin'` (whose `time_bin_length` Trax's call never passes).
 
@@ -37,7 +35,6 @@ import trax_sl.layers as tl
 from trax_sl.layers import base
 from trax_sl.models import transformer
 
-_SPARSE_FF_LAYERS = {"1inN": "SparseFF", "Block": "BlockSparseFF", "Switch": "SwitchSparseFF"}
 _POS_TYPES = (
     "None, 'sin-cos', 'fixed-base', 'infinite', 'infinite-affine', 'no', or any other value for axial"
 )
@@ -49,45 +46,11 @@ def _lacking(where: str, option: str, value, needs: str, supported: str) -> Valu
     )
 
 
-def check_options(
-    where: str,
-    ff_sparsity=0,
-    ff_sparsity_type="1inN",
-    loss_sparsity_type="mult",
-    loss_sparsity=0,
-    loss_sparsity_prob=None,
-    pos_type=None,
-    enc_dec_attention_sparsity=0,
-) -> None:
+def check_options(where: str, pos_type=None, enc_dec_attention_sparsity=0) -> None:
     """Raises a ValueError naming `where` for an option whose layers trax_sl lacks.
 
     Models call it first, so that the error names the model the user built.
     """
-    if ff_sparsity and ff_sparsity_type in _SPARSE_FF_LAYERS:
-        raise _lacking(
-            where,
-            "ff_sparsity",
-            ff_sparsity,
-            f"Trax's {_SPARSE_FF_LAYERS[ff_sparsity_type]} (ff_sparsity_type={ff_sparsity_type!r})",
-            "ff_sparsity=0 (the dense feed-forward block)",
-        )
-    if loss_sparsity_prob is not None:
-        raise _lacking(
-            where,
-            "loss_sparsity_prob",
-            loss_sparsity_prob,
-            "Trax's RandomLayer",
-            "loss_sparsity_prob=None",
-        )
-    if loss_sparsity and loss_sparsity_type not in (None, "None"):
-        raise _lacking(
-            where,
-            "loss_sparsity",
-            loss_sparsity,
-            f"a sparse output layer (loss_sparsity_type={loss_sparsity_type!r}: FactoredDense, LowRankDense, "
-            "EinsumDense or LocallyConnectedDense)",
-            "loss_sparsity=0 or loss_sparsity_type=None (a Dense output layer)",
-        )
     if pos_type == "time-bin":
         raise _lacking(
             where,
@@ -145,19 +108,38 @@ def FeedForwardWithOptions(  # noqa: N802
     `ff_use_sru` = n or (n, units) (units 32 when not given), the block is
     the shortcut of a Residual whose branch is LayerNorm, Dense(units), n
     SRU layers and Dense(d_model). `ff_sparsity` > 0 with `ff_sparsity_type`
-    '1inN', 'Block' or 'Switch' needs Trax's sparse blocks, which trax_sl
-    lacks (ValueError); any other type uses the dense block, as in Trax.
+    '1inN' uses `SparseFF` (its own dropout and chunks; see
+    `_sparse_ff_options`), 'Block' `BlockSparseFF` and 'Switch'
+    `SwitchSparseFF` with `ff_sparsity` experts; any other type uses the
+    dense block, as in Trax.
 
     Predict mode: the SRU layers' carries, when there are SRUs; else stateless.
     """
-    check_options("FeedForwardWithOptions", ff_sparsity=ff_sparsity, ff_sparsity_type=ff_sparsity_type)
-    res = [
-        tl.LayerNorm(center=center_layernorm),
-        _FeedForward(d_model, d_ff, dropout, ff_activation, ff_dropout, use_bfloat16, mode),
-        tl.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode),
-    ]
-    if ff_chunk_size > 0:
-        res = tl.BatchLeadingAxes(tl.Chunk(tl.Serial(res), ff_chunk_size))
+    if ff_sparsity and ff_sparsity_type == "1inN":
+        n_elements_in_block, d_lowrank, temperature, quant_prob = _sparse_ff_options(ff_sparsity, d_ff)
+        ff = tl.SparseFF(
+            d_ff,
+            n_elements_in_block=n_elements_in_block,
+            d_lowrank=d_lowrank,
+            temperature=temperature,
+            quant_prob=quant_prob,
+            use_bfloat16=use_bfloat16,
+            mode=mode,
+            dropout_rate=dropout,
+            dropout_shared_axes=dropout_shared_axes,
+            ff_chunk_size=ff_chunk_size,
+        )
+    elif ff_sparsity and ff_sparsity_type == "Block":
+        ff = tl.BlockSparseFF(d_ff, n_experts=ff_sparsity, mode=mode)
+    elif ff_sparsity and ff_sparsity_type == "Switch":
+        ff = tl.SwitchSparseFF(d_ff, n_experts=ff_sparsity, mode=mode)
+    else:
+        ff = _FeedForward(d_model, d_ff, dropout, ff_activation, ff_dropout, use_bfloat16, mode)
+    res = [tl.LayerNorm(center=center_layernorm), ff]
+    if ff_sparsity_type != "1inN" or ff_sparsity == 0:  # SparseFF has its Dropout and chunks built in.
+        res.append(tl.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode))
+        if ff_chunk_size > 0:
+            res = tl.BatchLeadingAxes(tl.Chunk(tl.Serial(res), ff_chunk_size))
     if ff_use_sru:
         if isinstance(ff_use_sru, (list, tuple)):
             sru_n_layers, sru_n_units = ff_use_sru
@@ -171,6 +153,26 @@ def FeedForwardWithOptions(  # noqa: N802
         ]
         res = tl.Residual(block, shortcut=res)
     return [res]
+
+
+def _sparse_ff_options(ff_sparsity, d_ff) -> tuple:
+    """Trax's reading of ff_sparsity for SparseFF: (n_elements_in_block, d_lowrank, temperature, quant_prob).
+
+    An int n is (n, d_ff // n); a pair (n, d_lowrank); a 4-tuple all four; a
+    string (Trax's sweep files) is the numbers it lists.
+    """
+    if isinstance(ff_sparsity, str):
+        ff_sparsity = [float(x) if "." in x else int(x) for x in ff_sparsity.split()]
+    if isinstance(ff_sparsity, (list, tuple)):
+        if len(ff_sparsity) == 2:
+            return (*ff_sparsity, 0.1, 0.3)
+        if len(ff_sparsity) == 4:
+            return tuple(ff_sparsity)
+        raise ValueError(
+            f"FeedForwardWithOptions: ff_sparsity={ff_sparsity!r} must be n_elements_in_block, "
+            f"(n_elements_in_block, d_lowrank) or (n_elements_in_block, d_lowrank, temperature, quant_prob)"
+        )
+    return ff_sparsity, d_ff // ff_sparsity, 0.1, 0.3
 
 
 def _takes_efficient_attention_args(attention_type) -> bool:
@@ -385,14 +387,37 @@ def _EmbeddingWithPositions(  # noqa: N802
     ]
 
 
-def _OutputDense(vocab_size):  # noqa: N802
-    """The dense output layer Trax's `SparseDenseWithOptions` gives without sparsity.
+def OutputLayer(  # noqa: N802
+    vocab_size,
+    d_input,
+    loss_sparsity_type="mult",
+    loss_sparsity=0,
+    loss_d_lowrank=0,
+    loss_sparsity_prob=None,
+    mode="train",
+    use_bfloat16=False,
+):
+    """The models' output layer: Trax's `SparseDenseWithOptions(vocab_size, ...)` over `d_input` features.
 
-    Private (Trax has no such layer: its models call `SparseDenseWithOptions`,
-    whose sparse options trax_sl lacks), but also used by the models built on
-    this module's blocks: `reformer` and `terraformer`.
+    Without loss sparsity (`loss_sparsity` 0 or `loss_sparsity_type` None,
+    and no `loss_sparsity_prob`) a Dense whose kernel is sharded over
+    ('embed', 'vocab'); else Trax's sparse output layer (FactoredDense for
+    'mult', LowRankDense for 'lowrank', ..., chosen at random in training
+    with `loss_sparsity_prob`). Also used by `reformer` and `terraformer`.
     """
-    return tl.Dense(vocab_size, kernel_axes=("embed", "vocab"))
+    sparse = loss_sparsity_prob is not None or (loss_sparsity and loss_sparsity_type not in (None, "None"))
+    if not sparse:
+        return tl.Dense(vocab_size, use_bfloat16=use_bfloat16, kernel_axes=("embed", "vocab"))
+    return tl.SparseDenseWithOptions(
+        vocab_size,
+        d_input=d_input,
+        sparsity_type=loss_sparsity_type,
+        sparsity=loss_sparsity,
+        d_lowrank=loss_d_lowrank,
+        prob_sparse=loss_sparsity_prob,
+        mode=mode,
+        use_bfloat16=use_bfloat16,
+    )
 
 
 def ConfigurableTransformerEncoder(  # noqa: N802
@@ -429,12 +454,7 @@ def ConfigurableTransformerEncoder(  # noqa: N802
     Not streamable: every step attends to the whole sequence and the output
     is a mean over time.
     """
-    check_options(
-        "ConfigurableTransformerEncoder",
-        ff_sparsity=ff_sparsity,
-        ff_sparsity_type=ff_sparsity_type,
-        pos_type=pos_type,
-    )
+    check_options("ConfigurableTransformerEncoder", pos_type=pos_type)
     positional_encoder = tl.Serial(
         _EmbeddingWithPositions(
             vocab_size,
@@ -511,9 +531,8 @@ def ConfigurableTransformerLM(  # noqa: N802
     n_in=1, n_out=1. ShiftRight, Embedding, Dropout, positional encoding
     (`pos_type`), `n_layers` `DecoderBlock`s (causal `attention_type`,
     `FeedForwardWithOptions`), LayerNorm, Dense(vocab_size): the logits at
-    step t predict token t from tokens < t. `loss_d_lowrank` only matters to
-    Trax's sparse output layers, which trax_sl lacks (`loss_sparsity` > 0
-    raises a ValueError).
+    step t predict token t from tokens < t. The output layer is `OutputLayer`
+    (a Dense, or Trax's sparse output layers with `loss_sparsity`).
 
     Predict mode (default options, and any options whose layers stream):
     the state holds each row's count of valid steps (positional encoding),
@@ -521,16 +540,7 @@ def ConfigurableTransformerLM(  # noqa: N802
     what `tl.ShiftRight` expects in predict mode (as in Trax: the previous
     token, 0 first), one or more steps per call.
     """
-    del loss_d_lowrank  # Used by the sparse output layers only.
-    check_options(
-        "ConfigurableTransformerLM",
-        ff_sparsity=ff_sparsity,
-        ff_sparsity_type=ff_sparsity_type,
-        loss_sparsity_type=loss_sparsity_type,
-        loss_sparsity=loss_sparsity,
-        loss_sparsity_prob=loss_sparsity_prob,
-        pos_type=pos_type,
-    )
+    check_options("ConfigurableTransformerLM", pos_type=pos_type)
     positional_encoder = _EmbeddingWithPositions(
         vocab_size,
         d_model,
@@ -568,7 +578,9 @@ def ConfigurableTransformerLM(  # noqa: N802
         positional_encoder,  # vecs
         decoder_blocks,  # vecs
         tl.LayerNorm(),  # vecs
-        _OutputDense(vocab_size),  # logits
+        OutputLayer(
+            vocab_size, d_model, loss_sparsity_type, loss_sparsity, loss_d_lowrank, loss_sparsity_prob, mode
+        ),  # logits
         name="ConfigurableTransformerLM",
     )
 
@@ -618,16 +630,8 @@ def ConfigurableTransformer(  # noqa: N802
     decoder's KV caches; the target stream is fed as `tl.ShiftRight`
     expects in predict mode.
     """
-    del loss_d_lowrank  # Used by the sparse output layers only.
     check_options(
-        "ConfigurableTransformer",
-        ff_sparsity=ff_sparsity,
-        ff_sparsity_type=ff_sparsity_type,
-        loss_sparsity_type=loss_sparsity_type,
-        loss_sparsity=loss_sparsity,
-        loss_sparsity_prob=loss_sparsity_prob,
-        pos_type=pos_type,
-        enc_dec_attention_sparsity=enc_dec_attention_sparsity,
+        "ConfigurableTransformer", pos_type=pos_type, enc_dec_attention_sparsity=enc_dec_attention_sparsity
     )
     in_encoder, out_encoder, output_vocab_size = EmbeddingAndPositionalEncodings(
         input_vocab_size,
@@ -673,7 +677,15 @@ def ConfigurableTransformer(  # noqa: N802
         encoder_decoder_blocks,  # vec_d masks vec_e tok_d
         tl.LayerNorm(),  # vec_d masks vec_e tok_d
         tl.Select([0], n_in=3),  # vec_d tok_d
-        _OutputDense(output_vocab_size),  # logits tok_d
+        OutputLayer(
+            output_vocab_size,
+            d_model,
+            loss_sparsity_type,
+            loss_sparsity,
+            loss_d_lowrank,
+            loss_sparsity_prob,
+            mode,
+        ),  # logits tok_d
         name="ConfigurableTransformer",
     )
 

@@ -7,9 +7,9 @@ the activations, so `ReversibleSerial` recomputes activations in the backward
 pass instead of storing them (https://arxiv.org/abs/2001.04451).
 
 The feed-forward block, the attention builder and the embeddings are
-`configurable_transformer`'s (as in Trax), and so is the check that refuses
-options whose layers trax_sl lacks (sparse feed-forward and loss layers,
-`pos_type='time-bin'`).
+`configurable_transformer`'s (as in Trax), with Trax's sparse feed-forward
+and output layers, and so is the check that refuses options trax_sl cannot
+build (`pos_type='time-bin'`).
 
 Streaming: the efficient attention layers (`tl.SelfAttention`,
 `tl.LSHSelfAttention`, `tl.EncDecAttention`) do not run in predict mode here
@@ -151,8 +151,8 @@ def ReformerLM(  # noqa: N802
     used in turn over the layers (n_layers must be a multiple of its length);
     it is built with `d_attention_key`/`d_attention_value` per head, or as
     `attention_type(d_model, n_heads=, dropout=, mode=)` when it takes no
-    `d_qk` (e.g. tl.CausalAttention). Only the dense loss layer exists here
-    (`loss_sparsity=0`, `loss_sparsity_prob=None`).
+    `d_qk` (e.g. tl.CausalAttention). The output layer is ct.OutputLayer (a
+    Dense, or Trax's sparse output layers with `loss_sparsity`).
 
     Predict mode: decodes as TransformerLM does when the attention streams
     (e.g. tl.CausalAttention, whose state holds the KV caches; the state also
@@ -160,15 +160,7 @@ def ReformerLM(  # noqa: N802
     tl.LSHSelfAttention) do not stream here: running them in predict mode
     raises.
     """
-    del loss_d_lowrank  # Only the sparse loss layers, refused here, use it.
-    ct.check_options(
-        "ReformerLM",
-        ff_sparsity=ff_sparsity,
-        loss_sparsity_type=loss_sparsity_type,
-        loss_sparsity=loss_sparsity,
-        loss_sparsity_prob=loss_sparsity_prob,
-        pos_type=pos_type,
-    )
+    ct.check_options("ReformerLM", pos_type=pos_type)
     positional_embedder = ct._EmbeddingWithPositions(
         vocab_size,
         d_model,
@@ -208,7 +200,16 @@ def ReformerLM(  # noqa: N802
         # Trax's TODO: whether dropout should go before or after the LayerNorm.
         normalization.LayerNorm(),
         core.Dropout(rate=dropout, shared_axes=[-2], mode=mode),
-        ct._OutputDense(vocab_size),
+        # Trax passes d_input=d_model, which fails for sparse output layers: the features are 2 * d_model.
+        ct.OutputLayer(
+            vocab_size,
+            2 * d_model,
+            loss_sparsity_type,
+            loss_sparsity,
+            loss_d_lowrank,
+            loss_sparsity_prob,
+            mode,
+        ),
         name="ReformerLM",
     )
 
@@ -255,7 +256,7 @@ def ReformerShortenLM(  # noqa: N802
             "ReformerShortenLM: mode='predict' is not supported (as in Trax, there is no fast "
             "inference); use mode='train' or 'eval'"
         )
-    ct.check_options("ReformerShortenLM", ff_sparsity=ff_sparsity, pos_type=pos_type)
+    ct.check_options("ReformerShortenLM", pos_type=pos_type)
     positional_embedder = ct._EmbeddingWithPositions(
         vocab_size, d_embedding, dropout, [-2], mode, max_len, pos_type, pos_axial_shape, pos_d_axial_embs
     )
@@ -308,7 +309,7 @@ def ReformerShortenLM(  # noqa: N802
         convolution.CausalConv(d_embedding),
         activation_fns.Relu(),
         rnn_layers.SRU(d_embedding),  # One RNN layer for conditional dependence.
-        ct._OutputDense(vocab_size),
+        ct.OutputLayer(vocab_size, d_embedding),
         name="ReformerShortenLM",
     )
 
@@ -489,7 +490,7 @@ def Reformer(  # noqa: N802
     every mode. Not streamable: the decoder's tl.SelfAttention and
     tl.EncDecAttention do not run in predict mode here (they raise).
     """
-    ct.check_options("Reformer", ff_sparsity=ff_sparsity, pos_type=pos_type)
+    ct.check_options("Reformer", pos_type=pos_type)
     in_encoder, out_encoder, output_vocab_size = ct.EmbeddingAndPositionalEncodings(
         input_vocab_size,
         d_model,
@@ -556,7 +557,7 @@ def Reformer(  # noqa: N802
         normalization.LayerNorm(),
         # Map to output vocab.
         combinators.Select([0], n_in=3),  # vec_d tok_d
-        ct._OutputDense(output_vocab_size),
+        ct.OutputLayer(output_vocab_size, d_model),
         name="Reformer",
     )
 

@@ -14,8 +14,9 @@ Not streamable: Trax's predict mode feeds the whole source with the first
 target token and patches a mask into the attention and SRU classes at
 runtime; trax_sl keeps layers stateless, so `mode='predict'` raises a
 ValueError (and the 'train'/'eval' model's predict twin reports that it
-does not stream). Options whose layers trax_sl lacks (`ff_sparsity` > 0,
-sparse loss layers) raise a ValueError as in `configurable_transformer`.
+does not stream). Sparse feed-forward (`ff_sparsity`) and output layers
+(`loss_sparsity`, `loss_sparsity_prob`) are Trax's, as in
+`configurable_transformer`.
 """
 
 from __future__ import annotations
@@ -92,15 +93,7 @@ def ConfigurableTerraformer(  # noqa: N802
 
     Not streamable (mode 'predict' raises a ValueError; see the module).
     """
-    del loss_d_lowrank  # Used by the sparse output layers only.
-    ct.check_options(
-        "ConfigurableTerraformer",
-        ff_sparsity=ff_sparsity,
-        loss_sparsity_type=loss_sparsity_type,
-        loss_sparsity=loss_sparsity,
-        loss_sparsity_prob=loss_sparsity_prob,
-        pos_type=pos_type,
-    )
+    ct.check_options("ConfigurableTerraformer", pos_type=pos_type)
     if mode == "predict":
         raise ValueError(
             "ConfigurableTerraformer: mode='predict' is not supported (Trax's predict mode patches a mask "
@@ -254,7 +247,16 @@ def ConfigurableTerraformer(  # noqa: N802
         tl.LayerNorm(),  # vec_ed tok_e tok_d
         tl.Select([0, 1, 2, 2]),  # vec_ed tok_e tok_d tok_d
         StripFromConcatenateWithPadding(mode=mode),  # vec_d tok_d
-        ct._OutputDense(output_vocab_size),  # logits tok_d
+        ct.OutputLayer(
+            output_vocab_size,
+            d_model2,
+            loss_sparsity_type,
+            loss_sparsity,
+            loss_d_lowrank,
+            loss_sparsity_prob,
+            mode,
+            use_bfloat16,
+        ),  # logits tok_d
         name="ConfigurableTerraformer",
     )
 

@@ -193,9 +193,7 @@ def Transformer2(  # noqa: N802
     docstring), as do the sparse feed-forward options.
     """
     _refuse_predict("Transformer2", mode)
-    ct.check_options(
-        "Transformer2", ff_sparsity=ff_sparsity, ff_sparsity_type=ff_sparsity_type, pos_type=pos_type
-    )
+    ct.check_options("Transformer2", pos_type=pos_type)
     in_encoder, out_encoder, output_vocab_size = ct.EmbeddingAndPositionalEncodings(
         input_vocab_size,
         d_model,

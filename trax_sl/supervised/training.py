@@ -447,7 +447,9 @@ class Loop:
         elif self._checkpoint_at(step):
             self.save_checkpoint(STEP_CHECKPOINTS)  # Positional, as Trax calls it (tests replace the method).
         if permanent or self._checkpoint_at(step):
-            self._saved_step = step  # Here too, so that a replaced save_checkpoint is not called again at the end.
+            self._saved_step = (
+                step  # Here too, so that a replaced save_checkpoint is not called again at the end.
+            )
         if self._checkpoint_at(step):
             if self._checkpoint_low_metric is not None and self._at_extreme(self._checkpoint_low_metric, min):
                 self.save_checkpoint(f"lowest_{self._checkpoint_low_metric}")
