@@ -54,6 +54,8 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            # The suite runs on every core (pyproject.toml: -n auto); CI's 2 cores halve its time.
+            "pytest-xdist>=3.5",
             # Contract fuzzing over each layer's option space (tests/layers/test_contract_fuzz.py).
             "hypothesis>=6.100",
             "ruff",
