@@ -20,6 +20,8 @@ stream.
 
 from __future__ import annotations
 
+import sys
+
 import jax.numpy as jnp
 
 from trax_sl.layers import (
@@ -596,3 +598,10 @@ def _RemoveAxes12() -> base.Layer:  # noqa: N802
 def _XYAvg() -> base.Layer:  # noqa: N802
     """`(x, y)` -> `(x + y) / 2`, elementwise."""
     return base.Fn("XYAvg", lambda x, y: (x + y) / 2.0)
+
+
+# Trax keeps this module at `trax.models.reformer.reformer` (a package of one module): that path,
+# renamed, is this module too (`from trax_sl.models.reformer import reformer`, or imported whole).
+__path__: list[str] = []  # A package for the import system, whose one submodule is itself.
+reformer = sys.modules[__name__]
+sys.modules[f"{__name__}.reformer"] = reformer
