@@ -626,15 +626,17 @@ def test_cond_keeps_trax_stack_semantics():
         layer = tl.Cond(constant(condition), constant([2]), constant([5]))
         layer.init(())
         assert layer(()) == expected
-    # A one-item list input is the item; items below the branch inputs pass through.
-    halve = tl.Cond(tl.Fn("Small", lambda c: c < 3.0), tl.Fn("Half", lambda x: x / 2.0))
+    # A one-item list input is the item.
     x = [np.arange(5, dtype=np.float32)]
     layer = tl.Cond(constant(True), tl.Fn("Half", lambda x: x / 2.0), tl.Fn("Quarter", lambda x: x / 4.0))
     layer.init(shapes.signature(x))
     np.testing.assert_array_equal(layer(x), [0.0, 0.5, 1.0, 1.5, 2.0])
-    y, rest = halve((jnp.array(2.0), jnp.array([4.0, 12.0]), jnp.array(7.0)))
-    np.testing.assert_array_equal(y, [2.0, 6.0])
-    assert float(rest) == 7.0
+    # Exactly n_in inputs, as Trax's test_exception_run1: one here, not zero or two.
+    small = tl.Cond(tl.Fn("Small", lambda c: c < 3.0), constant(2.0), constant(5.0))
+    assert float(small(np.array(4.0))) == 5.0
+    for xs in ((), (np.array(4.0), np.array([4.0, 12.0]))):
+        with pytest.raises(tl.LayerError, match="Cond takes exactly 1 inputs"):
+            small(xs)
 
 
 def test_cond_rejects_mismatched_branches():

@@ -15,12 +15,11 @@ import jax.numpy as jnp
 
 from trax_sl import checks, shapes
 from trax_sl import sequence as seq
-from trax_sl.layers import base, streaming
+from trax_sl.layers import base, errors, streaming
 from trax_sl.layers.base import Layer
 from trax_sl.layers.combinators.stack import (
     Branch,
     Concatenate,
-    PassesThrough,
     Select,
     Serial,
     StackOp,
@@ -258,14 +257,15 @@ class TimeScan(Scan):
         return base.from_items(ys + carries, self.n_out), new_state
 
 
-class Cond(PassesThrough, Layer):
+class Cond(Layer):
     """Runs `true` or `false` on the stack depending on `cond`.
 
     Stack: `c1..ck y...` (k = cond.n_in) -> `true(y...)` if cond(c) else
     `false(y...)`. Only the chosen branch runs; the other's state is kept.
     `false` defaults to the identity (then true must have n_in == n_out).
-    As in Trax, items below the branches' inputs pass through, and a branch
-    output that is a list is that many stack items (`[2]` is the item 2).
+    As in Trax, it takes exactly n_in items (a tuple or list is several, so
+    a one-item list is the item), and a branch output that is a list is
+    that many stack items (`[2]` is the item 2).
     """
 
     handles_sequences = True
@@ -289,6 +289,16 @@ class Cond(PassesThrough, Layer):
         self._sublayers = (cond, true, false)
 
     streaming_spec = streaming.NOT_STREAMING
+
+    def _items(self, xs) -> tuple:
+        return tuple(xs) if isinstance(xs, (tuple, list)) else (xs,)
+
+    def _check_arity(self, x) -> None:
+        if len(self._items(x)) != self.n_in:
+            raise ValueError(
+                f"{self.name} takes exactly {self.n_in} inputs (cond's {self.sublayers[0].n_in}, then the "
+                f"branches' {self.sublayers[1].n_in}), got {len(self._items(x))} ({errors.safe_short_form(x)})"
+            )
 
     def forward(self, xs, weights, state, rng):
         cond, true, false = self.sublayers
