@@ -104,3 +104,11 @@ def test_shrink_keeps_per_layer_lists_whole():
     bound = trax_configs.bindings("attn = [@A, @B, @A, @B]\nReformerLM.attention_type = %attn\n")
     shrunk = trax_configs.shrink_bindings("ReformerLM", bound, {"n_layers", "d_model", "attention_type"})
     assert shrunk == ["ReformerLM.d_model = 16", "ReformerLM.n_layers = 4"]
+
+
+def test_shrink_keeps_d_ff_a_multiple_of_the_sparse_feed_forward_block():
+    bound = trax_configs.bindings("ff_sparsity = 64\nConfigurableTerraformer.ff_sparsity = %ff_sparsity\n")
+    shrunk = trax_configs.shrink_bindings("ConfigurableTerraformer", bound, {"d_ff", "ff_sparsity"})
+    assert shrunk == ["ConfigurableTerraformer.d_ff = 64"]
+    bound = trax_configs.bindings("Transformer2.ff_sparsity = (4, 2, 0.1, 0.3)\n")
+    assert trax_configs.shrink_bindings("Transformer2", bound, {"d_ff"}) == ["Transformer2.d_ff = 32"]

@@ -455,6 +455,13 @@ def per_layer_list_length(model: str, bound: dict[str, str]) -> int:
     return length
 
 
+def ff_sparsity_block(model: str, bound: dict[str, str]) -> int:
+    """What d_ff must be a multiple of: the sparse feed-forward's block (n_elements_in_block or experts); 1 if dense."""
+    sparsity = resolve(bound.get(f"{model}.ff_sparsity"), bound)
+    block = sparsity[0] if isinstance(sparsity, (list, tuple)) and sparsity else sparsity
+    return block if isinstance(block, int) and block > 0 else 1
+
+
 def shrink_bindings(model: str, bound: dict[str, str], params) -> list[str]:
     """`--config` bindings that make `model` tiny: SHRINK's values for the parameters it takes."""
     out = []
@@ -462,6 +469,8 @@ def shrink_bindings(model: str, bound: dict[str, str], params) -> list[str]:
         if name in params:
             if name == "n_layers":
                 value = max(value, per_layer_list_length(model, bound))
+            if name == "d_ff":
+                value = math.lcm(value, ff_sparsity_block(model, bound))
             out.append(f"{model}.{name} = {value!r}")
     if "pos_d_axial_embs" in params and bound.get(f"{model}.pos_d_axial_embs"):
         out.append(f"{model}.pos_d_axial_embs = (8, 8)")  # Must sum to d_model (16).
