@@ -1324,3 +1324,22 @@ def test_a_list_of_stack_items_is_their_tuple():
     out = tl.Fn("Swap", lambda a, b: (b, a), n_out=2)([x, y])
     assert isinstance(out, tuple) and out[0] is not None and np.array_equal(out[0], y)
     np.testing.assert_array_equal(tl.Add()([x, y]), x + y)
+
+
+def test_the_shared_marker_is_trax_marker_dict_and_survives_trax_nested_maps():
+    from trax_sl import fastmath
+
+    dense = tl.Dense(3)
+    model = tl.Serial(dense, tl.Relu(), dense)
+    weights, state = model.init(ShapeDtype((2, 3)))
+    assert weights[2] is tl.SHARED and weights[2] == {"__marker_for_cached_weights_": ()}  # Trax's marker.
+    assert hash(tl.SHARED) is not None and jax.tree.leaves(tl.SHARED) == []
+    x = np.ones((2, 3), np.float32)
+    grads = jax.grad(lambda w: model.pure_fn(x, w, state, None)[0].sum())(weights)
+    # As Trax's terraformer_test: an SGD step by fastmath's nested map turns the marker into a plain dict.
+    stepped = fastmath.nested_map_multiarg(lambda w, g: w - 0.5 * g, weights, grads)
+    assert type(stepped[2]) is dict and tl.base.is_shared(stepped[2])
+    expected = jax.tree.map(lambda w, g: w - 0.5 * g, weights, grads)
+    np.testing.assert_allclose(
+        model.pure_fn(x, stepped, state, None)[0], model.pure_fn(x, expected, state, None)[0]
+    )

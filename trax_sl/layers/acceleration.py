@@ -58,7 +58,7 @@ def _is_array(leaf) -> bool:
 
 
 def _has_shared(weights) -> bool:
-    return any(leaf is base.SHARED for leaf in jax.tree.leaves(weights, is_leaf=lambda v: v is base.SHARED))
+    return any(base.is_shared(leaf) for leaf in jax.tree.leaves(weights, is_leaf=base.is_shared))
 
 
 def _run_sharded(layer: Accelerate, x, weights, state, rng):

@@ -36,11 +36,15 @@ EMPTY_STATE = ()
 MODES = checks.MODES
 
 
-class _SharedWeights:
+class _SharedWeights(dict):
     """Stands where a shared layer's weights would be, at its second use on.
 
     A pytree with no leaves, so optimizers and checkpoints skip it; the weights
-    live at the layer's first occurrence (in depth-first order).
+    live at the layer's first occurrence (in depth-first order). It is Trax's
+    marker too, the dict `{'__marker_for_cached_weights_': ()}`, so code that
+    walks weights as nested lists, tuples and dicts (Trax's `nested_map`, its
+    tests' own walkers) passes through it; the plain dict such a walk makes of
+    it still marks shared weights (`is_shared`).
     """
 
     _instance = None
@@ -48,7 +52,13 @@ class _SharedWeights:
     def __new__(cls):
         if cls._instance is None:
             cls._instance = super().__new__(cls)
+            dict.__init__(cls._instance, {_TRAX_MARKER_KEY: ()})
         return cls._instance
+
+    def __init__(self):
+        pass  # The one instance's content is set once, in __new__.
+
+    __hash__ = object.__hash__  # The marker is one object: hashable by identity, unlike a dict.
 
     def __repr__(self):
         return "SHARED"
@@ -57,8 +67,16 @@ class _SharedWeights:
         return "SHARED"
 
 
+_TRAX_MARKER_KEY = "__marker_for_cached_weights_"
 SHARED = _SharedWeights()
 jax.tree_util.register_pytree_node(_SharedWeights, lambda _: ((), None), lambda _a, _c: SHARED)
+
+
+def is_shared(weights) -> bool:
+    """Whether `weights` marks a shared layer's weights: SHARED, or Trax's marker dict equal to it."""
+    return weights is SHARED or (type(weights) is dict and weights == SHARED)
+
+
 GET_WEIGHTS_FROM_CACHE = SHARED  # Trax's name for the marker.
 
 
@@ -364,7 +382,7 @@ class Layer:
         if top_level:
             _scope.shared_weights = collect_weights_by_layer(self, weights)
         try:
-            if weights is SHARED:
+            if is_shared(weights):
                 weights = _scope.shared_weights[id(self)]
             if isinstance(x, list) and self._n_in > 1:
                 x = tuple(x)  # As in Trax, a list of stack items is the tuple of them.
@@ -868,7 +886,7 @@ class WrapsOneLayer(Layer):
 
 def sublayer_weight_axes(layer: Layer, weights):
     """`layer.weight_axes(weights)`, or SHARED where a shared layer's weights are SHARED (no arrays)."""
-    return SHARED if weights is SHARED else layer.weight_axes(weights)
+    return SHARED if is_shared(weights) else layer.weight_axes(weights)
 
 
 def call_sublayer(index: int, layer: Layer, x, weights, state, rng):
@@ -898,7 +916,7 @@ def collect_weights_by_layer(layer: Layer, weights) -> dict[int, object]:
     found: dict[int, object] = {}
 
     def walk(node: Layer, w) -> None:
-        if w is SHARED or id(node) in found:
+        if is_shared(w) or id(node) in found:
             return
         found[id(node)] = w
         subs = node.sublayers
