@@ -59,7 +59,9 @@ def _capacity(model: base.Layer) -> tuple[int | None, str]:
     return predict_model.stream_capacity, predict_model._spec().capacity_source
 
 
-def check_capacity(model: base.Layer, prompt_length: int, max_length: int) -> None:
+def check_capacity(
+    model: base.Layer, prompt_length: int, max_length: int, where: str = "autoregressive_sample"
+) -> None:
     """Raises ValueError (before anything compiles) when the prompt and max_length overflow the model's cache.
 
     Sampling `max_length` tokens after a prompt of `prompt_length` (start_id
@@ -70,7 +72,7 @@ def check_capacity(model: base.Layer, prompt_length: int, max_length: int) -> No
     needed = prompt_length + max_length - 1
     if capacity is not None and needed > capacity:
         raise ValueError(
-            f"autoregressive_sample: a prompt of {prompt_length} token(s) (start_id and the context) "
+            f"{where}: a prompt of {prompt_length} token(s) (start_id and the context) "
             f"and max_length={max_length} need {needed} positions, but the model's predict-mode "
             f"stream holds {capacity} ({source}); pass max_length <= {capacity - prompt_length + 1} "
             f"or build the model with a larger cache"
@@ -119,6 +121,17 @@ def _decode_chunk(core, inputs, weights, state, last_tokens, rng, length, temper
 
     (last, state), tokens = jax.lax.scan(body, (last_tokens, state), jax.random.split(rng, length))
     return tokens.T, state, last
+
+
+def _prompt(where: str, model, inputs, context, batch_size: int, start_id: int):
+    """(encoder inputs, the tokens fed first: start_id and the context); a language model's inputs are its prompt."""
+    if inputs is not None and model.n_in == 1:  # As in Trax.
+        if context is not None:
+            raise ValueError(
+                f"{where}: a language model's inputs are its prompt (as context is); give one of them"
+            )
+        context, inputs = inputs, None
+    return inputs, _prefix(batch_size, start_id, context)
 
 
 def _prefix(batch_size: int, start_id: int, context):
@@ -180,16 +193,10 @@ def autoregressive_sample(
       int32 numpy array `[batch_size, length]`, length <= max_length: cut after
       the last row's eos.
     """
-    if inputs is not None and model.n_in == 1:  # A language model's inputs are its prompt, as in Trax.
-        if context is not None:
-            raise ValueError(
-                "autoregressive_sample: a language model's inputs are its prompt (as context is); give one of them"
-            )
-        context, inputs = inputs, None
-    prefix = _prefix(batch_size, start_id, context)
+    inputs, prefix = _prompt("autoregressive_sample", model, inputs, context, batch_size, start_id)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     min_length = eval_min_length if eval_mode else 0
-    if not accelerate and _built_for_predict(model):
+    if not accelerate and (model.mode == "predict" or model._has_predict_mode_sublayer()):
         return _sample_eagerly(model, inputs, prefix, rng, max_length, float(temperature), eos_id, min_length)
     check_capacity(model, prefix.shape[1], max_length)
     weights = model.weights if weights is None else weights
@@ -215,11 +222,6 @@ def _cut_after_eos(tokens, eos_id: int):
     if ended.any(axis=1).all():
         tokens = tokens[:, : int(ended.argmax(axis=1).max()) + 1]
     return tokens
-
-
-def _built_for_predict(layer) -> bool:
-    """Whether `layer` or a layer in it was built in predict mode (as `TransformerLM(mode='predict')`)."""
-    return layer.mode == "predict" or any(_built_for_predict(sub) for sub in layer.sublayers)
 
 
 def _sample_eagerly(
@@ -287,14 +289,8 @@ def beam_search(
     """
     del accelerate
     checks.check_positive("beam_search", n_beams=n_beams, max_length=max_length)
-    if inputs is not None and model.n_in == 1:  # A language model's inputs are its prompt, as in Trax.
-        if context is not None:
-            raise ValueError(
-                "beam_search: a language model's inputs are its prompt (as context is); give one"
-            )
-        context, inputs = inputs, None
-    prefix = _prefix(batch_size, start_id, context)
-    check_capacity(model, prefix.shape[1], max_length)
+    inputs, prefix = _prompt("beam_search", model, inputs, context, batch_size, start_id)
+    check_capacity(model, prefix.shape[1], max_length, where="beam_search")
     weights = model.weights if weights is None else weights
     rows = batch_size * n_beams
     if inputs is not None:

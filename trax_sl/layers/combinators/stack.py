@@ -66,27 +66,7 @@ def serial_arity(layers) -> tuple[int, int]:
     return running_max, running_max - running_total
 
 
-class PassesThrough:
-    """Trax's stack calling convention for a combinator (a mixin before `Layer`).
-
-    A call may give more than n_in items: a tuple or list is several, anything
-    else one; the items the combinator does not reach pass through after its
-    outputs, so `forward` packs its outputs itself.
-    """
-
-    def _items(self, xs) -> tuple:
-        """The stack items given: a tuple or list is several (Trax's stack), anything else one."""
-        return tuple(xs) if isinstance(xs, (tuple, list)) else (xs,)
-
-    def _check_arity(self, x) -> None:
-        if len(self._items(x)) < self.n_in:
-            super()._check_arity(x)  # Too few: the base's message (and the combinator's reason) says so.
-
-    def _check_outputs(self, outputs) -> None:
-        del outputs  # n_out plus the items passed through: forward packs them itself.
-
-
-class Serial(PassesThrough, Layer):
+class Serial(Layer):
     """Applies sublayers one after another (function composition) on the stack.
 
     Each sublayer takes its n_in items off the top of the stack and pushes
@@ -108,6 +88,17 @@ class Serial(PassesThrough, Layer):
         layers = _in_phase(layers, n_in)
         super().__init__(n_in=n_in, n_out=n_out, name=name, sublayers_to_print=sublayers_to_print)
         self._sublayers = layers
+
+    def _items(self, xs) -> tuple:
+        """The stack items given: a tuple or list is several (Trax's stack), anything else one."""
+        return tuple(xs) if isinstance(xs, (tuple, list)) else (xs,)
+
+    def _check_arity(self, x) -> None:
+        if len(self._items(x)) < self.n_in:
+            super()._check_arity(x)  # Too few: the base's message (and Serial's reason) says so.
+
+    def _check_outputs(self, outputs) -> None:
+        del outputs  # n_out plus the items passed through: forward packs them itself.
 
     def forward(self, xs, weights, state, rng):
         stack = self._items(xs)

@@ -6,6 +6,7 @@ names, its objects), not a copy.
 """
 
 import sys
+import types
 
 from trax_sl.models import (
     bert,
@@ -18,14 +19,6 @@ from trax_sl.models import (
     transformer2,
 )
 
-for _module in (
-    bert,
-    configurable_transformer,
-    hourglass,
-    layerdrop_transformer,
-    rezero,
-    rse,
-    terraformer,
-    transformer2,
-):
-    sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[-1]}"] = _module
+for _name, _module in list(globals().items()):
+    if isinstance(_module, types.ModuleType) and _module.__name__.startswith("trax_sl.models."):
+        sys.modules[f"{__name__}.{_name}"] = _module
