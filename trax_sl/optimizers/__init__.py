@@ -31,14 +31,17 @@ in Trax), `Adafactor`, `SM3`. In gin: `train.optimizer =
 Trax's per-tree API runs too: `opt.tree_init(weights)` gives `(slots,
 opt_params)` (one slot per weight array: Momentum's velocity, Adam's `(m, v)`,
 None for SGD), `opt.tree_update(step, grads, weights, slots, opt_params)` one
-update, and `Trainer(model_with_loss, opt).one_step(batch, rng)` a compiled step.
+update, and `Trainer(model_with_loss, opt).one_step(batch, rng)` a compiled step;
+`ReversibleSerialTrainer(blocks, loss_layer, optimizer_fn)` the same step,
+layer by layer, for models bigger than an accelerator's memory.
 """
 
-from trax_sl.optimizers import adafactor, adam, base, momentum, rms_prop, sm3, trainer
+from trax_sl.optimizers import adafactor, adam, base, momentum, reversible_trainer, rms_prop, sm3, trainer
 from trax_sl.optimizers.adafactor import Adafactor
 from trax_sl.optimizers.adam import Adam, AdamW
 from trax_sl.optimizers.base import SGD, Optimizer, clip_grads, l2_norm
 from trax_sl.optimizers.momentum import Momentum
+from trax_sl.optimizers.reversible_trainer import ReversibleSerialTrainer
 from trax_sl.optimizers.rms_prop import RMSProp
 from trax_sl.optimizers.sm3 import SM3, MomentumType
 from trax_sl.optimizers.trainer import Trainer
@@ -53,6 +56,7 @@ __all__ = [
     "MomentumType",
     "Optimizer",
     "RMSProp",
+    "ReversibleSerialTrainer",
     "Trainer",
     "clip_grads",
     "l2_norm",

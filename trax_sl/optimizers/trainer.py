@@ -13,6 +13,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trax_sl.optimizers.base import Optimizer
+from trax_sl.optimizers.devices import check_trainer_devices, placed_on
+from trax_sl.optimizers.reversible_trainer import (  # noqa: F401  (Trax's module has them)
+    ReversibleSerialTrainer,
+    extract_reversible_blocks,
+    init_reversible_blocks,
+)
 
 
 class Trainer:
@@ -27,18 +33,9 @@ class Trainer:
     def __init__(
         self, model_with_loss, optimizer: Optimizer, n_devices: int | None = None, adasum: bool = False
     ):
-        if adasum:
-            raise ValueError(
-                "Trainer: adasum=True (Adasum gradient merging) is not supported; gradients are averaged "
-                "over the batch as one (adasum=False)"
-            )
+        self._n_devices = check_trainer_devices("Trainer", n_devices, adasum)
         self._model_with_loss = model_with_loss
         self._optimizer = optimizer
-        self._n_devices = n_devices or jax.local_device_count()
-        if self._n_devices > jax.local_device_count():
-            raise ValueError(
-                f"Trainer: n_devices={self._n_devices}, but this process has {jax.local_device_count()}"
-            )
         self._mesh = Mesh(np.array(jax.local_devices()[: self._n_devices]), ("batch",))
         self._step_fn = jax.jit(self._step)
 
@@ -87,15 +84,8 @@ class Trainer:
         weights, state, slots = jax.device_put(
             (model.weights, model.state, self._optimizer.slots), replicated
         )
-        batch = jax.tree.map(self._placed, batch)
+        batch = jax.tree.map(lambda x: placed_on(self._mesh, self._n_devices, x), batch)
         weights, state, slots, stats = self._step_fn(weights, state, slots, step, opt_params, batch, rng)
         model.weights, model.state = weights, state
         self._optimizer.slots = slots
         return stats["loss"], stats
-
-    def _placed(self, x):
-        """A batch array split over the devices on its leading axis (replicated if it does not divide)."""
-        x = np.asarray(x) if not isinstance(x, jax.Array) else x
-        divides = x.ndim and x.shape[0] % self._n_devices == 0
-        spec = PartitionSpec("batch") if divides else PartitionSpec()
-        return jax.device_put(x, NamedSharding(self._mesh, spec))
