@@ -152,7 +152,10 @@ class Loop:
                 `{'data': 2, 'fsdp': 2, 'tensor': 2}`; missing axes are 1, one
                 -1 takes the devices left. None: every device on 'data'.
             loss_chunk_size: Accepted for Trax configs; has no effect.
-            use_memory_efficient_trainer: Accepted for Trax configs; has no effect.
+            use_memory_efficient_trainer: Accepted for Trax configs; has no
+                effect (the Loop shards a model too big for one device with
+                `mesh_shape`; Trax's layer-by-layer trainer is
+                `optimizers.ReversibleSerialTrainer`, used directly).
             adasum: Accepted for Trax configs; has no effect.
             callbacks: `callbacks.TrainingStepCallback` subclasses, each made with this loop.
             n_checkpoints_to_keep: Step checkpoints kept (the newest; permanent
