@@ -11,11 +11,11 @@ The feed-forward block, the attention builder and the embeddings are
 and output layers, and so is the check that refuses options trax_sl cannot
 build (`pos_type='time-bin'`).
 
-Streaming: the efficient attention layers (`tl.SelfAttention`,
-`tl.LSHSelfAttention`, `tl.EncDecAttention`) do not run in predict mode here
-(they raise), so ReformerLM streams only with an `attention_type` that does,
-such as `tl.CausalAttention`; Reformer's decoder and ReformerShortenLM do not
-stream.
+Streaming: of the efficient attention layers, only causal `tl.SelfAttention`
+with a `chunk_len` streams (`tl.LSHSelfAttention` and `tl.EncDecAttention`
+raise in predict mode, saying why), so ReformerLM streams with that or
+another `attention_type` that does, such as `tl.CausalAttention`; Reformer's
+decoder and ReformerShortenLM do not stream.
 """
 
 from __future__ import annotations
@@ -158,9 +158,10 @@ def ReformerLM(  # noqa: N802
 
     Predict mode: decodes as TransformerLM does when the attention streams
     (e.g. tl.CausalAttention, whose state holds the KV caches; the state also
-    holds the positional encoding's count). The default tl.SelfAttention (and
-    tl.LSHSelfAttention) do not stream here: running them in predict mode
-    raises.
+    holds the positional encoding's count), or tl.SelfAttention with a
+    `chunk_len` (a window of past chunks). The default tl.SelfAttention (no
+    chunk_len) and tl.LSHSelfAttention do not stream: predict mode raises at
+    init, saying why.
     """
     ct.check_options("ReformerLM", pos_type=pos_type)
     positional_embedder = ct._EmbeddingWithPositions(

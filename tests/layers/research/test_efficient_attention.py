@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import trax_sl.layers as tl
+from trax_sl import models
 from trax_sl import sequence as seq
 from trax_sl.layers import attention, base, test_utils
 from trax_sl.layers.research import efficient_attention as ea
@@ -489,3 +490,27 @@ def test_layers_are_not_streamable():
     ):
         assert not layer.supports_step, layer.name
     assert math.isclose(ea.LSHFF(4, 2).output_ratio, 1)
+
+
+def test_predict_mode_of_layers_that_do_not_stream_raises_at_init_saying_why():
+    one_step = ShapeDtype((1, 1, 8))
+    for layer, why in (
+        (
+            ea.LSHSelfAttention(chunk_len=4, mode="predict"),
+            "an output.s bucket chunk is formed by sorting the whole sequence",
+        ),
+        (ea.SelfAttention(causal=True, mode="predict"), "only causal attention with a chunk_len"),
+    ):
+        with pytest.raises(base.LayerError, match=f"{layer.name} does not stream \\({why}"):
+            layer.init(one_step)
+    pure = ea.PureLSHSelfAttention(n_heads=2, chunk_len=4, mode="predict")
+    with pytest.raises(base.LayerError, match="PureLSHSelfAttention does not stream"):
+        pure.init((ShapeDtype((2, 1, 8)), ShapeDtype((2, 1, 8))))
+    # In a model the message names the path (Trax's decoding test of a ReformerLM with LSH attention).
+    reformer = models.ReformerLM(
+        vocab_size=13, d_model=16, d_ff=32, n_layers=1, n_heads=2, mode="predict", max_len=16,
+        attention_type=lambda **kw: ea.LSHSelfAttention(chunk_len=4, **kw), pos_d_axial_embs=None,
+        pos_type="fixed-base",
+    )  # fmt: skip
+    with pytest.raises(base.LayerError, match="ReformerLM > .*LSHSelfAttention.* does not stream"):
+        reformer.init(ShapeDtype((1, 1), jnp.int32))

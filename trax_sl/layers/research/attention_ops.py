@@ -399,7 +399,9 @@ class EfficientAttentionBase(base.Layer):
     inputs are masked first, their masks reach `forward_unbatched` through
     `unbatched_inputs`, and the output follows the first input's kind.
 
-    Predict mode: not streamable (Trax's fast-inference memory is not kept).
+    Predict mode: not streamable (Trax's fast-inference memory is not kept;
+    'predict' raises ValueError at init, saying why), unless a subclass's
+    `streaming_spec` says it streams.
     """
 
     handles_sequences = True
@@ -474,6 +476,8 @@ class EfficientAttentionBase(base.Layer):
         return tuple(values_and_mask(x)[0] for x in inputs)
 
     def init_weights_and_state(self, input_signature, rng):
+        if self._mode == "predict":
+            streaming.check_steps(self)  # A layer that does not stream raises here, saying why.
         signature = (input_signature,) if self.n_in == 1 else tuple(input_signature)
         unbatched = tuple(unbatched_signature(s) for s in signature)
         unbatched = unbatched[0] if self.n_in == 1 else unbatched

@@ -75,7 +75,8 @@ class SelfAttention(DropoutRates, EfficientAttentionBase):
     keys and values are recomputed) and each row's position, so a decoder
     fed one token at a time gets the whole sequence's outputs (Trax's
     predict memory instead attends to all of `predict_mem_len`, which differs
-    from eval). Other configurations do not stream (supports_step is False).
+    from eval). Other configurations do not stream (supports_step is False;
+    'predict' raises ValueError at init, saying why).
     """
 
     def __init__(
@@ -143,7 +144,10 @@ class SelfAttention(DropoutRates, EfficientAttentionBase):
     @property
     def streaming_spec(self) -> streaming.StreamingSpec:
         if not self._streams():
-            return streaming.NOT_STREAMING
+            return streaming.NOT_STREAMING.not_streaming(
+                "only causal attention with a chunk_len, n_chunks_after=0 and masked=False streams (each "
+                "output sees a window of past chunks); this one sees the whole sequence or later steps"
+            )
         return streaming.StreamingSpec(receptive_field=(self._window - 1, 0))
 
     def init_weights_and_state(self, input_signature, rng):

@@ -43,9 +43,17 @@ from trax_sl.layers.research.attention_ops import (
     values_and_mask,
 )
 
+_WHY_LSH_DOES_NOT_STREAM = (
+    "an output's bucket chunk is formed by sorting the whole sequence, so it depends on later steps; "
+    "Trax's fast inference, which attends to recent keys of the query's bucket, differs from the "
+    "layer-wise output, and predict mode here must equal it"
+)
+
 
 class _LSHOptions:
     """Hashing, chunking and masking options shared by the LSH layers, and their attention."""
+
+    streaming_spec = streaming.NOT_STREAMING.not_streaming(_WHY_LSH_DOES_NOT_STREAM)
 
     def _set_lsh_options(
         self,
@@ -155,7 +163,8 @@ class LSHSelfAttention(_LSHOptions, DropoutRates, EfficientAttentionBase):
     per head (module docstring). `max_length_for_buckets` is accepted for
     Trax compatibility and has no effect (buckets are not stored).
 
-    Predict mode: not streamable (supports_step is False).
+    Predict mode: not streamable (supports_step is False; 'predict' raises
+    ValueError at init, saying why).
     """
 
     def __init__(
@@ -259,7 +268,8 @@ class PureLSHSelfAttention(_LSHOptions, DropoutRates, base.Layer):
     dropout. Rows run `n_parallel_heads` at a time (default 1, recomputed in
     the backward pass). No weights; state: a hashing key per head.
 
-    Predict mode: not streamable (supports_step is False).
+    Predict mode: not streamable (supports_step is False; 'predict' raises
+    ValueError at init, saying why).
     """
 
     handles_sequences = True
@@ -320,9 +330,9 @@ class PureLSHSelfAttention(_LSHOptions, DropoutRates, base.Layer):
         self._use_reference_code = use_reference_code
         self._mode = mode
 
-    streaming_spec = streaming.NOT_STREAMING
-
     def init_weights_and_state(self, input_signature, rng):
+        if self._mode == "predict":
+            streaming.check_steps(self)  # Raises, saying why, before a one-step block is hashed.
         qk = input_signature[0]
         batch_x_heads = seq.values_of(qk).shape[0]
         if batch_x_heads % self._n_heads:
