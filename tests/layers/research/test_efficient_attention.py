@@ -512,5 +512,5 @@ def test_predict_mode_of_layers_that_do_not_stream_raises_at_init_saying_why():
         attention_type=lambda **kw: ea.LSHSelfAttention(chunk_len=4, **kw), pos_d_axial_embs=None,
         pos_type="fixed-base",
     )  # fmt: skip
-    with pytest.raises(base.LayerError, match="ReformerLM > .*LSHSelfAttention.* does not stream"):
+    with pytest.raises(base.LayerError, match="(?s)ReformerLM > .*LSHSelfAttention.* does not stream"):
         reformer.init(ShapeDtype((1, 1), jnp.int32))
