@@ -58,7 +58,12 @@ class Evaluator:
 
 
 def init_trainers(
-    model: tl.Layer, model_input_signature, tasks: list[TrainTask], mesh: jax.sharding.Mesh, rng
+    model: tl.Layer,
+    model_input_signature,
+    tasks: list[TrainTask],
+    mesh: jax.sharding.Mesh,
+    rng,
+    grad_accum_steps: int = 1,
 ):
     """Makes a `Trainer` per task, and the model's weights and state unless it has them.
 
@@ -66,7 +71,8 @@ def init_trainers(
     its state if that fits `model_input_signature` (the first task's model
     inputs); otherwise both come from initializing `Serial(model, loss_layer)`
     on the first task's sample batch. Everything is made (or put) directly on
-    its devices, split as `train_step.weight_shardings` says.
+    its devices, split as `train_step.weight_shardings` says. Each step
+    averages the gradients of `grad_accum_steps` micro-batches.
 
     Returns:
         `(model_weights, model_state, model_weight_shardings, trainers)`, all on `mesh`.
@@ -101,7 +107,7 @@ def init_trainers(
             Trainer(
                 task,
                 layer,
-                train_step.train_step(layer, tx, mesh, shardings, opt_shardings),
+                train_step.train_step(layer, tx, mesh, shardings, opt_shardings, grad_accum_steps),
                 ends_weights,
                 ends_state,
                 opt_state,

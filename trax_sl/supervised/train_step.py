@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -181,7 +182,12 @@ def input_signature(batch, n_in: int):
 
 
 def train_step(
-    model_with_loss, tx: optax.GradientTransformation, mesh: Mesh, weight_shardings, opt_shardings
+    model_with_loss,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    weight_shardings,
+    opt_shardings,
+    grad_accum_steps: int = 1,
 ) -> Callable:
     """The jitted step `(weights, state, opt_state, batch, rng) -> (weights, state, opt_state, loss, rng)`.
 
@@ -189,6 +195,17 @@ def train_step(
     Weights, state and optimizer state are donated: their buffers are reused
     for the outputs, which keep the given shardings (state, loss and rng
     replicated). The rng comes back split, ready for the next step.
+
+    With `grad_accum_steps` k > 1 the batch is cut into k micro-batches (rows
+    i, i + k, i + 2k, ... make micro-batch i, so each device keeps its own
+    rows) and a `lax.scan` inside the one step sums their gradients in
+    float32 into one weights-shaped accumulator; the update then uses the mean
+    gradient and the loss is the mean of the micro-batch losses. Activations
+    are those of one micro-batch. This equals the step on the whole batch
+    when every micro-batch carries the same total loss weight (unpadded or
+    packed batches; with padding, micro-batches still count equally). Model
+    state (e.g. BatchNorm statistics) goes through the micro-batches in turn,
+    and each gets its own dropout key.
     """
     n_in = model_with_loss.n_in
 
@@ -198,6 +215,10 @@ def train_step(
         return loss, new_state
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+    if grad_accum_steps > 1:
+        grad_fn = _accumulated(grad_fn, grad_accum_steps, mesh)
 
     # Named for jax's compile logs (`jax.log_compiles()` shows "Compiling jit(loop_train_step)").
     def loop_train_step(weights, state, opt_state, batch, rng):
@@ -213,6 +234,43 @@ def train_step(
         donate_argnums=(0, 1, 2),
         out_shardings=(weight_shardings, repl, opt_shardings, repl, repl),
     )
+
+
+def _micro_batches(batch, k: int, mesh: Mesh):
+    """`[B, ...]` leaves as `[k, B // k, ...]`: micro-batch i holds rows i, i + k, ... (raises unless k divides B)."""
+
+    def split(leaf):
+        rows = leaf.shape[0]
+        if rows % k:
+            raise ValueError(
+                f"grad_accum_steps={k} must divide the batch size, got a batch item of shape {tuple(leaf.shape)}"
+            )
+        micro = leaf.reshape((rows // k, k) + leaf.shape[1:]).swapaxes(0, 1)
+        spec = PartitionSpec(None, BATCH_AXES) if (rows // k) % batch_shards(mesh) == 0 else PartitionSpec()
+        return jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, spec))
+
+    return jax.tree.map(split, batch)
+
+
+def _accumulated(grad_fn, k: int, mesh: Mesh):
+    """`grad_fn` over k micro-batches of its batch: the mean loss and gradient (summed in float32), in a scan."""
+
+    def accumulated(weights, state, batch, rng):
+        def one(carry, micro):
+            state, total_loss, total_grads = carry
+            batch_i, i = micro
+            (loss, state), grads = grad_fn(weights, state, batch_i, jax.random.fold_in(rng, i))
+            total_grads = jax.tree.map(lambda t, g: t + g.astype(t.dtype), total_grads, grads)
+            return (state, total_loss + loss.astype(jnp.float32), total_grads), None
+
+        zeros = jax.tree.map(lambda w: jnp.zeros(w.shape, jnp.float32), weights)
+        start = (state, jnp.zeros((), jnp.float32), zeros)
+        micro = (_micro_batches(batch, k, mesh), jnp.arange(k))
+        (state, total_loss, total_grads), _ = jax.lax.scan(one, start, micro)
+        grads = jax.tree.map(lambda t, w: (t / k).astype(w.dtype), total_grads, weights)
+        return (total_loss / k, state), grads
+
+    return accumulated
 
 
 def eval_step(model_with_metrics, mesh: Mesh) -> Callable:

@@ -93,6 +93,7 @@ def train(
     progress_bar: bool | None = None,
     log_every: int | None = None,
     mesh_shape: dict | None = None,
+    grad_accum_steps: int = 1,
 ) -> training.Loop:
     """Trains the model on the inputs; returns the `training.Loop`.
 
@@ -146,6 +147,9 @@ def train(
         mesh_shape: The sizes of the mesh axes 'data', 'fsdp' and 'tensor',
             e.g. `{'fsdp': 8}` (FSDP) or `{'fsdp': -1, 'tensor': 2}`; None for
             all devices on 'data' (see `trax_sl.mesh.make_mesh`).
+        grad_accum_steps: Micro-batches per step, their gradients averaged
+            inside the compiled step (`train.grad_accum_steps = 4` in gin);
+            it must divide the batch size (see `training.Loop`).
     """
     del save_graphs  # Trax uses it only without use_loop.
     gin_types.check_bindings()
@@ -233,6 +237,7 @@ def train(
             progress_bar=progress_bar,
             log_every=log_every,
             mesh_shape=mesh_shape,
+            grad_accum_steps=grad_accum_steps,
         )
         memory = loop.memory_line()  # Every process compiles the step here; the chief prints.
         if chief:  # Shown at any log level, as Trax prints them.

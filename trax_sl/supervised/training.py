@@ -120,6 +120,7 @@ class Loop:
         progress_bar: bool | None = None,
         async_checkpoints: bool = True,
         log_every: int | None = None,
+        grad_accum_steps: int = 1,
     ):
         """Configures a training `Loop`, including a random initialization or a restored checkpoint.
 
@@ -167,10 +168,17 @@ class Loop:
                 ETA), printed when no progress bar is drawn on the terminal that
                 stdout goes to; None for a tenth of `tasks[0].n_steps_per_checkpoint`
                 (100 if that is None), 0 for none.
+            grad_accum_steps: Micro-batches per step: each batch is cut into
+                this many and their gradients are averaged inside the one
+                compiled step (`train_step.train_step`), so a batch whose
+                activations do not fit trains in pieces; it must divide the
+                batch size.
         """
         tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
         if not tasks:
             raise ValueError("Loop: tasks must hold at least one TrainTask, got none")
+        if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+            raise ValueError(f"Loop: grad_accum_steps must be an integer >= 1, got {grad_accum_steps!r}")
         if log_every is not None and log_every < 0:
             raise ValueError(f"Loop: log_every must be >= 0 (0 for no progress lines), got {log_every}")
         if eval_tasks is None:
@@ -232,7 +240,9 @@ class Loop:
         init_rng, self._rng = jax.random.split(jax.random.PRNGKey(_seed(random_seed)))
         self._model_input_signature = train_step.input_signature(tasks[0].sample_batch, model.n_in)
         self._model_weights, self._model_state, self._model_shardings, self._trainers = (
-            task_runners.init_trainers(model, self._model_input_signature, tasks, self._mesh, init_rng)
+            task_runners.init_trainers(
+                model, self._model_input_signature, tasks, self._mesh, init_rng, grad_accum_steps
+            )
         )
         self._evaluators = [
             task_runners.init_evaluator(
