@@ -159,8 +159,6 @@ def test_init_checkpoint_is_refused_in_train_mode_and_ignored_otherwise():
 def test_bert_does_not_stream():
     model = bert.BERT(n_layers=1, mode="predict", **SMALL)
     assert not model.supports_step
-    weights, state = model.weights_and_state_signature(signature(2, 1))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (weights, state))
-    ids = jnp.ones((2, 1), jnp.int32)
+    # Its bidirectional SelfAttention refuses predict mode at init, saying why.
     with pytest.raises(tl.LayerError, match="does not stream"):
-        jax.eval_shape(lambda: model.pure_fn((ids, ids, ids), *zeros, None))
+        model.weights_and_state_signature(signature(2, 1))
