@@ -17,7 +17,9 @@ Timing: warm-up excluded, `--rounds` interleaved rounds of `--calls` steps
 each ended by `block_until_ready`; a round's figure is its median step, and
 the ratio compares best rounds. The optimized HLO of each step is
 summarised (instructions by kind) so that a gap can be traced to the code
-XLA was given.
+XLA was given. MFU: the step's model FLOPs (`efficiency.training_flops`: three
+times the forward pass's matmuls) per second over the device's peak (on a CPU,
+a large float32 matmul measured in the same process).
 
 Target: trax_sl / JAX <= 1.05x (aim 1.02x).
 
@@ -40,6 +42,7 @@ from harness import machine_info, print_header, print_table, time_candidates, wr
 
 import trax_sl.layers as tl
 from trax_sl import models, shapes
+from trax_sl.supervised import efficiency
 
 _TARGET = 1.05
 _REFERENCE = "JAX"
@@ -131,7 +134,8 @@ def build(args):
     losses = {name: [float(stepper()) for _ in range(3)] for name, stepper in steppers.items()}
     for name, values in losses.items():
         np.testing.assert_allclose(values, losses[_REFERENCE], rtol=2e-5, err_msg=name)
-    return steppers, n_params, losses
+    flops = efficiency.training_flops(trax_sl_loss, weights, tokens)
+    return steppers, n_params, losses, flops
 
 
 def main() -> None:
@@ -150,11 +154,19 @@ def main() -> None:
     args = parser.parse_args()
     info = machine_info()  # Before the run, so the load average is the others'.
 
-    steppers, n_params, losses = build(args)
+    steppers, n_params, losses, flops = build(args)
+    # A CPU's peak is measured here (a large float32 matmul), an accelerator's read from the table.
+    peak = efficiency.peak_flops_per_device(jax.devices()[0])
     timings = time_candidates(steppers, _REFERENCE, rounds=args.rounds, calls=args.calls, warmup=args.warmup)
     hlo = {name: hlo_summary(stepper.hlo()) for name, stepper in steppers.items()}
     results = [
-        {"candidate": name, **timing, "first_losses": losses[name], "hlo_instructions": hlo[name]}
+        {
+            "candidate": name,
+            **timing,
+            "mfu": None if peak is None else flops / (timing["best_ms"] / 1e3) / peak,
+            "first_losses": losses[name],
+            "hlo_instructions": hlo[name],
+        }
         for name, timing in timings.items()
     ]
     main_ratio = results[0]["ratio"]
@@ -164,10 +176,11 @@ def main() -> None:
         f"TransformerLM(vocab={args.vocab_size}, d_model={args.d_model}, d_ff={args.d_ff}, "
         f"n_layers={args.n_layers}, n_heads={args.n_heads}) train step with optax Adam on "
         f"int32[{args.batch},{args.length}]; {n_params:,} parameters each; best of {args.rounds} "
-        f"rounds of {args.calls} steps",
+        f"rounds of {args.calls} steps; {flops / 1e9:.2f} GFLOP per step (3x the forward's matmuls), "
+        f"peak {'unknown' if peak is None else f'{peak / 1e9:.1f} GFLOP/s'} per device",
     )
     print_table(
-        ("step", "best ms", "median round ms", "vs JAX", "best CPU ms", "CPU vs JAX"),
+        ("step", "best ms", "median round ms", "vs JAX", "best CPU ms", "CPU vs JAX", "MFU"),
         [
             (
                 r["candidate"],
@@ -176,6 +189,7 @@ def main() -> None:
                 f"{r['ratio']:.3f}x",
                 f"{r['best_cpu_ms']:.1f}",
                 f"{r['cpu_ratio']:.3f}x",
+                "-" if r["mfu"] is None else f"{r['mfu']:.2f}",
             )
             for r in results
         ],
@@ -200,6 +214,7 @@ def main() -> None:
         summary={
             "ratio": main_ratio,
             "cpu_ratio": results[0]["cpu_ratio"],
+            "mfu": results[0]["mfu"],
             "target": _TARGET,
             "met": main_ratio <= _TARGET,
         },

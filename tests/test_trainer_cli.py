@@ -139,7 +139,7 @@ def metrics_rows(output_dir):
     rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
         for key in training.TIMING_KEYS:
-            del row[key]
+            row.pop(key, None)
     return rows
 
 

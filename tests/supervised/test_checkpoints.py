@@ -207,7 +207,7 @@ def metrics_rows(output_dir):
         rows = [json.loads(line) for line in f]
     for row in rows:
         for key in training.TIMING_KEYS:
-            del row[key]
+            row.pop(key, None)
     return rows
 
 

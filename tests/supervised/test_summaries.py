@@ -165,6 +165,16 @@ def test_format_line_with_task_prefixes():
     assert [s.tag for s in scalars] == ["metrics/loss", "training/steps_per_second", "metrics/loss"]
 
 
+def test_format_line_ends_with_the_speed_and_mfu_where_logged():
+    scalars = [
+        Scalar("train", None, "metrics", "loss", 2.0),
+        Scalar("train", None, "training", "tokens_per_second", 12_634.0),
+        Scalar("train", None, "training", "mfu", 0.3471),
+    ]
+    assert format_line(9, scalars) == "Step 9: train/loss 2 | 12.6k tokens/s | MFU 34.7%"
+    assert format_line(9, scalars[:2]) == "Step 9: train/loss 2 | 12.6k tokens/s"
+
+
 def test_text_goes_to_the_log_as_it_is_and_to_the_text_dashboard_as_a_code_block(tmp_path):
     lines = []
     logger = MetricsLogger(str(tmp_path), History(), write_line=lines.append)

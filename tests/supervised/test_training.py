@@ -19,6 +19,7 @@ from tests.supervised.test_summaries import read_events
 from trax_sl import data, optimizers
 from trax_sl import layers as tl
 from trax_sl.supervised import callbacks, training
+from trax_sl.supervised.metrics_log import format_count
 
 V = 8
 
@@ -162,6 +163,9 @@ def test_metrics_jsonl_the_log_line_and_config_gin(tmp_path, capsys):
         "train/loss",
         "train/learning_rate",
         "train/steps_per_second",
+        "train/seconds_per_step",
+        "train/tokens_per_second",
+        "train/mfu",
         "train/input_wait_fraction",
         "eval/loss",
         "eval/accuracy",
@@ -175,7 +179,8 @@ def test_metrics_jsonl_the_log_line_and_config_gin(tmp_path, capsys):
     row = rows[1]
     expected = (
         f"Step 10: train/loss {row['train/loss']:.4g} | eval/loss {row['eval/loss']:.4g} | "
-        f"eval/accuracy {row['eval/accuracy']:.4g}"
+        f"eval/accuracy {row['eval/accuracy']:.4g} | {format_count(row['train/tokens_per_second'])} tokens/s | "
+        f"MFU {100 * row['train/mfu']:.1f}%"
     )
     assert lines == [expected]
     assert (tmp_path / "config.gin").exists()
@@ -202,7 +207,9 @@ def test_a_metric_has_one_name_in_the_log_line_metrics_jsonl_and_tensorboard(tmp
     make_loop(str(tmp_path)).run(10)
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Step 10:")]
-    logged = dict(part.rsplit(" ", 1) for part in line.removeprefix("Step 10: ").split(" | "))
+    *metrics, speed, mfu = line.removeprefix("Step 10: ").split(" | ")
+    assert speed.endswith(" tokens/s") and mfu.startswith("MFU ")  # The run's speed ends the line.
+    logged = dict(part.rsplit(" ", 1) for part in metrics)
     assert set(logged) == {"train/loss", "eval/loss", "eval/accuracy"}
     assert logged == {key: f"{row[key]:.4g}" for key in logged}
     in_tensorboard = {
@@ -219,6 +226,9 @@ def test_a_metric_has_one_name_in_the_log_line_metrics_jsonl_and_tensorboard(tmp
         "metrics/loss",
         "training/learning_rate",
         "training/steps_per_second",
+        "training/seconds_per_step",
+        "training/tokens_per_second",
+        "training/mfu",
         "training/input_wait_fraction",
     }
 
@@ -300,7 +310,9 @@ def test_on_a_terminal_the_bar_has_lines_of_its_own_and_text_is_printed_above_it
     shown = screen(terminal.getvalue())
     assert "hello" in shown and "  world" in shown  # Each on a line of its own.
     (metrics,) = [row for row in shown if row.startswith("Step 4:")]
-    assert re.fullmatch(r"Step 4: train/loss \S+ \| eval/loss \S+ \| eval/accuracy \S+", metrics)
+    assert re.fullmatch(
+        r"Step 4: train/loss \S+ \| eval/loss \S+ \| eval/accuracy \S+ \| \S+ tokens/s \| MFU \S+%", metrics
+    )
     assert shown[-1] == ""
     assert re.fullmatch(r"100%\|[#█]+\| 5/5 \[.*step/s\]", shown[-2])  # No metrics beside the bar.
     assert not any(PROGRESS_LINE.match(row) for row in shown)  # The bar shows the progress.

@@ -164,9 +164,25 @@ class MetricsLogger:
 
 
 def format_line(step: int, scalars: list[Scalar]) -> str:
-    """`Step 100: train/loss 2.31 | eval/loss 2.4 | eval/accuracy 0.31` (the 'metrics' group only)."""
-    body = " | ".join(f"{s.key} {s.value:.4g}" for s in scalars if s.group == "metrics")
-    return f"Step {step}: {body}"
+    """`Step 100: train/loss 2.31 | eval/loss 2.4 | eval/accuracy 0.31 | 12.6k tokens/s | MFU 34.7%`.
+
+    The 'metrics' group, then the training speed and MFU where logged.
+    """
+    parts = [f"{s.key} {s.value:.4g}" for s in scalars if s.group == "metrics"]
+    training = {s.name: s.value for s in scalars if s.group == "training"}
+    if "tokens_per_second" in training:
+        parts.append(f"{format_count(training['tokens_per_second'])} tokens/s")
+    if "mfu" in training:
+        parts.append(f"MFU {100 * training['mfu']:.1f}%")
+    return f"Step {step}: " + " | ".join(parts)
+
+
+def format_count(value: float) -> str:
+    """`950`, `12.6k`, `3.4M`."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
 
 
 class ProgressLine:

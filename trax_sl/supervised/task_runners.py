@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 
 from trax_sl import layers as tl
-from trax_sl.supervised import train_step
+from trax_sl.supervised import efficiency, train_step
 from trax_sl.supervised.tasks import EvalTask, TrainTask
 
 
@@ -37,13 +37,30 @@ class Trainer:
         self.shardings = shardings  # {"ends_weights": ..., "opt_state": ...}: where they live.
         self.pending_losses: list = []  # Since the last logged step; device scalars or floats.
         self._compiled: dict = {}
+        self._flops: dict = {}
 
     def compiled(self, weights, state, batch, rng):
         """The step compiled for these arguments' shapes (with the trainer's optimizer state)."""
-        key = jax.tree.structure(batch), tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch))
+        key = _shapes_key(batch)
         if key not in self._compiled:
             self._compiled[key] = self.step_fn.lower(weights, state, self.opt_state, batch, rng).compile()
         return self._compiled[key]
+
+    def step_flops(self, weights, state, batch, rng) -> float:
+        """The model FLOPs of one step on a batch of this shape (`efficiency.training_flops`), all devices."""
+        key = _shapes_key(batch)
+        if key not in self._flops:
+            layer = self.layer
+
+            def forward(weights, state, batch, rng):
+                return layer.pure_fn(train_step.stack_inputs(batch, layer.n_in), weights, state, rng)
+
+            self._flops[key] = efficiency.training_flops(forward, weights, state, batch, rng)
+        return self._flops[key]
+
+
+def _shapes_key(batch):
+    return jax.tree.structure(batch), tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch))
 
 
 class Evaluator:

@@ -94,6 +94,8 @@ def train(
     log_every: int | None = None,
     mesh_shape: dict | None = None,
     grad_accum_steps: int = 1,
+    peak_flops_per_device: float | None = None,
+    profile_steps: tuple[int, int] | None = None,
 ) -> training.Loop:
     """Trains the model on the inputs; returns the `training.Loop`.
 
@@ -150,6 +152,12 @@ def train(
         grad_accum_steps: Micro-batches per step, their gradients averaged
             inside the compiled step (`train.grad_accum_steps = 4` in gin);
             it must divide the batch size (see `training.Loop`).
+        peak_flops_per_device: One device's peak FLOP/s for the logged MFU
+            (`train/mfu`); None: the device's entry in
+            `trax_sl.supervised.efficiency.PEAK_FLOPS`, measured on a CPU.
+        profile_steps: `(first, last)`: write a `jax.profiler` trace of those
+            steps to `output_dir/plugins/profile` (TensorBoard's profile tab),
+            e.g. `train.profile_steps = (10, 12)`.
     """
     del save_graphs  # Trax uses it only without use_loop.
     gin_types.check_bindings()
@@ -238,6 +246,8 @@ def train(
             log_every=log_every,
             mesh_shape=mesh_shape,
             grad_accum_steps=grad_accum_steps,
+            peak_flops_per_device=peak_flops_per_device,
+            profile_steps=profile_steps,
         )
         memory = loop.memory_line()  # Every process compiles the step here; the chief prints.
         if chief:  # Shown at any log level, as Trax prints them.

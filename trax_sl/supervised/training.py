@@ -73,13 +73,19 @@ from trax_sl import layers as tl
 from trax_sl import mesh as mesh_lib
 from trax_sl import partitioning
 from trax_sl.layers import serialization
-from trax_sl.supervised import checkpoints, preemption, task_runners, train_step
+from trax_sl.supervised import checkpoints, efficiency, preemption, task_runners, train_step
 from trax_sl.supervised.history import History
 from trax_sl.supervised.metrics_log import MetricsLogger, ProgressLine, Scalar
 from trax_sl.supervised.tasks import EvalTask, TrainTask
 
 # The metrics.jsonl keys that time a run (they differ between two runs of the same steps).
-TIMING_KEYS = ("train/steps_per_second", "train/input_wait_fraction")
+TIMING_KEYS = (
+    "train/steps_per_second",
+    "train/seconds_per_step",
+    "train/tokens_per_second",
+    "train/mfu",
+    "train/input_wait_fraction",
+)
 # The name `save_checkpoint` gives the step checkpoints (a restart resumes from them), as Trax's basename.
 STEP_CHECKPOINTS = "model"
 
@@ -121,6 +127,8 @@ class Loop:
         async_checkpoints: bool = True,
         log_every: int | None = None,
         grad_accum_steps: int = 1,
+        peak_flops_per_device: float | None = None,
+        profile_steps: tuple[int, int] | None = None,
     ):
         """Configures a training `Loop`, including a random initialization or a restored checkpoint.
 
@@ -173,6 +181,13 @@ class Loop:
                 compiled step (`train_step.train_step`), so a batch whose
                 activations do not fit trains in pieces; it must divide the
                 batch size.
+            peak_flops_per_device: The peak FLOP/s of one device, for the MFU
+                logged with the speed (`efficiency.peak_flops_per_device`);
+                None looks the device up in `efficiency.PEAK_FLOPS` (on a
+                CPU: measured once with a large matmul).
+            profile_steps: `(first, last)`: a `jax.profiler` trace of steps
+                first..last (inclusive) goes to `output_dir/plugins/profile`,
+                where TensorBoard's profile plugin finds it.
         """
         tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
         if not tasks:
@@ -194,6 +209,7 @@ class Loop:
                 logging.warning(
                     "Loop: %s=%r has no effect in trax_sl (one jitted step per task).", name, value
                 )
+        self._profile_steps = _checked_profile_steps(profile_steps, output_dir)
         self._tasks = tasks
         self._eval_tasks = list(eval_tasks)
         self._model = model
@@ -232,7 +248,10 @@ class Loop:
         self._saved_step = 0  # The newest step checkpoint written or restored (0: none).
         self._history = History()
         self._logger = MetricsLogger(self._output_dir, self._history, self._write_line, self._is_chief)
-        self._last_log_time, self._last_log_step = time.time(), 0
+        self._meter = efficiency.Meter()  # Training time, tokens and FLOPs since the last log.
+        self._peak_flops_override = peak_flops_per_device
+        self._peak_flops: float | None = None  # Of the whole mesh; found at the first log.
+        self._profiling = False
         # Task index -> (its next batch, already on the devices; the task's data state before that batch).
         self._ahead: dict[int, tuple] = {}
         self._input_wait, self._input_wait_since = 0.0, time.time()  # Seconds spent making batches since.
@@ -379,11 +398,14 @@ class Loop:
             bar_on_stdout_terminal = not bar.disable and _is_terminal(sys.stdout)
             if self._is_chief and self._log_every and not bar_on_stdout_terminal:
                 self._progress = ProgressLine(self._step, self._step + n_steps)
+            self._meter.go()
             try:
                 for i in range(n_steps):
                     self._step += 1
                     task_index = self._which_task(self._step)
+                    self._profile_before(self._step)
                     self._run_one_step(task_index)
+                    self._profile_after(self._step)
                     if i + 1 < n_steps:
                         # While the devices run this step, the next batch is made and put on them.
                         self._read_ahead(self._which_task(self._step + 1))
@@ -395,6 +417,8 @@ class Loop:
                     if stop.requested():
                         break
             finally:
+                self._meter.stop()
+                self._stop_profile()
                 self._bar = None
                 self._progress = None
             self._sync_models()
@@ -417,10 +441,13 @@ class Loop:
         batch = self._device_batch(task_index) if ahead is None else ahead[0]
         weights = (self._model_weights, trainer.ends_weights)
         state = (self._model_state, trainer.ends_state)
-        step_fn = trainer.compiled(weights, state, batch, self._rng)
+        with self._meter.pause():  # Compiling (once per batch shape) is not training time.
+            step_fn = trainer.compiled(weights, state, batch, self._rng)
+            flops = trainer.step_flops(weights, state, batch, self._rng)
         weights, state, trainer.opt_state, loss, self._rng = step_fn(
             weights, state, trainer.opt_state, batch, self._rng
         )
+        self._meter.count(efficiency.batch_tokens(batch), flops)
         self._model_weights, trainer.ends_weights = weights
         self._model_state, trainer.ends_state = state
         trainer.pending_losses.append(loss)
@@ -451,25 +478,36 @@ class Loop:
 
     def _after_step(self) -> None:
         step = self._step
-        if self._eval_at(step):
-            scalars = self._train_scalars() + self.run_evals(log=False)
-            self._logger.log(step, scalars)
+        evaluating = self._eval_at(step)
         permanent = self._permanent_checkpoint_at(step)
-        if permanent:
-            self.save_checkpoint(STEP_CHECKPOINTS, permanent=True)
-        elif self._checkpoint_at(step):
-            self.save_checkpoint(STEP_CHECKPOINTS)  # Positional, as Trax calls it (tests replace the method).
-        if permanent or self._checkpoint_at(step):
-            self._saved_step = (
-                step  # Here too, so that a replaced save_checkpoint is not called again at the end.
-            )
-        if self._checkpoint_at(step):
-            if self._checkpoint_low_metric is not None and self._at_extreme(self._checkpoint_low_metric, min):
-                self.save_checkpoint(f"lowest_{self._checkpoint_low_metric}")
-            if self._checkpoint_high_metric is not None and self._at_extreme(
-                self._checkpoint_high_metric, max
-            ):
-                self.save_checkpoint(f"highest_{self._checkpoint_high_metric}")
+        saving = permanent or self._checkpoint_at(step)
+        if not (evaluating or saving):
+            return
+        if evaluating:
+            train_scalars = self._train_scalars()  # Waits for the steps so far.
+        else:
+            jax.block_until_ready(self._model_weights)  # Training time ends with the step.
+        with self._meter.pause():  # Evals and checkpoints are not training time.
+            if evaluating:
+                self._logger.log(step, train_scalars + self.run_evals(log=False))
+            if permanent:
+                self.save_checkpoint(STEP_CHECKPOINTS, permanent=True)
+            elif saving:
+                self.save_checkpoint(
+                    STEP_CHECKPOINTS
+                )  # Positional, as Trax calls it (tests replace the method).
+            if saving:
+                self._saved_step = (
+                    step  # Here too, so that a replaced save_checkpoint is not called again at the end.
+                )
+            if self._checkpoint_at(step):
+                self._save_extreme_checkpoints()
+
+    def _save_extreme_checkpoints(self) -> None:
+        if self._checkpoint_low_metric is not None and self._at_extreme(self._checkpoint_low_metric, min):
+            self.save_checkpoint(f"lowest_{self._checkpoint_low_metric}")
+        if self._checkpoint_high_metric is not None and self._at_extreme(self._checkpoint_high_metric, max):
+            self.save_checkpoint(f"highest_{self._checkpoint_high_metric}")
 
     def _at_extreme(self, metric: str, extreme) -> bool:
         values = [value for _, value in self._history.get("eval", f"metrics/{metric}")]
@@ -496,11 +534,9 @@ class Loop:
         }
 
     def _train_scalars(self) -> list[Scalar]:
-        """The mean loss of each task since the last log, its learning rate, and the speed."""
+        """The mean loss of each task since the last log, its learning rate, the speed and the MFU."""
         losses = self._mean_pending_losses()  # Waits for the steps run since the last log.
-        now = time.time()
-        steps_per_second = (self._step - self._last_log_step) / max(now - self._last_log_time, 1e-9)
-        self._last_log_time, self._last_log_step = now, self._step
+        speed = self._meter.report(self._mesh_peak_flops())
         scalars = []
         for index, trainer in enumerate(self._trainers):
             if index not in losses:
@@ -513,11 +549,45 @@ class Loop:
             rate = trainer.task.learning_rate(self._step) if rate is None else float(jax.device_get(rate))
             if rate is not None:
                 scalars.append(Scalar("train", prefix, "training", "learning_rate", rate))
-        scalars.append(Scalar("train", None, "training", "steps_per_second", steps_per_second))
+        scalars.extend(Scalar("train", None, "training", name, value) for name, value in speed.items())
         scalars.append(
-            Scalar("train", None, "training", "input_wait_fraction", self._input_wait_fraction(now))
+            Scalar("train", None, "training", "input_wait_fraction", self._input_wait_fraction(time.time()))
         )
         return scalars
+
+    def _mesh_peak_flops(self) -> float | None:
+        """The peak FLOP/s of all the mesh's devices (None if the device is not known)."""
+        if self._peak_flops is None:
+            with self._meter.pause():  # On a CPU the first call measures a matmul.
+                per_device = efficiency.peak_flops_per_device(
+                    self._mesh.devices.flat[0], self._peak_flops_override
+                )
+            self._peak_flops = 0.0 if per_device is None else per_device * self._mesh.devices.size
+        return self._peak_flops or None
+
+    # --- Profiling --------------------------------------------------------------------------------
+
+    def _profile_before(self, step: int) -> None:
+        if self._profile_steps is not None and step == self._profile_steps[0]:
+            jax.block_until_ready(self._model_weights)  # The trace starts with this step.
+            jax.profiler.start_trace(self._output_dir)
+            self._profiling = True
+
+    def _profile_after(self, step: int) -> None:
+        if self._profile_steps is not None and step == self._profile_steps[1]:
+            self._stop_profile()
+
+    def _stop_profile(self) -> None:
+        if self._profiling:
+            with self._meter.pause():
+                jax.block_until_ready(self._model_weights)
+                jax.profiler.stop_trace()
+            self._profiling = False
+            logging.info(
+                "Wrote a profile of steps %d-%d to %s/plugins/profile.",
+                *self._profile_steps,
+                self._output_dir,
+            )
 
     def _input_wait_fraction(self, now: float) -> float:
         """The fraction of the time since the last call that the training thread waited for batches."""
@@ -720,12 +790,27 @@ class Loop:
                 task.restore_data(state)
         self._history = History.from_dict(metadata.get("history", {}))
         self._logger.history = self._history
-        self._last_log_step = self._step
         self._saved_step = self._step
         if resuming and self._is_chief:
             self._logger.resume_at(self._step)
         self._sync_models()
         logging.info("Restored the checkpoint of step %d.", self._step)
+
+
+def _checked_profile_steps(profile_steps, output_dir) -> tuple[int, int] | None:
+    """`profile_steps` as `(first, last)`, or a clear error."""
+    if profile_steps is None:
+        return None
+    steps = tuple(profile_steps) if isinstance(profile_steps, (list, tuple)) else ()
+    if len(steps) != 2 or not all(isinstance(x, int) for x in steps) or not 1 <= steps[0] <= steps[1]:
+        raise ValueError(
+            f"Loop: profile_steps must be (first, last) steps with 1 <= first <= last, got {profile_steps!r}"
+        )
+    if output_dir is None:
+        raise ValueError(
+            "Loop: profile_steps needs an output_dir (the trace goes to output_dir/plugins/profile)"
+        )
+    return steps
 
 
 def _bytes_text(n_bytes: int) -> str:
