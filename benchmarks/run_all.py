@@ -29,6 +29,7 @@ BENCHMARKS = (
     "kv_cache_memory",
     "checkpoint_memory",
     "train_step",
+    "train_efficiency",
     "decode",
     "loop_overhead",
 )
@@ -79,6 +80,14 @@ def _checkpoint_memory(data: dict) -> tuple[str, str, bool | None]:
     return "transformer temp bytes vs plain: " + ", ".join(parts), "", None
 
 
+def _train_efficiency(data: dict) -> tuple[str, str, bool | None]:
+    rows = {r["config"]: r for r in data["results"]}
+    gap = data["accumulation"]
+    parts = [f"{name} MFU {r['mfu']:.2f} ({r['ratio']:.2f}x)" for name, r in rows.items() if r["mfu"]]
+    parts.append(f"grad_accum weights gap {gap['max_weight_difference']:.1e}")
+    return "; ".join(parts), "", None
+
+
 def _ratio(data: dict, what: str, higher_is_better: bool = False) -> tuple[str, str, bool | None]:
     s = data["summary"]
     sign = ">=" if higher_is_better else "<="
@@ -93,6 +102,7 @@ SUMMARIES = {
     "kv_cache_memory": _kv_cache_memory,
     "checkpoint_memory": _checkpoint_memory,
     "train_step": lambda d: _ratio(d, "trax_sl / JAX step time"),
+    "train_efficiency": _train_efficiency,
     "decode": lambda d: _ratio(d, "trax_sl / JAX decode time"),
     "loop_overhead": lambda d: _ratio(d, "Loop / bare loop steps/s", higher_is_better=True),
 }

@@ -457,6 +457,15 @@ REGISTRY: dict[str, Entry] = {
         X,
     ),
     "CheckpointGradient": Entry(lambda mode: tl.CheckpointGradient(tl.Serial(tl.Dense(4), tl.Tanh())), X),
+    # bfloat16 compute: layer-wise and step-wise agree to bfloat16's precision (8 bits of mantissa).
+    "WithPolicy": Entry(
+        lambda mode: tl.WithPolicy(
+            tl.Serial(tl.Dense(4), tl.CausalAttention(4, n_heads=2, max_inference_length=8, mode=mode)),
+            "bfloat16",
+        ),
+        X,
+        contract={"atol": 3e-2, "rtol": 3e-2},
+    ),
     "GatedLinearUnit": Entry(lambda mode: tl.GatedLinearUnit(), X),
     "LayerNorm": Entry(
         lambda mode: tl.LayerNorm(),
@@ -1069,6 +1078,7 @@ REGISTRY.update(
 # CamelCase exports of `tl` that are not layers.
 NOT_LAYERS = {
     "Layer",
+    "Policy",
     "ReversibleLayer",
     "EfficientAttentionBase",
     "LayerError",

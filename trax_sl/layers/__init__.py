@@ -19,6 +19,7 @@ from trax_sl.layers import (
     normalization,
     pooling,
     position,
+    precision,
     reductions,
     repeat,
     research,
@@ -185,6 +186,7 @@ from trax_sl.layers.model_summary import parameter_count, summary
 from trax_sl.layers.normalization import BatchNorm, FilterResponseNorm, GroupNorm, LayerNorm, RMSNorm
 from trax_sl.layers.pooling import AvgPool, MaxPool, SumPool
 from trax_sl.layers.position import AddTimingSignal, ApplyRotaryPositionalEncoding, PositionalEncoding
+from trax_sl.layers.precision import Policy, WithPolicy, get_policy
 from trax_sl.layers.reductions import ArgMax, LogSoftmax, LogSumExp, Max, Mean, Min, Softmax, Sum
 from trax_sl.layers.repeat import CheckpointGradient, GatedLinearUnit, Repeat
 from trax_sl.layers.research.attention_ops import (

@@ -8,6 +8,7 @@ the one piece of mutable data on a layer, and `pure_fn` never reads it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fractions
 import functools
@@ -89,6 +90,9 @@ class _Scope(threading.local):
     init_recorder = None
     # The layer whose init was asked for weights and state only (`init`, `weights_and_state_signature`).
     output_unneeded_for = None
+    # Set by precision.WithPolicy while its layer inits: maps each layer's output signature to the
+    # compute dtype, so that state made from activations (KV caches) has the dtype they will have.
+    init_output_cast = None
 
 
 _scope = _Scope()
@@ -194,6 +198,8 @@ class Layer:
     # Whether weights and state are one entry per sublayer, so sublayers' caches are live
     # views into this layer's (see `cache_views`); False where they are laid out otherwise.
     cache_follows_sublayers = True
+    # A wrapper whose weights are its one sublayer's tree itself, not nested (precision.WithPolicy).
+    weights_are_sublayers = False
     # Whether predict mode takes the stream already shifted (Trax's ShiftRight is then a no-op),
     # so `verify_contract` compares against the eval-mode model with this layer a no-op too.
     fed_shifted_in_predict_mode = False
@@ -543,6 +549,8 @@ class Layer:
             if _scope.init_recorder is not None:
                 init = _scope.init_recorder(self, init)
             weights, state, out = init(input_signature, rng)
+            if _scope.init_output_cast is not None:
+                out = _scope.init_output_cast(out)
             return (weights if first else SHARED), state, out
         except LayerError as e:
             e.enter(self)
@@ -884,6 +892,27 @@ class WrapsOneLayer(Layer):
         return (weights,), (state,), out
 
 
+@contextlib.contextmanager
+def init_outputs_cast(cast):
+    """Inside, every layer's init gives its output signature through `cast` (see `_Scope.init_output_cast`)."""
+    outer, _scope.init_output_cast = _scope.init_output_cast, cast
+    try:
+        yield
+    finally:
+        _scope.init_output_cast = outer
+
+
+@contextlib.contextmanager
+def shared_weights_mapped(fn):
+    """Inside, shared layers inside the pure_fn being traced read `fn` of their weights (e.g. cast)."""
+    outer = _scope.shared_weights
+    _scope.shared_weights = None if outer is None else {key: fn(w) for key, w in outer.items()}
+    try:
+        yield
+    finally:
+        _scope.shared_weights = outer
+
+
 def sublayer_weight_axes(layer: Layer, weights):
     """`layer.weight_axes(weights)`, or SHARED where a shared layer's weights are SHARED (no arrays)."""
     return SHARED if is_shared(weights) else layer.weight_axes(weights)
@@ -920,7 +949,9 @@ def collect_weights_by_layer(layer: Layer, weights) -> dict[int, object]:
             return
         found[id(node)] = w
         subs = node.sublayers
-        if subs and isinstance(w, tuple) and len(w) == len(subs):
+        if node.weights_are_sublayers:
+            walk(subs[0], w)
+        elif subs and isinstance(w, tuple) and len(w) == len(subs):
             for sub, sub_w in zip(subs, w):
                 walk(sub, sub_w)
 

@@ -81,6 +81,7 @@ def init_trainers(
     mesh: jax.sharding.Mesh,
     rng,
     grad_accum_steps: int = 1,
+    precision: tl.Policy | None = None,
 ):
     """Makes a `Trainer` per task, and the model's weights and state unless it has them.
 
@@ -89,7 +90,9 @@ def init_trainers(
     inputs); otherwise both come from initializing `Serial(model, loss_layer)`
     on the first task's sample batch. Everything is made (or put) directly on
     its devices, split as `train_step.weight_shardings` says. Each step
-    averages the gradients of `grad_accum_steps` micro-batches.
+    averages the gradients of `grad_accum_steps` micro-batches; with a
+    `precision` policy the model runs under it (`tl.WithPolicy`: its weights
+    and optimizer state in the param dtype, the loss on outputs in the output dtype).
 
     Returns:
         `(model_weights, model_state, model_weight_shardings, trainers)`, all on `mesh`.
@@ -106,7 +109,7 @@ def init_trainers(
             model_state = train_step.sharded_init(model, model_input_signature, rng, mesh)[1]
     trainers = []
     for index, task in enumerate(tasks):
-        layer = tl.Serial(model, task.loss_layer)
+        layer = tl.Serial(_under(model, precision), task.loss_layer)
         signature = train_step.input_signature(task.sample_batch, layer.n_in)
         task_rng = jax.random.fold_in(rng, index)
         if model_weights is None:
@@ -135,7 +138,12 @@ def init_trainers(
 
 
 def init_evaluator(
-    eval_model: tl.Layer, task: EvalTask, model_weights, model_state, mesh: jax.sharding.Mesh
+    eval_model: tl.Layer,
+    task: EvalTask,
+    model_weights,
+    model_state,
+    mesh: jax.sharding.Mesh,
+    precision: tl.Policy | None = None,
 ) -> Evaluator:
     """Makes the `Evaluator` of `task`, checking that its metrics are scalars and its model the trained one.
 
@@ -143,7 +151,7 @@ def init_evaluator(
         ValueError: If a metric gives a non-scalar, or the eval model's
             weights or state tree differs from the trained model's.
     """
-    layer = tl.Serial(eval_model, tl.Branch(*task.metrics))
+    layer = tl.Serial(_under(eval_model, precision), tl.Branch(*task.metrics))
     signature = train_step.input_signature(task.sample_batch, layer.n_in)
     weights_sig, state_sig = layer.weights_and_state_signature(signature)
     outputs = layer.output_signature(signature)
@@ -164,6 +172,11 @@ def init_evaluator(
         layer, signature, jax.random.PRNGKey(0), mesh, (weights_sig, state_sig)
     )
     return Evaluator(task, layer, train_step.eval_step(layer, mesh), ends_weights, ends_state)
+
+
+def _under(model: tl.Layer, precision: tl.Policy | None) -> tl.Layer:
+    """`model` under the `precision` policy (weights and state trees unchanged), or as it is for None."""
+    return model if precision is None else tl.WithPolicy(model, precision)
 
 
 def _init_ends(layer: tl.Layer, signature, rng, mesh: jax.sharding.Mesh, signatures=None):

@@ -96,6 +96,7 @@ def train(
     grad_accum_steps: int = 1,
     peak_flops_per_device: float | None = None,
     profile_steps: tuple[int, int] | None = None,
+    precision: str | None = None,
 ) -> training.Loop:
     """Trains the model on the inputs; returns the `training.Loop`.
 
@@ -158,6 +159,9 @@ def train(
         profile_steps: `(first, last)`: write a `jax.profiler` trace of those
             steps to `output_dir/plugins/profile` (TensorBoard's profile tab),
             e.g. `train.profile_steps = (10, 12)`.
+        precision: `'bfloat16'` trains in mixed precision (float32 weights
+            and optimizer state, bfloat16 compute, float32 losses and
+            metrics); None or `'float32'` as the model is (see `tl.get_policy`).
     """
     del save_graphs  # Trax uses it only without use_loop.
     gin_types.check_bindings()
@@ -248,6 +252,7 @@ def train(
             grad_accum_steps=grad_accum_steps,
             peak_flops_per_device=peak_flops_per_device,
             profile_steps=profile_steps,
+            precision=precision,
         )
         memory = loop.memory_line()  # Every process compiles the step here; the chief prints.
         if chief:  # Shown at any log level, as Trax prints them.

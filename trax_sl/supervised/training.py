@@ -129,6 +129,7 @@ class Loop:
         grad_accum_steps: int = 1,
         peak_flops_per_device: float | None = None,
         profile_steps: tuple[int, int] | None = None,
+        precision: tl.Policy | str | None = None,
     ):
         """Configures a training `Loop`, including a random initialization or a restored checkpoint.
 
@@ -188,6 +189,11 @@ class Loop:
             profile_steps: `(first, last)`: a `jax.profiler` trace of steps
                 first..last (inclusive) goes to `output_dir/plugins/profile`,
                 where TensorBoard's profile plugin finds it.
+            precision: A mixed-precision policy for the model in training and
+                evals (`tl.get_policy`): `'bfloat16'` keeps weights and
+                optimizer state float32, computes in bfloat16 and gives the
+                losses and metrics float32 outputs; None (or `'float32'`):
+                the model's own dtypes.
         """
         tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
         if not tasks:
@@ -210,6 +216,7 @@ class Loop:
                     "Loop: %s=%r has no effect in trax_sl (one jitted step per task).", name, value
                 )
         self._profile_steps = _checked_profile_steps(profile_steps, output_dir)
+        policy = None if precision is None else tl.get_policy(precision)
         self._tasks = tasks
         self._eval_tasks = list(eval_tasks)
         self._model = model
@@ -260,12 +267,12 @@ class Loop:
         self._model_input_signature = train_step.input_signature(tasks[0].sample_batch, model.n_in)
         self._model_weights, self._model_state, self._model_shardings, self._trainers = (
             task_runners.init_trainers(
-                model, self._model_input_signature, tasks, self._mesh, init_rng, grad_accum_steps
+                model, self._model_input_signature, tasks, self._mesh, init_rng, grad_accum_steps, policy
             )
         )
         self._evaluators = [
             task_runners.init_evaluator(
-                self._eval_model, task, self._model_weights, self._model_state, self._mesh
+                self._eval_model, task, self._model_weights, self._model_state, self._mesh, policy
             )
             for task in self._eval_tasks
         ]
