@@ -9,7 +9,9 @@ max_len=128, dropout=0.0) with `tl.CategoryCrossEntropy` on int32 tokens
 - `bfloat16`: under `tl.WithPolicy(model, 'bfloat16')` (`train.precision`):
   float32 weights and Adam state, bfloat16 matmuls;
 - `... grad_accum 4`: the batch as 4 micro-batches of 2 in one step
-  (`train.grad_accum_steps = 4`).
+  (`train.grad_accum_steps = 4`);
+- `... remat P`: `TransformerLM(remat=P)`, each block layer rematerialised
+  with the policy P (`tl.repeat.REMAT_POLICIES`).
 
 Columns: best and median step time over interleaved rounds (warm-up
 excluded), the ratio to `float32`, MFU (the step's model FLOPs,
@@ -69,7 +71,7 @@ class Stepper:
 
 
 def build(args):
-    def model():
+    def model(remat):
         return models.TransformerLM(
             vocab_size=args.vocab_size,
             d_model=args.d_model,
@@ -78,6 +80,7 @@ def build(args):
             n_heads=args.n_heads,
             max_len=args.length,
             dropout=0.0,
+            remat=remat,
         )
 
     mesh = mesh_lib.make_mesh(None, 1)
@@ -85,14 +88,15 @@ def build(args):
     tokens = jax.random.randint(jax.random.PRNGKey(0), (args.batch, args.length), 0, args.vocab_size)
     rng = jax.random.PRNGKey(1)  # The same initial weights for every configuration.
     configs = {
-        "float32": (None, 1),
-        "bfloat16": ("bfloat16", 1),
-        f"float32, grad_accum {args.grad_accum}": (None, args.grad_accum),
-        f"bfloat16, grad_accum {args.grad_accum}": ("bfloat16", args.grad_accum),
+        "float32": (None, 1, "none"),
+        "bfloat16": ("bfloat16", 1, "none"),
+        f"float32, grad_accum {args.grad_accum}": (None, args.grad_accum, "none"),
+        f"bfloat16, grad_accum {args.grad_accum}": ("bfloat16", args.grad_accum, "none"),
+        **{f"float32, remat {remat}": (None, 1, remat) for remat in ("full", "dots_saveable", "minimal")},
     }
     steppers = {}
-    for name, (precision, k) in configs.items():
-        body = model() if precision is None else tl.WithPolicy(model(), precision)
+    for name, (precision, k, remat) in configs.items():
+        body = model(remat) if precision is None else tl.WithPolicy(model(remat), precision)
         steppers[name] = Stepper(tl.Serial(body, tl.CategoryCrossEntropy()), tx, mesh, tokens, k, rng)
     return steppers
 

@@ -1,5 +1,6 @@
 """Repeat and CheckpointGradient: one compiled body, the original's numbers, masked input."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import pytest
 import trax_sl.layers as tl
 from trax_sl import sequence as seq
 from trax_sl.layers import test_utils
+from trax_sl.shapes import ShapeDtype
 
 
 def _masked_input():
@@ -63,3 +65,55 @@ def test_repeat_names_what_changed():
         tl.Repeat(tl.Fn("Half", lambda v: v.astype(jnp.float16)), 2).init(x)
     with pytest.raises(ValueError, match="the stack items differ"):
         tl.Repeat(tl.combinators.StackOp(lambda v: v.values, name="Values"), 2).init(x)
+
+
+def checkpoint_policies_in(fn, *args) -> list:
+    """The policy of every rematerialised region in the jaxpr of `fn(*args)`, in order."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if "policy" in eqn.params and "prevent_cse" in eqn.params:
+                found.append(eqn.params["policy"])
+            for value in eqn.params.values():
+                for item in value if isinstance(value, (list, tuple)) else (value,):
+                    inner = getattr(item, "jaxpr", item)
+                    if hasattr(inner, "eqns"):
+                        walk(inner)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (None, jax.checkpoint_policies.nothing_saveable),
+        ("full", jax.checkpoint_policies.nothing_saveable),
+        ("dots_saveable", jax.checkpoint_policies.dots_saveable),
+        ("minimal", jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+        (jax.checkpoint_policies.everything_saveable, jax.checkpoint_policies.everything_saveable),
+    ],
+)
+def test_checkpoint_gradient_policies_keep_the_weights_and_gradients_of_the_layer(policy, expected):
+    block = tl.Serial(tl.Dense(4), tl.Tanh(), tl.Dense(4))
+    wrapped = tl.CheckpointGradient(block, policy=policy)
+    x = jnp.arange(8.0).reshape(2, 4) / 8
+    weights, state = block.init(ShapeDtype(x.shape))
+    wrapped_weights, _ = wrapped.init(ShapeDtype(x.shape))
+    assert jax.tree.structure(wrapped_weights) == jax.tree.structure(weights)  # Not nested.
+
+    def loss(layer):
+        return lambda w: jnp.sum(layer.pure_fn(x, w, state, None)[0] ** 2)
+
+    expected_grads = jax.tree.leaves(jax.grad(loss(block))(weights))
+    for a, b in zip(jax.tree.leaves(jax.grad(loss(wrapped))(weights)), expected_grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert checkpoint_policies_in(jax.grad(loss(wrapped)), weights) == [expected]
+
+
+def test_checkpoint_gradient_names_the_policies_it_knows():
+    with pytest.raises(
+        ValueError, match=r"policy must be one of \['dots_saveable', 'full', 'minimal'\].*got 'some'"
+    ):
+        tl.CheckpointGradient(tl.Relu(), policy="some")

@@ -67,6 +67,7 @@ def test_trax_signatures_and_defaults():
         "dropout_shared_axes": None,
         "mode": "train",
         "ff_activation": tl.Relu,
+        "remat": "none",  # Ours, after Trax's arguments: rematerialisation is off, as in Trax.
     }
     assert defaults(models.TransformerLM) == {**common, "n_layers": 6}
     assert defaults(models.TransformerEncoder) == {**common, "n_classes": 10, "n_layers": 6}
@@ -249,3 +250,38 @@ def test_encode_once_is_the_encoder_layer_wise():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float32))
     weights, _ = wrapped.init(ShapeDtype((2, 3, 5)))
     np.testing.assert_array_equal(wrapped(x), encoder(x, weights=weights[0]))
+
+
+@pytest.mark.parametrize("remat", ["full", "dots_saveable", "minimal"])
+def test_remat_keeps_the_weights_tree_and_gradients_and_checkpoints_every_block_layer(remat):
+    from tests.layers.test_repeat import checkpoint_policies_in
+
+    x = jax.random.randint(jax.random.PRNGKey(0), (2, 8), 1, 32)
+    signature = (ShapeDtype((2, 8), jnp.int32),) * 2
+
+    def with_loss(remat):
+        lm = models.TransformerLM(
+            32, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=16, dropout=0.0, remat=remat
+        )
+        return tl.Serial(lm, tl.CategoryCrossEntropy())
+
+    plain, rematerialised = with_loss("none"), with_loss(remat)
+    weights, state = plain.init(signature)
+    assert jax.tree.structure(rematerialised.init(signature)[0]) == jax.tree.structure(weights)
+
+    def grad(model):
+        return jax.grad(lambda w: model.pure_fn((x, x), w, state, None)[0])
+
+    for a, b in zip(jax.tree.leaves(grad(rematerialised)(weights)), jax.tree.leaves(grad(plain)(weights))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # Two blocks of two residual layers (attention, feed-forward), each its own rematerialised region.
+    policies = checkpoint_policies_in(grad(rematerialised), weights)
+    assert len(policies) == 4 and len(set(policies)) == 1
+    assert checkpoint_policies_in(grad(plain), weights) == []
+
+
+def test_remat_names_the_policies():
+    with pytest.raises(
+        ValueError, match=r"remat must be 'none' or one of \['dots_saveable', 'full', 'minimal'\]"
+    ):
+        models.TransformerLM(32, n_layers=1, remat="all")

@@ -198,7 +198,7 @@ class Layer:
     # Whether weights and state are one entry per sublayer, so sublayers' caches are live
     # views into this layer's (see `cache_views`); False where they are laid out otherwise.
     cache_follows_sublayers = True
-    # A wrapper whose weights are its one sublayer's tree itself, not nested (precision.WithPolicy).
+    # A wrapper whose weights are its one sublayer's tree itself, not nested (WrapsOneLayerInPlace).
     weights_are_sublayers = False
     # Whether predict mode takes the stream already shifted (Trax's ShiftRight is then a no-op),
     # so `verify_contract` compares against the eval-mode model with this layer a no-op too.
@@ -890,6 +890,25 @@ class WrapsOneLayer(Layer):
     def init_with_output_signature(self, input_signature, rng):
         weights, state, out = init_sublayer(0, self.sublayer, input_signature, rng)
         return (weights,), (state,), out
+
+
+class WrapsOneLayerInPlace(WrapsOneLayer):
+    """A `WrapsOneLayer` whose weights and state are its sublayer's trees themselves, not nested.
+
+    For wrappers that change how a layer computes but must not change its
+    checkpoints (rematerialisation, a precision policy): the model with or
+    without the wrapper loads the same weights. Their sublayers keep
+    interactive caches of their own.
+    """
+
+    cache_follows_sublayers = False
+    weights_are_sublayers = True
+
+    def weight_axes(self, weights):
+        return sublayer_weight_axes(self.sublayer, weights)
+
+    def init_with_output_signature(self, input_signature, rng):
+        return init_sublayer(0, self.sublayer, input_signature, rng)
 
 
 @contextlib.contextmanager

@@ -104,7 +104,7 @@ def cast_floating(tree, dtype):
     return jax.tree.map(cast, tree)
 
 
-class WithPolicy(base.WrapsOneLayer):
+class WithPolicy(base.WrapsOneLayerInPlace):
     """Runs `layer` under a precision `Policy`; its weights and state are `layer`'s own trees.
 
     `init` makes the weights in the policy's `param_dtype` (the stream state of
@@ -115,9 +115,6 @@ class WithPolicy(base.WrapsOneLayer):
     Same stack and streaming properties as `layer`.
     """
 
-    cache_follows_sublayers = False  # Its cache is the sublayer's tree, not one entry per sublayer.
-    weights_are_sublayers = True
-
     def __init__(self, layer: base.Layer, policy: Policy | str = "bfloat16"):
         super().__init__(n_in=layer.n_in, n_out=layer.n_out, name="WithPolicy", sublayers_to_print=[layer])
         self._sublayers = (layer,)
@@ -126,9 +123,6 @@ class WithPolicy(base.WrapsOneLayer):
     @property
     def policy(self) -> Policy:
         return self._policy
-
-    def weight_axes(self, weights):
-        return base.sublayer_weight_axes(self.sublayer, weights)
 
     def init_with_output_signature(self, input_signature, rng):
         policy = self._policy

@@ -102,25 +102,58 @@ class Repeat(base.Layer):
         return y, new_state
 
 
-class CheckpointGradient(base.WrapsOneLayer):
+# What `CheckpointGradient(layer, policy=...)` and the models' `remat` take by name: which activations
+# the backward pass keeps (the rest it recomputes), as `jax.checkpoint_policies` say.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,  # Keep only the inputs; recompute everything.
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # Keep every matmul's output.
+    # Keep the matmuls with the weights (no batch dimensions); recompute attention's.
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy(policy):
+    """A `jax.checkpoint` policy from a name in `REMAT_POLICIES`, a policy function, or None ('full')."""
+    if policy is None:
+        return REMAT_POLICIES["full"]
+    if callable(policy):
+        return policy
+    if policy in REMAT_POLICIES:
+        return REMAT_POLICIES[policy]
+    raise ValueError(
+        f"CheckpointGradient: policy must be one of {sorted(REMAT_POLICIES)}, a jax.checkpoint_policies "
+        f"function or None, got {policy!r}"
+    )
+
+
+class CheckpointGradient(base.WrapsOneLayerInPlace):
     """Runs `layer` and recomputes its activations in the backward pass.
 
     Saves memory in training (rematerialisation, `jax.checkpoint`); the values
-    and gradients are those of `layer`. Same stack, streaming properties and
-    weights as `layer`.
+    and gradients are those of `layer`. `policy` says what the backward pass
+    keeps instead of recomputing: None or 'full' nothing (only the input),
+    'dots_saveable' every matmul's output, 'minimal' the matmuls with the
+    weights, or any `jax.checkpoint_policies` function. Same stack, streaming
+    properties, weights and state as `layer` (its trees, not nested, so a
+    checkpoint loads with or without it).
     Predict mode: the state is the layer's.
     """
 
-    def __init__(self, layer: base.Layer):
+    def __init__(self, layer: base.Layer, policy=None, prevent_cse: bool = True):
         super().__init__(
             n_in=layer.n_in, n_out=layer.n_out, name="CheckpointGradient", sublayers_to_print=[layer]
         )
         self._sublayers = (layer,)
+        self._policy = remat_policy(policy)
+        self._prevent_cse = prevent_cse
 
     def forward(self, x, weights, state, rng):
-        run = jax.checkpoint(lambda x, w, s, r: base.call_sublayer(0, self.sublayer, x, w, s, r))
-        y, new_state = run(x, weights[0], state[0], rng)
-        return y, (new_state,)
+        run = jax.checkpoint(
+            lambda x, w, s, r: base.call_sublayer(0, self.sublayer, x, w, s, r),
+            policy=self._policy,
+            prevent_cse=self._prevent_cse,
+        )
+        return run(x, weights, state, rng)
 
 
 def GatedLinearUnit() -> base.Layer:  # noqa: N802 (SequenceLayers' name)

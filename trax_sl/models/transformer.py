@@ -8,6 +8,10 @@ one token at a time and gets what the whole sequence gives layer-wise. As in
 Trax, the predict-mode `ShiftRight` is a no-op: a decoding loop feeds the
 start token, then each previous token (the shifted stream).
 
+`remat` ('none', 'full', 'dots_saveable', 'minimal': `tl.repeat.REMAT_POLICIES`)
+rematerialises each block in training (`tl.CheckpointGradient`) without
+changing the weights tree.
+
 The KV caches hold `max_len` tokens per row (`CausalAttention`'s
 `max_inference_length`), as many as `PositionalEncoding` has positions; past
 that a row's outputs are invalid (mask False) or NaN, never silently wrong.
@@ -26,6 +30,7 @@ from trax_sl.layers import (
     core,
     normalization,
     position,
+    repeat,
     streaming,
 )
 
@@ -53,6 +58,7 @@ def TransformerEncoder(  # noqa: N802
     dropout_shared_axes=DROPOUT_SHARED_AXES,
     mode: str = MODE,
     ff_activation=FF_ACTIVATION_TYPE,
+    remat: str = "none",
 ) -> base.Layer:
     """Returns a Transformer encoder for N-way classification of token sequences.
 
@@ -75,7 +81,10 @@ def TransformerEncoder(  # noqa: N802
         _Dropout(),
         position.PositionalEncoding(max_len=max_len, mode=mode),
         [
-            _EncoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation)
+            _remat(
+                _EncoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation),
+                remat,
+            )
             for _ in range(n_layers)
         ],
         combinators.Select([0], n_in=2),  # Drops the masks.
@@ -97,6 +106,7 @@ def TransformerDecoder(  # noqa: N802
     dropout_shared_axes=DROPOUT_SHARED_AXES,
     mode: str = MODE,
     ff_activation=FF_ACTIVATION_TYPE,
+    remat: str = "none",
 ) -> base.Layer:
     """Returns a Transformer decoder (causal attention, no shift): `[batch, time, ...]` -> `[batch, time, d_model]`.
 
@@ -117,7 +127,12 @@ def TransformerDecoder(  # noqa: N802
         core.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode),
         position.PositionalEncoding(max_len=max_len, mode=mode),
         [
-            _DecoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len)
+            _remat(
+                _DecoderBlock(
+                    d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len
+                ),
+                remat,
+            )
             for _ in range(n_layers)
         ],
         normalization.LayerNorm(),
@@ -136,6 +151,7 @@ def TransformerLM(  # noqa: N802
     dropout_shared_axes=DROPOUT_SHARED_AXES,
     mode: str = MODE,
     ff_activation=FF_ACTIVATION_TYPE,
+    remat: str = "none",
 ) -> base.Layer:
     """Returns a Transformer language model: token ids `[batch, time]` -> logits `[batch, time, vocab_size]`.
 
@@ -161,7 +177,12 @@ def TransformerLM(  # noqa: N802
         _Dropout(),
         position.PositionalEncoding(max_len=max_len, mode=mode),
         [
-            _DecoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len)
+            _remat(
+                _DecoderBlock(
+                    d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len
+                ),
+                remat,
+            )
             for _ in range(n_layers)
         ],
         normalization.LayerNorm(),
@@ -183,6 +204,7 @@ def Transformer(  # noqa: N802
     dropout_shared_axes=DROPOUT_SHARED_AXES,
     mode: str = MODE,
     ff_activation=FF_ACTIVATION_TYPE,
+    remat: str = "none",
 ) -> base.Layer:
     """Returns an encoder-decoder Transformer: `(source, target)` -> `(logits, target)`.
 
@@ -216,7 +238,10 @@ def Transformer(  # noqa: N802
         _Dropout(),
         position.PositionalEncoding(max_len=max_len, mode=mode),
         [
-            _EncoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation)
+            _remat(
+                _EncoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation),
+                remat,
+            )
             for _ in range(n_encoder_layers)
         ],
         normalization.LayerNorm(),
@@ -237,8 +262,11 @@ def Transformer(  # noqa: N802
         position.PositionalEncoding(max_len=max_len, mode=mode),
         combinators.Branch([], attention.EncoderDecoderMask()),  # vec_d masks vec_e tok_d
         [
-            _EncoderDecoderBlock(
-                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len
+            _remat(
+                _EncoderDecoderBlock(
+                    d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len
+                ),
+                remat,
             )
             for _ in range(n_decoder_layers)
         ],
@@ -312,6 +340,22 @@ def _check_d_model(model: str, d_model: int, n_heads: int) -> None:
         raise ValueError(
             f"{model}: d_model must be a multiple of n_heads, got d_model={d_model}, n_heads={n_heads}"
         )
+
+
+def _remat(block, remat: str):
+    """`block` (a layer or Trax's list of them) as it is for remat='none', else each layer rematerialised.
+
+    Each layer of the block gets `tl.CheckpointGradient` with the `remat`
+    policy, whose weights are the layer's own, so the model's weights tree is
+    the same for every `remat` and a checkpoint loads whatever trained it.
+    """
+    if remat == "none":
+        return block
+    if remat not in repeat.REMAT_POLICIES:
+        raise ValueError(f"remat must be 'none' or one of {sorted(repeat.REMAT_POLICIES)}, got {remat!r}")
+    if isinstance(block, list):
+        return [_remat(layer, remat) for layer in block]
+    return repeat.CheckpointGradient(block, policy=remat)
 
 
 def _EncoderBlock(  # noqa: N802

@@ -181,15 +181,13 @@ def CheckpointGradient(  # noqa: N802 (SequenceLayers' name)
 ) -> base.Layer:
     """Runs `layer` and recomputes its activations in the backward pass: `tl.CheckpointGradient`.
 
-    Same stack, streaming properties and weights as `layer`. (`prevent_cse`
-    and `policy` are accepted for SequenceLayers' signature; jax.checkpoint's
-    defaults are used.) Predict mode: the state is the layer's.
+    `policy` is a `jax.checkpoint_policies` function (or a name of
+    `tl.repeat.REMAT_POLICIES`); None saves nothing. Same stack, streaming
+    properties and weights as `layer`. Predict mode: the state is the layer's.
     """
-    del prevent_cse
-    if policy is not None:
-        raise ValueError("CheckpointGradient: only policy=None (save nothing) is available")
     layer = _one(layer, "CheckpointGradient")
-    return common.named(common.takes_constants_of(tl.CheckpointGradient(layer), [layer]), name)
+    checkpointed = tl.CheckpointGradient(layer, policy=policy, prevent_cse=prevent_cse)
+    return common.named(common.takes_constants_of(checkpointed, [layer]), name)
 
 
 class CombinationMode(enum.Enum):
