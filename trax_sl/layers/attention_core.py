@@ -26,6 +26,7 @@ have arrived (input_latency = output_latency = F).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -149,10 +150,17 @@ def multihead_attention(queries, keys, values, visible, **attend_kwargs):
 
     Returns:
       `[batch, query_time, num_heads, units_per_head]`.
+
+    Without dropout, soft cap or zeroed fully-masked queries, and with one
+    dtype and head size throughout, it runs `fused_attention`; else the
+    einsum path (`dot_product_attention`), which computes the same.
     """
     batch, query_time, num_heads, units = queries.shape
     num_kv_heads = keys.shape[2]
     group = num_heads // num_kv_heads
+    attend_kwargs.setdefault("scale", 1.0 / np.sqrt(units))
+    if _fusable(queries, keys, values, **attend_kwargs):
+        return fused_attention(queries, keys, values, visible, attend_kwargs["scale"])
     # [batch, kv_heads, group, time, units]: a group's queries share one key head.
     q = jnp.transpose(queries.reshape((batch, query_time, num_kv_heads, group, units)), (0, 2, 3, 1, 4))
     k = jnp.transpose(keys, (0, 2, 1, 3))[:, :, None]
@@ -161,9 +169,62 @@ def multihead_attention(queries, keys, values, visible, **attend_kwargs):
         visible = visible[:, :, None]
     else:
         visible = visible.reshape((batch, num_kv_heads, group) + tuple(visible.shape[2:]))
-    attend_kwargs.setdefault("scale", 1.0 / np.sqrt(units))
     context = dot_product_attention(q, k, v, visible, **attend_kwargs)
     return jnp.transpose(context, (0, 3, 1, 2, 4)).reshape((batch, query_time, num_heads, units))
+
+
+# How `multihead_attention` attends (`use_implementation`): 'auto' fuses where it can, 'einsum' never.
+_IMPLEMENTATIONS = ("auto", "einsum")
+_implementation = ["auto"]
+
+
+@contextlib.contextmanager
+def use_implementation(name: str):
+    """Inside, attention traced anew uses `name`: 'auto' (fused where possible) or 'einsum' (never fused).
+
+    For comparing the two paths and for debugging; a layer already traced
+    (e.g. its jitted `layer(x)`) keeps the path it was traced with.
+    """
+    if name not in _IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation must be one of {_IMPLEMENTATIONS}, got {name!r}")
+    outer, _implementation[0] = _implementation[0], name
+    try:
+        yield
+    finally:
+        _implementation[0] = outer
+
+
+def _fusable(
+    queries, keys, values, *, scale, soft_cap=None, dropout_rate=0.0, rng=None, zero_fully_masked=False, **_
+):
+    del scale
+    return (
+        _implementation[0] == "auto"
+        and not soft_cap
+        and not (dropout_rate > 0.0 and rng is not None)
+        and not zero_fully_masked
+        and queries.dtype == keys.dtype == values.dtype
+        and queries.shape[-1] == keys.shape[-1] == values.shape[-1]
+    )
+
+
+def fused_attention(queries, keys, values, visible, scale: float):
+    """`jax.nn.dot_product_attention` on `[batch, time, heads, units]` (grouped key/value heads allowed).
+
+    On a GPU, bfloat16 and float16 go to cuDNN's fused kernel where it takes
+    the shapes (else, and on other backends, XLA's implementation). Logits
+    and softmax in float32, invisible keys masked; a query that sees no key
+    gets the uniform average, as `dot_product_attention` gives.
+    """
+    mask = jnp.asarray(visible, bool)
+    if jax.default_backend() == "gpu" and queries.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.nn.dot_product_attention(
+                queries, keys, values, mask=mask, scale=scale, implementation="cudnn"
+            )
+        except (ValueError, NotImplementedError, RuntimeError, TypeError):
+            pass  # Shapes or a GPU cuDNN's kernel does not take: XLA's computes the same.
+    return jax.nn.dot_product_attention(queries, keys, values, mask=mask, scale=scale, implementation="xla")
 
 
 # --- Masks --------------------------------------------------------------------------
