@@ -90,7 +90,8 @@ def main() -> None:
     # eos_id=-1: no row stops early, so both decode exactly args.length tokens.
     sample_kwargs = {"batch_size": args.batch, "temperature": 0.0, "max_length": args.length, "eos_id": -1}
 
-    core, core_weights, core_state = decoding._start(model, weights, None, args.batch, None)
+    core, core_state = decoding._start(model, weights, None, args.batch, None)
+    core_weights = weights
     first = jnp.zeros((args.batch, 1), jnp.int32)
     loop_kwargs = {"length": args.length, "temperature": 0.0, "eos_id": -1, "min_length": 0}
     rng = jax.random.PRNGKey(0)

@@ -30,6 +30,7 @@ BENCHMARKS = (
     "checkpoint_memory",
     "train_step",
     "train_efficiency",
+    "streaming_latency",
     "decode",
     "loop_overhead",
 )
@@ -84,7 +85,20 @@ def _train_efficiency(data: dict) -> tuple[str, str, bool | None]:
     rows = {r["config"]: r for r in data["results"]}
     gap = data["accumulation"]
     parts = [f"{name} MFU {r['mfu']:.2f} ({r['ratio']:.2f}x)" for name, r in rows.items() if r["mfu"]]
-    parts.append(f"grad_accum weights gap {gap['max_weight_difference']:.1e}")
+    if gap:
+        parts.append(f"grad_accum weights gap {gap['max_weight_difference']:.1e}")
+    return "; ".join(parts), "", None
+
+
+def _streaming_latency(data: dict) -> tuple[str, str, bool | None]:
+    parts = []
+    for r in data["results"]:
+        figure = (
+            f"RTF {r['real_time_factor']:.3f}"
+            if "real_time_factor" in r
+            else f"{r['tokens_per_second']:.0f} tok/s"
+        )
+        parts.append(f"{r['what']}: p50 {r['p50_ms']:.1f} ms, {figure}")
     return "; ".join(parts), "", None
 
 
@@ -103,6 +117,7 @@ SUMMARIES = {
     "checkpoint_memory": _checkpoint_memory,
     "train_step": lambda d: _ratio(d, "trax_sl / JAX step time"),
     "train_efficiency": _train_efficiency,
+    "streaming_latency": _streaming_latency,
     "decode": lambda d: _ratio(d, "trax_sl / JAX decode time"),
     "loop_overhead": lambda d: _ratio(d, "Loop / bare loop steps/s", higher_is_better=True),
 }

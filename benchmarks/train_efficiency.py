@@ -41,8 +41,6 @@ from trax_sl import mesh as mesh_lib
 from trax_sl import models
 from trax_sl.supervised import efficiency, train_step
 
-_REFERENCE = "float32"
-
 
 class Stepper:
     """One configuration's compiled Loop step, carrying its (donated) weights, state and optimizer state."""
@@ -94,8 +92,13 @@ def build(args):
         f"bfloat16, grad_accum {args.grad_accum}": ("bfloat16", args.grad_accum, "none"),
         **{f"float32, remat {remat}": (None, 1, remat) for remat in ("full", "dots_saveable", "minimal")},
     }
+    unknown = set(args.configs or ()) - set(configs)
+    if unknown:
+        raise SystemExit(f"--configs: unknown {sorted(unknown)}; known: {list(configs)}")
     steppers = {}
     for name, (precision, k, remat) in configs.items():
+        if args.configs and name not in args.configs:
+            continue
         body = model(remat) if precision is None else tl.WithPolicy(model(remat), precision)
         steppers[name] = Stepper(tl.Serial(body, tl.CategoryCrossEntropy()), tx, mesh, tokens, k, rng)
     return steppers
@@ -131,13 +134,16 @@ def main() -> None:
     parser.add_argument("--n-layers", type=int, default=4)
     parser.add_argument("--n-heads", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--configs", nargs="+", help="only these rows (the first is the ratios' reference)")
     args = parser.parse_args()
     info = machine_info()
 
     steppers = build(args)
-    gap = accumulation_gap(steppers, args.grad_accum)
+    reference = next(iter(steppers))
+    accumulated = f"float32, grad_accum {args.grad_accum}"
+    gap = accumulation_gap(steppers, args.grad_accum) if {"float32", accumulated} <= set(steppers) else None
     peak = efficiency.peak_flops_per_device(jax.devices()[0])
-    timings = time_candidates(steppers, _REFERENCE, rounds=args.rounds, calls=args.calls, warmup=args.warmup)
+    timings = time_candidates(steppers, reference, rounds=args.rounds, calls=args.calls, warmup=args.warmup)
     results = [
         {
             "config": name,
@@ -156,7 +162,7 @@ def main() -> None:
         f"{'unknown' if peak is None else f'{peak / 1e9:.1f} GFLOP/s'} per device",
     )
     print_table(
-        ("step", "best ms", "median round ms", "vs float32", "MFU", "temp MiB"),
+        ("step", "best ms", "median round ms", f"vs {reference}", "MFU", "tokens/s", "temp MiB"),
         [
             (
                 r["config"],
@@ -164,16 +170,18 @@ def main() -> None:
                 f"{r['median_round_ms']:.1f}",
                 f"{r['ratio']:.3f}x",
                 "-" if r["mfu"] is None else f"{r['mfu']:.2f}",
+                f"{args.batch * args.length / (r['best_ms'] / 1e3):.0f}",
                 f"{r['temp_bytes'] / 2**20:.1f}",
             )
             for r in results
         ],
     )
-    print(
-        f"\ngrad_accum {args.grad_accum} vs the whole batch, one float32 step: losses "
-        f"{gap['loss_accumulated']:.6f} vs {gap['loss_whole']:.6f}, weights differ by at most "
-        f"{gap['max_weight_difference']:.2e} (the update itself: up to {gap['max_weight_update']:.2e})"
-    )
+    if gap is not None:
+        print(
+            f"\ngrad_accum {args.grad_accum} vs the whole batch, one float32 step: losses "
+            f"{gap['loss_accumulated']:.6f} vs {gap['loss_whole']:.6f}, weights differ by at most "
+            f"{gap['max_weight_difference']:.2e} (the update itself: up to {gap['max_weight_update']:.2e})"
+        )
     write_results("train_efficiency", info, vars(args), results, accumulation=gap)
 
 

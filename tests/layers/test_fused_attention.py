@@ -29,7 +29,8 @@ def fused_calls(monkeypatch):
 
 
 def _both_paths(fn, *args):
-    fused = jax.jit(fn)(*args)
+    with attention_core.use_implementation("fused"):  # On a CPU 'auto' takes the einsum path.
+        fused = jax.jit(fn)(*args)
     with attention_core.use_implementation("einsum"):
         einsum = jax.jit(lambda *a: fn(*a))(*args)  # A fresh trace.
     return fused, einsum
@@ -86,8 +87,19 @@ def test_bfloat16_fused_attention_matches_the_einsum_path_to_bfloat16_precision(
 )
 def test_what_the_fused_kernel_cannot_do_takes_the_einsum_path(fused_calls, options):
     q, k, v = (_random((2, 4, 2, 8), seed) for seed in range(3))
-    attention_core.multihead_attention(q, k, v, jnp.ones((2, 1, 4, 4), bool), **options)
+    with attention_core.use_implementation("fused"):
+        attention_core.multihead_attention(q, k, v, jnp.ones((2, 1, 4, 4), bool), **options)
     assert fused_calls == []
+
+
+def test_auto_fuses_on_accelerators_and_keeps_the_einsum_path_on_a_cpu(fused_calls, monkeypatch):
+    q, k, v = (_random((2, 4, 2, 8), seed) for seed in range(3))
+    visible = jnp.ones((2, 1, 4, 4), bool)
+    attention_core.multihead_attention(q, k, v, visible)
+    assert fused_calls == []  # XLA:CPU copies KV caches in jax.nn's attention: decoding was 1.7x slower.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    attention_core.multihead_attention(q, k, v, visible)
+    assert fused_calls == ["xla"]  # float32 on a GPU: XLA's (cuDNN's kernel takes bfloat16 and float16).
 
 
 def test_a_transformer_lm_decodes_and_trains_alike_on_both_paths():
@@ -128,14 +140,16 @@ def test_sequence_layers_self_attention_keeps_the_contract_on_the_fused_path(
             mode=mode,
         )
 
-    test_utils.verify_contract(layer_fn, shapes.ShapeDtype((2, 8, 6)), atol=1e-5, rtol=1e-5)
+    with attention_core.use_implementation("fused"):
+        test_utils.verify_contract(layer_fn, shapes.ShapeDtype((2, 8, 6)), atol=1e-5, rtol=1e-5)
     assert "xla" in fused_calls
 
 
 def test_use_implementation_names_the_choices():
     with (
         pytest.raises(
-            ValueError, match=r"attention implementation must be one of \('auto', 'einsum'\), got 'flash'"
+            ValueError,
+            match=r"attention implementation must be one of \('auto', 'fused', 'einsum'\), got 'flash'",
         ),
         attention_core.use_implementation("flash"),
     ):

@@ -173,17 +173,20 @@ def multihead_attention(queries, keys, values, visible, **attend_kwargs):
     return jnp.transpose(context, (0, 3, 1, 2, 4)).reshape((batch, query_time, num_heads, units))
 
 
-# How `multihead_attention` attends (`use_implementation`): 'auto' fuses where it can, 'einsum' never.
-_IMPLEMENTATIONS = ("auto", "einsum")
+# How `multihead_attention` attends (`use_implementation`): 'fused' through jax.nn.dot_product_attention
+# where it can, 'einsum' never, 'auto' fused except on a CPU. On XLA:CPU, jax.nn's (XLA) attention copies
+# a predict-mode KV cache every step (greedy decoding 1.7x slower in benchmarks/decode.py), and it is
+# the same einsum math there, so the CPU keeps the einsum path.
+_IMPLEMENTATIONS = ("auto", "fused", "einsum")
 _implementation = ["auto"]
 
 
 @contextlib.contextmanager
 def use_implementation(name: str):
-    """Inside, attention traced anew uses `name`: 'auto' (fused where possible) or 'einsum' (never fused).
+    """Inside, attention traced anew uses `name`: 'auto', 'fused' or 'einsum' (see `_IMPLEMENTATIONS`).
 
-    For comparing the two paths and for debugging; a layer already traced
-    (e.g. its jitted `layer(x)`) keeps the path it was traced with.
+    For comparing the paths and for debugging; a layer already traced (e.g.
+    its jitted `layer(x)`) keeps the path it was traced with.
     """
     if name not in _IMPLEMENTATIONS:
         raise ValueError(f"attention implementation must be one of {_IMPLEMENTATIONS}, got {name!r}")
@@ -194,12 +197,17 @@ def use_implementation(name: str):
         _implementation[0] = outer
 
 
+def _fusing() -> bool:
+    choice = _implementation[0]
+    return choice == "fused" or (choice == "auto" and jax.default_backend() != "cpu")
+
+
 def _fusable(
     queries, keys, values, *, scale, soft_cap=None, dropout_rate=0.0, rng=None, zero_fully_masked=False, **_
 ):
     del scale
     return (
-        _implementation[0] == "auto"
+        _fusing()
         and not soft_cap
         and not (dropout_rate > 0.0 and rng is not None)
         and not zero_fully_masked
