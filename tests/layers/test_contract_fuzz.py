@@ -22,7 +22,6 @@ import fractions
 import math
 from collections.abc import Callable
 
-import jax
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import trax_sl.layers as tl
+from tests import jaxprs
 from trax_sl import models, shapes
 
 BF16 = tl.Policy("float32", "bfloat16", "float32")
@@ -25,19 +26,10 @@ def tokens(shape=(2, 12), seed=0):
 
 def primitive_dtypes(fn, *args) -> collections.Counter:
     """(primitive, input dtypes) -> count over the jaxpr of `fn(*args)`, sub-jaxprs included."""
-    counts: collections.Counter = collections.Counter()
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            counts[(eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars))] += 1
-            for value in eqn.params.values():
-                for item in value if isinstance(value, (list, tuple)) else (value,):
-                    inner = getattr(item, "jaxpr", item)
-                    if hasattr(inner, "eqns"):
-                        walk(inner)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return counts
+    return collections.Counter(
+        (eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars))
+        for eqn in jaxprs.equations(fn, *args)
+    )
 
 
 def test_get_policy_reads_names_and_the_explicit_form():

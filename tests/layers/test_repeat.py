@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import trax_sl.layers as tl
+from tests import jaxprs
 from trax_sl import sequence as seq
 from trax_sl.layers import test_utils
 from trax_sl.shapes import ShapeDtype
@@ -69,20 +70,11 @@ def test_repeat_names_what_changed():
 
 def checkpoint_policies_in(fn, *args) -> list:
     """The policy of every rematerialised region in the jaxpr of `fn(*args)`, in order."""
-    found = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if "policy" in eqn.params and "prevent_cse" in eqn.params:
-                found.append(eqn.params["policy"])
-            for value in eqn.params.values():
-                for item in value if isinstance(value, (list, tuple)) else (value,):
-                    inner = getattr(item, "jaxpr", item)
-                    if hasattr(inner, "eqns"):
-                        walk(inner)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return found
+    return [
+        eqn.params["policy"]
+        for eqn in jaxprs.equations(fn, *args)
+        if "policy" in eqn.params and "prevent_cse" in eqn.params
+    ]
 
 
 @pytest.mark.parametrize(
