@@ -38,7 +38,15 @@ import jax
 import jax.numpy as jnp
 import jax_transformer as ref
 import numpy as np
-from harness import machine_info, op_profile, print_header, print_table, time_candidates, write_results
+from harness import (
+    add_lm_size_arguments,
+    machine_info,
+    op_profile,
+    print_header,
+    print_table,
+    time_candidates,
+    write_results,
+)
 
 from trax_sl import models, shapes
 from trax_sl.supervised import decoding
@@ -67,11 +75,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128, help="tokens decoded (and max_len)")
-    parser.add_argument("--vocab-size", type=int, default=256)
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--d-ff", type=int, default=1024)
-    parser.add_argument("--n-layers", type=int, default=4)
-    parser.add_argument("--n-heads", type=int, default=4)
+    add_lm_size_arguments(parser)
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the op profiles")
     args = parser.parse_args()
     info = machine_info()  # Before the run, so the load average is the others'.

@@ -172,6 +172,24 @@ def device_memory_stats() -> dict | None:
         return None
 
 
+def add_lm_size_arguments(parser) -> None:
+    """`--vocab-size --d-model --d-ff --n-layers --n-heads` of the benchmarks' TransformerLM (train_step.py's model)."""
+    for flag, default in (
+        ("--vocab-size", 256),
+        ("--d-model", 256),
+        ("--d-ff", 1024),
+        ("--n-layers", 4),
+        ("--n-heads", 4),
+    ):
+        parser.add_argument(flag, type=int, default=default)
+
+
+def lm_size(args) -> dict:
+    """The TransformerLM keywords those arguments give."""
+    names = ("vocab_size", "d_model", "d_ff", "n_layers", "n_heads")
+    return {name: getattr(args, name) for name in names}
+
+
 def print_header(info: dict, what: str) -> None:
     print(
         f"{info['cpu']}, {info['cores']} cores, jax {info['jax']} ({info['backend']}), "

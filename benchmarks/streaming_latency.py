@@ -29,7 +29,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from harness import machine_info, print_header, print_table, write_results
+from harness import add_lm_size_arguments, lm_size, machine_info, print_header, print_table, write_results
 
 import trax_sl.layers as tl
 from trax_sl import models, shapes
@@ -108,20 +108,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--vocab-size", type=int, default=256)
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--d-ff", type=int, default=1024)
-    parser.add_argument("--n-layers", type=int, default=4)
-    parser.add_argument("--n-heads", type=int, default=4)
+    add_lm_size_arguments(parser)
     parser.add_argument("--decode-dtype", default="float32", help="float32, or bfloat16 (tl.WithPolicy)")
     args = parser.parse_args()
-    size = {
-        "vocab_size": args.vocab_size,
-        "d_model": args.d_model,
-        "d_ff": args.d_ff,
-        "n_layers": args.n_layers,
-        "n_heads": args.n_heads,
-    }
+    size = lm_size(args)
     info = machine_info()
 
     results = [conformer(args.steps, args.warmup)]

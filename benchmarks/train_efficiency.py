@@ -34,7 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from harness import machine_info, print_header, print_table, time_candidates, write_results
+from harness import (
+    add_lm_size_arguments,
+    machine_info,
+    print_header,
+    print_table,
+    time_candidates,
+    write_results,
+)
 
 import trax_sl.layers as tl
 from trax_sl import mesh as mesh_lib
@@ -128,11 +135,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--grad-accum", type=int, default=4)
-    parser.add_argument("--vocab-size", type=int, default=256)
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--d-ff", type=int, default=1024)
-    parser.add_argument("--n-layers", type=int, default=4)
-    parser.add_argument("--n-heads", type=int, default=4)
+    add_lm_size_arguments(parser)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--configs", nargs="+", help="only these rows (the first is the ratios' reference)")
     args = parser.parse_args()
