@@ -109,3 +109,24 @@ def test_checkpoint_gradient_names_the_policies_it_knows():
         ValueError, match=r"policy must be one of \['dots_saveable', 'full', 'minimal'\].*got 'some'"
     ):
         tl.CheckpointGradient(tl.Relu(), policy="some")
+
+
+@pytest.mark.parametrize(
+    ("remat", "expected"),
+    [
+        (True, [jax.checkpoint_policies.nothing_saveable]),
+        ("minimal", [jax.checkpoint_policies.dots_with_no_batch_dims_saveable]),
+        (False, []),
+        ("none", []),
+    ],
+)
+def test_repeat_remat_takes_a_policy(remat, expected):
+    layer = tl.Repeat(tl.Serial(tl.Dense(4), tl.Tanh()), 3, remat=remat)
+    x = jnp.ones((2, 4))
+    weights, state = layer.init(ShapeDtype(x.shape))
+    grad = jax.grad(lambda w: jnp.sum(layer.pure_fn(x, w, state, None)[0]))
+    assert checkpoint_policies_in(grad, weights) == expected
+    with pytest.raises(
+        ValueError, match=r"Repeat: remat must be one of \['dots_saveable', 'full', 'minimal'\]"
+    ):
+        tl.Repeat(tl.Relu(), 2, remat="half")

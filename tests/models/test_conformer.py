@@ -225,3 +225,28 @@ def test_contract():
         # through the whole Conformer takes XLA most of a minute to compile on CPU.
         check_gradients=False,
     )
+
+
+@pytest.mark.parametrize("remat", ["full", "dots_saveable", "minimal"])
+def test_remat_keeps_the_weights_and_gradients_and_rematerialises_the_blocks(remat):
+    from tests.layers.test_repeat import checkpoint_policies_in
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 12))
+    plain = models.ConformerEncoder(
+        8, num_blocks=2, max_horizon=4, num_heads=2, dropout_rate=0.0, mode="eval"
+    )
+    rematerialised = models.ConformerEncoder(
+        8, num_blocks=2, max_horizon=4, num_heads=2, dropout_rate=0.0, mode="eval", remat=remat
+    )
+    weights, state = plain.init(ShapeDtype(x.shape))
+    assert jax.tree.structure(rematerialised.init(ShapeDtype(x.shape))[0]) == jax.tree.structure(weights)
+
+    def grad(model):
+        return jax.grad(lambda w: jnp.sum(jnp.tanh(model.pure_fn(x, w, state, None)[0])))
+
+    for a, b in zip(
+        jax.tree.leaves(grad(rematerialised)(weights)), jax.tree.leaves(grad(plain)(weights)), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert checkpoint_policies_in(grad(rematerialised), weights) == [tl.repeat.REMAT_POLICIES[remat]]
+    assert checkpoint_policies_in(grad(plain), weights) == []

@@ -18,6 +18,10 @@ class Repeat(base.Layer):
     model is traced and compiled once whatever n_repeats is. The layer must
     map its input signature to itself (n_in = n_out = 1, same shapes).
 
+    `remat` rematerialises each repeat in training: True (or 'full') keeps
+    only its input, or a policy of `REMAT_POLICIES` ('dots_saveable',
+    'minimal') or `jax.checkpoint_policies`; False (or 'none') keeps everything.
+
     Stack: `x` -> `layer(layer(...layer(x)))`.
     Predict mode: the state holds each repeat's stream state, stacked.
     """
@@ -26,7 +30,7 @@ class Repeat(base.Layer):
 
     handles_sequences = True
 
-    def __init__(self, layer: base.Layer, n_repeats: int, remat: bool = False, name: str | None = None):
+    def __init__(self, layer: base.Layer, n_repeats: int, remat=False, name: str | None = None):
         if n_repeats < 1:
             raise ValueError(f"Repeat: n_repeats must be >= 1, got n_repeats={n_repeats}")
         if layer.n_in != 1 or layer.n_out != 1:
@@ -37,7 +41,12 @@ class Repeat(base.Layer):
         super().__init__(name=name or f"Repeat_{n_repeats}", sublayers_to_print=[layer])
         self._sublayers = (layer,)
         self._n_repeats = n_repeats
-        self._remat = remat
+        # False, None or 'none': no remat; True: 'full'; else a name of REMAT_POLICIES or a policy function.
+        self._remat = (
+            None
+            if remat in (False, None, "none")
+            else remat_policy(None if remat is True else remat, "Repeat: remat")
+        )
 
     @property
     def sublayer(self) -> base.Layer:
@@ -92,8 +101,8 @@ class Repeat(base.Layer):
             y, new_s = base.call_sublayer(0, layer, carry, w, s, r)
             return seq.plain_sequences(y), new_s
 
-        if self._remat:
-            body = jax.checkpoint(body)
+        if self._remat is not None:
+            body = jax.checkpoint(body, policy=self._remat)
         # The carry keeps one pytree type: a masked input enters as a plain Sequence. A body
         # without weights, state or rng has nothing to scan over: the length says how often.
         y, new_state = jax.lax.scan(
@@ -112,7 +121,7 @@ REMAT_POLICIES = {
 }
 
 
-def remat_policy(policy):
+def remat_policy(policy, what: str = "CheckpointGradient: policy"):
     """A `jax.checkpoint` policy from a name in `REMAT_POLICIES`, a policy function, or None ('full')."""
     if policy is None:
         return REMAT_POLICIES["full"]
@@ -121,7 +130,7 @@ def remat_policy(policy):
     if policy in REMAT_POLICIES:
         return REMAT_POLICIES[policy]
     raise ValueError(
-        f"CheckpointGradient: policy must be one of {sorted(REMAT_POLICIES)}, a jax.checkpoint_policies "
+        f"{what} must be one of {sorted(REMAT_POLICIES)}, a jax.checkpoint_policies "
         f"function or None, got {policy!r}"
     )
 

@@ -179,6 +179,7 @@ def ConformerEncoder(  # noqa: N802
     mode: str = "train",
     *,
     conv_kernel_size: int = 32,
+    remat: str = "none",
 ) -> base.Layer:
     """Returns the causal Conformer encoder: features `[b, t, f]` -> `[b, t / 4, hidden_size]`.
 
@@ -187,7 +188,10 @@ def ConformerEncoder(  # noqa: N802
     AddTimingSignal, Dropout, and `num_blocks` ConformerBlocks under one
     `Repeat` (one compiled body, stacked weights). `f` (e.g. log-mel bins from
     `LogMelFrontend`) is any size; `hidden_size` must be a multiple of
-    `num_heads`. Streams with block_size 4, output_ratio 1/4, no latency.
+    `num_heads`. `remat` ('none', 'full', 'dots_saveable', 'minimal')
+    rematerialises each block in training (`Repeat(..., remat=)`); the
+    weights tree is the same for each. Streams with block_size 4,
+    output_ratio 1/4, no latency.
 
     Predict mode: the state holds the subsampling's buffers and statistics,
     the timing signal's position per row and each block's KV cache,
@@ -214,6 +218,6 @@ def ConformerEncoder(  # noqa: N802
         _DenseShaped(hidden_size, kernel_axes=(None, "embed")),  # Features x channels.
         position.AddTimingSignal(mode=mode),
         core.Dropout(dropout_rate, mode=mode),
-        repeat_layers.Repeat(block, num_blocks),
+        repeat_layers.Repeat(block, num_blocks, remat=remat),
         name="ConformerEncoder",
     )
