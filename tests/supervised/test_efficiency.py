@@ -169,3 +169,16 @@ def test_bad_profile_steps_read_clearly(tmp_path, steps):
 def test_profile_steps_need_an_output_dir():
     with pytest.raises(ValueError, match="profile_steps needs an output_dir"):
         make_loop(None, profile_steps=(1, 2))
+
+
+def test_a_pause_leaves_a_stopped_meter_stopped(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(efficiency.time, "perf_counter", lambda: now[0])
+    meter = efficiency.Meter()
+    with meter.pause():  # E.g. the first log's peak measurement, outside `run`.
+        pass
+    now[0] = 5.0
+    meter.go()  # `run` starts: training time counts from here, not from the pause.
+    meter.count(tokens=1, flops=0.0)
+    now[0] = 6.0
+    assert meter.report(peak_flops=None)["seconds_per_step"] == 1.0

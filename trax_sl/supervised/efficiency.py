@@ -164,12 +164,14 @@ class Meter:
 
     @contextlib.contextmanager
     def pause(self):
-        """A context whose time does not count as training time."""
+        """A context whose time does not count as training time (a stopped meter stays stopped)."""
+        running = self._since is not None
         self.stop()
         try:
             yield
         finally:
-            self.go()
+            if running:
+                self.go()
 
     def count(self, tokens: int, flops: float) -> None:
         """Adds one step of `tokens` tokens and `flops` FLOPs (on all devices together)."""

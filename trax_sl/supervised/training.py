@@ -500,13 +500,11 @@ class Loop:
             if permanent:
                 self.save_checkpoint(STEP_CHECKPOINTS, permanent=True)
             elif saving:
-                self.save_checkpoint(
-                    STEP_CHECKPOINTS
-                )  # Positional, as Trax calls it (tests replace the method).
+                # Positional, as Trax calls it (tests replace the method).
+                self.save_checkpoint(STEP_CHECKPOINTS)
             if saving:
-                self._saved_step = (
-                    step  # Here too, so that a replaced save_checkpoint is not called again at the end.
-                )
+                # Here too, so that a replaced save_checkpoint is not called again at the end.
+                self._saved_step = step
             if self._checkpoint_at(step):
                 self._save_extreme_checkpoints()
 
