@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmark in one script: a ~125M-parameter TransformerLM training step in bfloat16 with
 # fused attention (MFU, tokens/s), decoding tokens/s at batch 1 and 64, and the streaming Conformer's
-# real-time factor. Idempotent (the venv and the install are reused), about 5 minutes on one H100.
+# real-time factor. Idempotent (the venv and the install are reused); meant to stay under 8 minutes,
+# not yet timed on a GPU.
 #
 #   benchmarks/gpu.sh                # from the repository root or anywhere
 #   GPU_VENV=/path/to/venv benchmarks/gpu.sh

@@ -135,12 +135,14 @@ def test_a_loop_logs_tokens_per_second_step_time_and_mfu(tmp_path):
     assert last["step"] == 5
     # Batches are [8, 16] tokens; the model's one matmul is Dense(16 -> V), three times per step.
     assert (
-        loop._trainers[0].step_flops(
+        loop._trainers[0]
+        .compiled_step(
             (loop.model.weights, loop._trainers[0].ends_weights),
             (loop.model.state, loop._trainers[0].ends_state),
             (jnp.zeros((8, 16), jnp.int32),) * 3,
             jax.random.PRNGKey(0),
         )
+        .flops
         == 3 * 2 * 8 * 16 * 16 * V
     )
     assert last["train/tokens_per_second"] == pytest.approx(128 * last["train/steps_per_second"])

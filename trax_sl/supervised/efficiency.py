@@ -25,8 +25,7 @@ import numpy as np
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("h100 pcie", 756e12),
     ("h100", 989e12),
-    ("h200", 989e12),
-    ("gh200", 989e12),
+    ("h200", 989e12),  # GH200 too.
     ("b200", 2250e12),
     ("a100", 312e12),
     ("l40s", 362e12),

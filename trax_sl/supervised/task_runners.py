@@ -11,6 +11,9 @@ loop's mesh (see `train_step`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 
 from trax_sl import layers as tl
@@ -36,31 +39,40 @@ class Trainer:
         self.opt_state = opt_state
         self.shardings = shardings  # {"ends_weights": ..., "opt_state": ...}: where they live.
         self.pending_losses: list = []  # Since the last logged step; device scalars or floats.
-        self._compiled: dict = {}
-        self._flops: dict = {}
+        self._steps: dict = {}  # Batch shapes -> CompiledStep.
 
-    def compiled(self, weights, state, batch, rng):
-        """The step compiled for these arguments' shapes (with the trainer's optimizer state)."""
-        key = _shapes_key(batch)
-        if key not in self._compiled:
-            self._compiled[key] = self.step_fn.lower(weights, state, self.opt_state, batch, rng).compile()
-        return self._compiled[key]
+    def compiled_step(self, weights, state, batch, rng) -> CompiledStep:
+        """The step for these arguments' shapes: compiled (with the trainer's optimizer state), with its cost.
 
-    def step_flops(self, weights, state, batch, rng) -> float:
-        """The model FLOPs of one step on a batch of this shape (`efficiency.training_flops`), all devices."""
-        key = _shapes_key(batch)
-        if key not in self._flops:
+        Made once per batch shape: the step compiled ahead of its first call,
+        its model FLOPs (`efficiency.training_flops`, all devices) and the
+        tokens of such a batch (`efficiency.batch_tokens`).
+        """
+        key = jax.tree.structure(batch), tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch))
+        if key not in self._steps:
             layer = self.layer
 
             def forward(weights, state, batch, rng):
                 return layer.pure_fn(train_step.stack_inputs(batch, layer.n_in), weights, state, rng)
 
-            self._flops[key] = efficiency.training_flops(forward, weights, state, batch, rng)
-        return self._flops[key]
+            self._steps[key] = CompiledStep(
+                self.step_fn.lower(weights, state, self.opt_state, batch, rng).compile(),
+                efficiency.training_flops(forward, weights, state, batch, rng),
+                efficiency.batch_tokens(batch),
+            )
+        return self._steps[key]
+
+    def compiled(self, weights, state, batch, rng):
+        """The step compiled for these arguments' shapes (`compiled_step(...).fn`)."""
+        return self.compiled_step(weights, state, batch, rng).fn
 
 
-def _shapes_key(batch):
-    return jax.tree.structure(batch), tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch))
+class CompiledStep(NamedTuple):
+    """A training step compiled for one batch shape, and what one call of it costs."""
+
+    fn: Callable
+    flops: float  # Model FLOPs of one step, all devices together.
+    tokens: int  # Tokens in one batch.
 
 
 class Evaluator:

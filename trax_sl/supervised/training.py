@@ -449,12 +449,11 @@ class Loop:
         weights = (self._model_weights, trainer.ends_weights)
         state = (self._model_state, trainer.ends_state)
         with self._meter.pause():  # Compiling (once per batch shape) is not training time.
-            step_fn = trainer.compiled(weights, state, batch, self._rng)
-            flops = trainer.step_flops(weights, state, batch, self._rng)
-        weights, state, trainer.opt_state, loss, self._rng = step_fn(
+            compiled = trainer.compiled_step(weights, state, batch, self._rng)
+        weights, state, trainer.opt_state, loss, self._rng = compiled.fn(
             weights, state, trainer.opt_state, batch, self._rng
         )
-        self._meter.count(efficiency.batch_tokens(batch), flops)
+        self._meter.count(compiled.tokens, compiled.flops)
         self._model_weights, trainer.ends_weights = weights
         self._model_state, trainer.ends_state = state
         trainer.pending_losses.append(loss)
