@@ -54,12 +54,22 @@ def count_params(tree) -> int:
     return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(tree)))
 
 
+# The two models compared: Trax's TransformerLM (trainable position table,
+# ShiftRight inside) and the SequenceLayers stack of sequence_layers_peer.py
+# (sinusoids, tokens shifted outside). trax_sl runs both, so that each peer
+# is compared with trax_sl on the same model, same size and same span.
+MODELS = ("TransformerLM", "SL stack")
+
+
 def report(
-    peer: str, version: str, train_step_ms: float, decode_ms: float, n_params: int, notes: str
+    peer: str, model: str, version: str, train_step_ms: float, decode_ms: float, n_params: int, notes: str
 ) -> None:
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     tokens = CONFIG["batch"] * CONFIG["length"]
     result = {
         "peer": peer,
+        "model": model,
         "version": version,
         "jax": jax.__version__,
         "python": platform.python_version(),

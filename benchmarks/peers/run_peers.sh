@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the TransformerLM training-step and decode benchmark in trax_sl, SequenceLayers and Trax,
+# Runs the training-step and decode benchmark in trax_sl, SequenceLayers and Trax,
 # each in a venv of its own, and prints the three side by side.
 #
 #   benchmarks/peers/run_peers.sh [--no-trax] [--no-sequence-layers] [--rounds N]

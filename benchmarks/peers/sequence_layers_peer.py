@@ -107,6 +107,7 @@ def main() -> None:
     )
     report(
         "sequence-layers",
+        "SL stack",
         getattr(sequence_layers, "__version__", "0.2"),
         times["train"],
         times["decode"],

@@ -66,6 +66,7 @@ def main() -> None:
     times = best_median_ms({"train": one_step, "decode": decode}, args.rounds, args.calls)
     report(
         "trax",
+        "TransformerLM",
         trax.__version__ if hasattr(trax, "__version__") else "1.4.1",
         times["train"],
         times["decode"],

@@ -91,6 +91,41 @@ def test_normalizing_zeros_gives_zeros_and_zero_gradient():
     np.testing.assert_array_equal(grad, np.zeros((1, 1, 3)))
 
 
+def _autodiff_normalize(x, axes, epsilon, center):
+    """The normalization written plainly, for autodiff: what `_normalize`'s hand-written gradient must equal."""
+    v = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    centered = v - jnp.mean(v, axes, keepdims=True) if center else v
+    variance = jnp.mean(jnp.square(centered), axes, keepdims=True)
+    normed = centered * jax.lax.rsqrt(variance + epsilon)
+    return jnp.where(variance == 0, jax.lax.stop_gradient(normed), normed).astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("axes", [(2,), (2, 3)])
+@pytest.mark.parametrize("center", [True, False])
+def test_normalize_gradient_equals_autodiff(dtype, axes, center):
+    x = (jax.random.normal(jax.random.PRNGKey(1), (2, 5, 6, 3)) * 3 + 1).astype(dtype)
+    x = x.at[0, 1].set(2.0)  # A constant step: with center, its variance is 0 and no gradient flows.
+    cotangent = jax.random.normal(jax.random.PRNGKey(2), x.shape).astype(dtype)
+
+    def loss(normalize):
+        return lambda x: jnp.sum(normalize(x, axes, 1e-6, center).astype(jnp.float32) * cotangent)
+
+    got = jax.grad(loss(nz._normalize))(x)
+    want = jax.grad(loss(_autodiff_normalize))(x)
+    assert got.dtype == dtype
+    tolerance = 1e-6 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(
+        np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tolerance, rtol=tolerance
+    )
+    np.testing.assert_array_equal(
+        np.asarray(nz._normalize(x, axes, 1e-6, center), np.float32),
+        np.asarray(_autodiff_normalize(x, axes, 1e-6, center), np.float32),
+    )
+    if center:
+        np.testing.assert_array_equal(np.asarray(got[0, 1], np.float32), 0.0)
+
+
 def test_layer_norm_keeps_bfloat16():
     layer = nz.LayerNorm()
     x = jnp.array([[[1.0, 2.0, 3.0]]], jnp.bfloat16)
