@@ -64,7 +64,11 @@ setup(
             "nbformat",
             "ipykernel",
             "matplotlib",
+            # The API reference site (mkdocs.yml), built by tests/test_docs.py.
+            "mkdocs>=1.6",
+            "mkdocstrings[python]>=1.0",
         ],
+        "docs": ["mkdocs>=1.6", "mkdocstrings[python]>=1.0"],
         # Only for the tfds.load path of trax_sl.data; everything else runs without it.
         "tf": ["tensorflow"],
     },

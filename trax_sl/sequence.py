@@ -173,6 +173,7 @@ class MaskedSequence(Sequence):
 
 
 def is_sequence(x) -> bool:
+    """Whether x is a Sequence (values and a mask), not a plain array."""
     return isinstance(x, Sequence)
 
 

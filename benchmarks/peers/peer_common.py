@@ -9,6 +9,7 @@ prefixed `PEER_RESULT ` for `run_peers.sh` to collect.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -29,6 +30,14 @@ CONFIG = {
     "length": 128,
     "learning_rate": 1e-3,
 }
+
+
+def parse_args(doc: str) -> argparse.Namespace:
+    """A peer script's command line: `--rounds` (interleaved rounds) and `--calls` (per round)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=3)
+    return parser.parse_args()
 
 
 def best_median_ms(candidates: dict, rounds: int, calls: int, warmup: int = 1) -> dict:

@@ -15,7 +15,6 @@ greedy token, through `step` in a `jax.lax.scan`.
 
 from __future__ import annotations
 
-import argparse
 import functools
 
 import jax
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import optax
 import sequence_layers
 import sequence_layers.jax as sl
-from peer_common import CONFIG, best_median_ms, count_params, report
+from peer_common import CONFIG, best_median_ms, count_params, parse_args, report
 
 
 def make_model(c: dict):
@@ -55,10 +54,7 @@ def make_model(c: dict):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     c = CONFIG
     model = make_model(c)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (c["batch"], c["length"]), 0, c["vocab_size"])

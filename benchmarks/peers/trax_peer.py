@@ -15,22 +15,17 @@ jitted call and one host transfer per token.
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import numpy as np
 import trax
-from peer_common import CONFIG, best_median_ms, count_params, report
+from peer_common import CONFIG, best_median_ms, count_params, parse_args, report
 from trax import layers as tl
 from trax import models, optimizers, shapes
 from trax.supervised import decoding
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     c = CONFIG
     hyper = {key: c[key] for key in ("vocab_size", "d_model", "d_ff", "n_layers", "n_heads", "max_len")}
     model = models.TransformerLM(dropout=0.0, mode="train", **hyper)

@@ -16,14 +16,13 @@ four candidates are timed interleaved in one process.
 
 from __future__ import annotations
 
-import argparse
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from peer_common import CONFIG, best_median_ms, count_params, report
+from peer_common import CONFIG, best_median_ms, count_params, parse_args, report
 
 import trax_sl
 import trax_sl.layers as tl
@@ -52,6 +51,17 @@ class Stepper:
         return loss
 
 
+def greedy_decode(c: dict, model, weights):
+    """A call decoding `c['length']` tokens for `c['batch']` rows at temperature 0 (Trax's sampler)."""
+
+    def decode():
+        return decoding.autoregressive_sample(
+            model, batch_size=c["batch"], temperature=0.0, max_length=c["length"], eos_id=-1, weights=weights
+        )
+
+    return decode
+
+
 def transformer_lm(c: dict, tokens, tx):
     """(train step, decode, parameter count) of Trax's TransformerLM."""
     hyper = {key: c[key] for key in ("vocab_size", "d_model", "d_ff", "n_layers", "n_heads", "max_len")}
@@ -63,17 +73,7 @@ def transformer_lm(c: dict, tokens, tx):
     def loss_fn(w, batch):
         return with_loss.pure_fn(batch, w, state, None)[0]
 
-    def decode():
-        return decoding.autoregressive_sample(
-            model,
-            batch_size=c["batch"],
-            temperature=0.0,
-            max_length=c["length"],
-            eos_id=-1,
-            weights=weights[0],
-        )
-
-    return Stepper(loss_fn, weights, batch, tx), decode, count_params(weights)
+    return Stepper(loss_fn, weights, batch, tx), greedy_decode(c, model, weights[0]), count_params(weights)
 
 
 def sl_stack(c: dict, mode: str):
@@ -124,10 +124,7 @@ def sl_stack_candidates(c: dict, tokens, tx):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     c = CONFIG
     tokens = np.asarray(
         jax.random.randint(jax.random.PRNGKey(0), (c["batch"], c["length"]), 0, c["vocab_size"])

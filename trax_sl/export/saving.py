@@ -60,8 +60,8 @@ def save(
             their ShapeDtype signature). Its time length (a multiple of
             `model.block_size`) is the one the exported step takes; its
             batch size does not matter (the batch is symbolic).
-        weights, state: The trained weights and state (default: the
-            model's own).
+        weights: The trained weights (default: the model's own).
+        state: The trained state (default: the model's own).
         platforms: The platforms to lower for (`jax.export`'s names: 'cpu',
             'cuda', 'rocm', 'tpu'); None for the one JAX runs on here.
         layer_time_steps: The layer-wise function's time length: None for a

@@ -143,8 +143,9 @@ def multihead_attention(queries, keys, values, visible, **attend_kwargs):
 
     Args:
       queries: `[batch, query_time, num_heads, units_per_head]`.
-      keys, values: `[batch, key_time, num_kv_heads, units_per_head]`; query
-        head i uses key/value head `i // (num_heads // num_kv_heads)`.
+      keys: `[batch, key_time, num_kv_heads, units_per_head]`; query head i
+        uses key/value head `i // (num_heads // num_kv_heads)`.
+      values: `[batch, key_time, num_kv_heads, units_per_head]`, as keys.
       visible: bool `[batch, 1 or num_heads, 1 or query_time, key_time]`.
       **attend_kwargs: passed to `dot_product_attention` (scale defaults to 1/sqrt(units)).
 
@@ -284,6 +285,7 @@ class StreamCache(NamedTuple):
 
 
 def cache_length(max_past_horizon: int, max_future_horizon: int, cache_size: int | None) -> int:
+    """A self-attention KV cache's steps: past + future horizon, or `cache_size` for global attention."""
     return cache_size if max_past_horizon == -1 else max_past_horizon + max_future_horizon
 
 

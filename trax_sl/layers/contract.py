@@ -302,7 +302,8 @@ def verify_contract(
         Time-bearing inputs become Sequences with random lengths and garbage
         past them.
       seed: for the random inputs, weights, lengths and chunkings.
-      atol, rtol: tolerances of every comparison.
+      atol: absolute tolerance of every comparison.
+      rtol: relative tolerance of every comparison.
       check_gradients: also compare layer-wise and step-wise gradients of the
         valid outputs with respect to float inputs and weights.
       int_maxval: integer inputs are drawn from [0, int_maxval).

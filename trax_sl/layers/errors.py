@@ -83,6 +83,7 @@ _KIND_SUBCLASSES = {ValueError: _LayerValueError, TypeError: _LayerTypeError}
 
 
 def safe_short_form(inputs) -> str:
+    """`shapes.short_form(inputs)`, or the inputs' type name where that fails (for error messages)."""
     try:
         return shapes.short_form(inputs)
     except Exception:  # noqa: BLE001 (an error message must not fail on odd inputs)

@@ -189,7 +189,7 @@ class RMSNorm(base.Layer):
             scale_init: `(shape, rng) -> array` for the scale; default ones.
             param_dtype: dtype of the scale.
             reductions_in_at_least_fp32: Reduce in at least float32 (else in
-              the input dtype).
+                the input dtype).
             name: The layer's name.
         """
         _check_epsilon("RMSNorm", epsilon)
@@ -456,8 +456,10 @@ class GroupNorm(base.Layer):
             axis: The channel axis holding the groups (>= 2 or negative).
             epsilon: Added to the variance before the square root.
             cumulative: Causal statistics (streamable) instead of whole-sequence ones.
-            use_bias, use_scale: Whether to learn a bias and a scale.
-            bias_init, scale_init: `(shape, rng) -> array`; default zeros and ones.
+            use_bias: Whether to learn a bias.
+            use_scale: Whether to learn a scale.
+            bias_init: `(shape, rng) -> array`; default zeros.
+            scale_init: `(shape, rng) -> array`; default ones.
             param_dtype: dtype of scale and bias.
             mode: 'train', 'eval' or 'predict'.
             name: The layer's name.

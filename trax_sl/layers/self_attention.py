@@ -126,9 +126,11 @@ class DotProductSelfAttention(base.Layer):
           max_future_horizon: future steps each step sees; -1 for all (not streamable).
           num_kv_heads: key/value heads (grouped-query attention); None: num_heads.
           use_bias: learn biases in the query/key/value projections.
-          query_network, key_network, value_network: layers applied to the
-            `[batch, time, heads, units]` queries/keys/values (e.g.
-            ApplyRotaryPositionalEncoding); block_size 1, output_ratio 1, no latency.
+          query_network: a layer applied to the `[batch, time, heads, units]`
+            queries (e.g. ApplyRotaryPositionalEncoding); block_size 1,
+            output_ratio 1, no latency.
+          key_network: the same for the keys.
+          value_network: the same for the values.
           attention_probabilities_dropout_rate: dropout on the attention
             probabilities in 'train' mode.
           broadcast_dropout_across_queries: share the dropout mask across queries (T5).

@@ -307,6 +307,7 @@ def np_from_file(file_path, compresslevel: int = 2) -> list[np.ndarray]:
 
 
 def signature_to_json(signature):
+    """A signature (ShapeDtypes in Sequences, tuples and lists) as JSON-ready dicts and lists."""
     if signature is None:
         return None
     if isinstance(signature, seq.Sequence):

@@ -156,12 +156,19 @@ def _activation(tl_layer: Callable[[], base.Layer], sl_name: str) -> Callable[..
 
 # SequenceLayers' activation layers that compute what Trax's of the same name do.
 Relu = _activation(tl.Relu, "Relu")
+"""SequenceLayers' Relu(name=None): `tl.Relu()`, pointwise; streams with block_size 1."""
 Swish = _activation(tl.Swish, "Swish")
+"""SequenceLayers' Swish(name=None): `tl.Swish()`, pointwise; streams with block_size 1."""
 Sigmoid = _activation(tl.Sigmoid, "Sigmoid")
+"""SequenceLayers' Sigmoid(name=None): `tl.Sigmoid()`, pointwise; streams with block_size 1."""
 Tanh = _activation(tl.Tanh, "Tanh")
+"""SequenceLayers' Tanh(name=None): `tl.Tanh()`, pointwise; streams with block_size 1."""
 Exp = _activation(tl.Exp, "Exp")
+"""SequenceLayers' Exp(name=None): `tl.Exp()`, pointwise; streams with block_size 1."""
 Log = _activation(tl.Log, "Log")
+"""SequenceLayers' Log(name=None): `tl.Log()`, pointwise; streams with block_size 1."""
 Softplus = _activation(tl.Softplus, "Softplus")
+"""SequenceLayers' Softplus(name=None): `tl.Softplus()`, pointwise; streams with block_size 1."""
 
 
 def Identity(name: str | None = None) -> base.Layer:  # noqa: N802 (SequenceLayers' name)

@@ -114,6 +114,7 @@ def step_name(step: int) -> str:
 
 
 def checkpoints_root(output_dir: str) -> str:
+    """Where a run in output_dir keeps its Orbax checkpoints."""
     return os.path.join(output_dir, CHECKPOINTS_DIR)
 
 

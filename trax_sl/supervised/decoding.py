@@ -184,10 +184,11 @@ def autoregressive_sample(
         there, so a second call continues the stream and restoring
         `model.state` rewinds it (any layer with Trax's calling convention
         works, e.g. `tl.test_utils.MockTransformerLM`).
-      eval_mode, eval_min_length: in eval mode eos is not sampled before
-        eval_min_length tokens.
+      eval_mode: if True, eos is not sampled before eval_min_length tokens.
+      eval_min_length: see eval_mode.
       rng: a JAX key (default PRNGKey(0)): the same key gives the same samples.
-      weights, state: override the model's cached weights and (trained) state.
+      weights: override the model's cached weights.
+      state: override the model's cached (trained) state.
 
     Returns:
       int32 numpy array `[batch_size, length]`, length <= max_length: cut after
@@ -275,8 +276,13 @@ def beam_search(
     eos), which orders beams of equal length as their log-probabilities do.
 
     Args:
-      model, inputs, batch_size, start_id, context, weights, state: as in
-        `autoregressive_sample` (a language model's inputs are its prompt).
+      model: as in `autoregressive_sample`.
+      inputs: as in `autoregressive_sample` (a language model's inputs are its prompt).
+      batch_size: as in `autoregressive_sample`.
+      start_id: as in `autoregressive_sample`.
+      context: as in `autoregressive_sample`.
+      weights: as in `autoregressive_sample`.
+      state: as in `autoregressive_sample`.
       n_beams: beams kept per row.
       eos_id: the token that ends a beam.
       max_length: tokens decoded per beam.

@@ -40,6 +40,7 @@ from trax_sl.mesh import BATCH_AXES
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding that puts a whole copy of an array on every device of mesh."""
     return NamedSharding(mesh, PartitionSpec())
 
 

@@ -39,6 +39,7 @@ _DEFAULT_METRICS = {
 }
 
 NamedStream = collections.namedtuple("NamedStream", ["name", "stream"])
+"""A stream of batches with the name its metrics are logged under (Trax's `trainer_lib.NamedStream`)."""
 
 
 @gin.configurable

@@ -129,11 +129,14 @@ def attend(
       k: key vectors, `[kv_len, d_qk]`; None shares them with the queries
         (length-normalized keys, as in LSH attention).
       v: value vectors, `[kv_len, d_v]`.
-      q_chunk_len, kv_chunk_len: chunk lengths, to attend within chunks.
-      n_chunks_before, n_chunks_after: adjacent chunks each chunk also sees.
+      q_chunk_len: the queries' chunk length, to attend within chunks.
+      kv_chunk_len: the keys' and values' chunk length.
+      n_chunks_before: chunks before its own that each chunk also sees.
+      n_chunks_after: chunks after its own that each chunk also sees.
       mask_fn: `mask_fn(dots, q_info, kv_info) -> dots`.
-      q_info, kv_info: per-position metadata for masking (0-indexed; shifted
-        to 1-indexed here, as in Trax, so negative values stay negative).
+      q_info: the queries' per-position metadata for masking (0-indexed;
+        shifted to 1-indexed here, as in Trax, so negative values stay negative).
+      kv_info: the keys' per-position metadata, as q_info.
       dropout: dropout rate on the attention weights (broadcast over chunks).
       rng: key for dropout.
 
@@ -260,6 +263,7 @@ def permute_via_sort(val, keys, inverse_keys, axis: int = 0):
 
 
 def check_n_parallel_heads(layer_name: str, n_heads: int, n_parallel_heads) -> None:
+    """Raises unless n_parallel_heads (None or 0: all) divides n_heads or is a multiple of it."""
     if not n_parallel_heads:
         return
     if (n_parallel_heads > n_heads and n_parallel_heads % n_heads) or (
@@ -343,6 +347,7 @@ def values_and_mask(item):
 
 
 def and_masks(*masks):
+    """The elementwise AND of the masks given (None entries skipped; None if all are)."""
     masks = [m for m in masks if m is not None]
     if not masks:
         return None
@@ -353,6 +358,7 @@ def and_masks(*masks):
 
 
 def unbatched_signature(signature):
+    """The ShapeDtype of one example of a batched signature (its values' leading axis dropped)."""
     values = seq.values_of(signature)
     return shapes.ShapeDtype(tuple(values.shape[1:]), values.dtype)
 

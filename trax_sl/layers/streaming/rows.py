@@ -130,7 +130,9 @@ def reset_stream_rows(model, state, rows, block_signature, weights, trained_stat
       rows: a bool mask `[batch]`, or a sequence (1-D array) of row indices.
       block_signature: the signature of one block for the whole batch, as
         given to `start_stream`.
-      weights, trained_state, rng: as `start_stream` takes them.
+      weights: as `start_stream` takes them.
+      trained_state: as `start_stream` takes it.
+      rng: as `start_stream` takes it.
 
     Returns:
       The state with the rows in `rows` restarted.
