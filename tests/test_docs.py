@@ -4,9 +4,12 @@ every public name of the documented packages has an entry."""
 import importlib
 import inspect
 import pathlib
+import re
 import subprocess
 import sys
 import zlib
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -70,7 +73,17 @@ def _public_callable(name: str, obj) -> bool:
 def test_site_builds_strict_and_documents_every_public_name(tmp_path):
     site = tmp_path / "site"
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", str(site)],
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-f",
+            str(ROOT / "mkdocs.yml"),
+            "-d",
+            str(site),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -84,3 +97,21 @@ def test_site_builds_strict_and_documents_every_public_name(tmp_path):
     print(f"public names with a reference entry: {len(public) - len(missing)} / {len(public)}")
     assert not missing, f"public names without a reference entry: {missing}"
     assert "trax_sl.layers.combinators.stack.Serial" in documented
+
+
+GUIDES = sorted((ROOT / "docs" / "guides").glob("*.md"))
+
+
+def python_blocks(markdown: str) -> list[str]:
+    """The ```python fenced blocks of a page, in order."""
+    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.DOTALL | re.MULTILINE)
+
+
+@pytest.mark.parametrize("guide", GUIDES, ids=[g.stem for g in GUIDES])
+def test_guide_code_runs(guide):
+    """A guide's code blocks run in order, in one namespace, as a reader would paste them."""
+    blocks = python_blocks(guide.read_text())
+    assert blocks, f"{guide.name} has no python blocks"
+    namespace: dict = {"__name__": f"guide_{guide.stem}"}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{guide.name} block {i + 1}", "exec"), namespace)  # noqa: S102
