@@ -67,8 +67,9 @@ setup(
             # The API reference site (mkdocs.yml), built by tests/test_docs.py.
             "mkdocs>=1.6",
             "mkdocstrings[python]>=1.0",
+            "mkdocs-jupyter>=0.25",
         ],
-        "docs": ["mkdocs>=1.6", "mkdocstrings[python]>=1.0"],
+        "docs": ["mkdocs>=1.6", "mkdocstrings[python]>=1.0", "mkdocs-jupyter>=0.25"],
         # Only for the tfds.load path of trax_sl.data; everything else runs without it.
         "tf": ["tensorflow"],
     },
