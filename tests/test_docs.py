@@ -2,19 +2,29 @@
 every public name of the documented packages has an entry."""
 
 import importlib
+import importlib.util
 import inspect
 import os
 import pathlib
-import re
 import subprocess
 import sys
 import zlib
 
 import pytest
 
+from tests import markdown
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import write_api_pages
+
+
+def _load_pages_tool():
+    spec = importlib.util.spec_from_file_location("write_api_pages", ROOT / "tools" / "write_api_pages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+write_api_pages = _load_pages_tool()
 
 # The namespaces users import from; each public class or function there must be on the site.
 NAMESPACES = (
@@ -104,15 +114,10 @@ def test_site_builds_strict_and_documents_every_public_name(tmp_path):
 GUIDES = sorted((ROOT / "docs" / "guides").glob("*.md"))
 
 
-def python_blocks(markdown: str) -> list[str]:
-    """The ```python fenced blocks of a page, in order."""
-    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.DOTALL | re.MULTILINE)
-
-
 @pytest.mark.parametrize("guide", GUIDES, ids=[g.stem for g in GUIDES])
 def test_guide_code_runs(guide):
     """A guide's code blocks run in order, in one namespace, as a reader would paste them."""
-    blocks = python_blocks(guide.read_text())
+    blocks = markdown.python_blocks(guide.read_text())
     assert blocks, f"{guide.name} has no python blocks"
     namespace: dict = {"__name__": f"guide_{guide.stem}"}
     for i, block in enumerate(blocks):

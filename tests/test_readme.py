@@ -5,25 +5,24 @@ run the text describes, e.g. loading its checkpoints) begin otherwise.
 """
 
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 
 import trax_sl
+from tests import markdown
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(trax_sl.__file__)))
 README = os.path.join(ROOT, "README.md")
 
 
-def python_blocks() -> list[str]:
+def readme_examples() -> list[str]:
     with open(README, encoding="utf-8") as f:
-        blocks = re.findall(r"^```python\n(.*?)^```$", f.read(), flags=re.MULTILINE | re.DOTALL)
-    return [block for block in blocks if block.startswith("import ")]
+        return [block for block in markdown.python_blocks(f.read()) if block.startswith("import ")]
 
 
-BLOCKS = python_blocks()
+BLOCKS = readme_examples()
 
 
 def test_the_readme_has_its_examples():
