@@ -90,7 +90,7 @@ def main() -> None:
         dropout=0.0,
     )
     weights, _ = model.init(shapes.ShapeDtype((args.batch, args.length), np.int32))
-    params = ref.params_from_trax_sl(weights, args.n_layers)
+    params = ref.params_from_trax_sl(model, weights, args.n_layers)
     # eos_id=-1: no row stops early, so both decode exactly args.length tokens.
     sample_kwargs = {"batch_size": args.batch, "temperature": 0.0, "max_length": args.length, "eos_id": -1}
 

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trax_sl.layers import trax_checkpoint
+
 _EPSILON = 1e-6  # trax_sl's (and Trax's) LayerNorm epsilon.
 _MASKED = -1e9  # The logit of a key a query may not see (Trax's).
 
@@ -64,9 +66,12 @@ def init_params(rng, vocab_size: int, d_model: int, d_ff: int, n_layers: int, ma
     }
 
 
-def params_from_trax_sl(weights, n_layers: int) -> dict:
-    """The reference's parameters holding a `trax_sl.models.TransformerLM`'s weights (copied)."""
-    leaves = [jnp.array(leaf) for leaf in jax.tree.leaves(weights)]
+def params_from_trax_sl(model, weights, n_layers: int) -> dict:
+    """The reference's parameters holding a `trax_sl.models.TransformerLM`'s weights (copied).
+
+    The arrays are taken in Trax's order (each block's in turn, whether the model stacks its blocks or not).
+    """
+    leaves = [jnp.array(leaf) for leaf in trax_checkpoint.in_trax_order(model, weights)]
     expected = 2 + 16 * n_layers + 4
     if len(leaves) != expected:
         raise ValueError(

@@ -10,8 +10,8 @@ max_len=128, dropout=0.0) with `tl.CategoryCrossEntropy` on int32 tokens
   float32 weights and Adam state, bfloat16 matmuls;
 - `... grad_accum 4`: the batch as 4 micro-batches of 2 in one step
   (`train.grad_accum_steps = 4`);
-- `... remat P`: `TransformerLM(remat=P)`, each block layer rematerialised
-  with the policy P (`tl.repeat.REMAT_POLICIES`).
+- `... remat P`: `TransformerLM(remat=P)`, the scanned block body
+  rematerialised with the policy P (`tl.repeat.REMAT_POLICIES`).
 
 Columns: best and median step time over interleaved rounds (warm-up
 excluded), the ratio to `float32`, MFU (the step's model FLOPs,

@@ -8,7 +8,9 @@ is the same math written directly in JAX, with the same parameter count
 weights, and the first three steps' losses agree (asserted). Rows:
 
 - `trax_sl + tl.CategoryCrossEntropy`: `Serial(model, loss layer)`, what a
-  training loop runs;
+  training loop runs (the blocks scanned: one `Repeat`, the default);
+- `trax_sl scan_layers=False + ...`: the same with the blocks unrolled
+  (Trax's layout), holding the same weights;
 - `trax_sl + JAX loss`: `model.pure_fn` with the reference's loss, which
   isolates the model;
 - `JAX`: the reference.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+import time
 
 import jax
 import jax_transformer as ref
@@ -49,6 +52,7 @@ from harness import (
 
 import trax_sl.layers as tl
 from trax_sl import models, shapes
+from trax_sl.layers import trax_checkpoint
 from trax_sl.supervised import efficiency
 
 _TARGET = 1.05
@@ -67,20 +71,25 @@ def make_step(loss_fn, tx):
 
 
 class Stepper:
-    """Runs one candidate's steps, carrying its (donated) parameters and optimizer state."""
+    """Runs one candidate's steps, carrying its (donated) parameters and optimizer state.
+
+    The step is traced, lowered and compiled here, before any call, and that time kept (`compile_s`).
+    """
 
     def __init__(self, step, params, tx, tokens):
-        self.step = step
         self.params = jax.tree.map(np.array, params)  # A private copy: steps donate their inputs.
         self.opt_state = tx.init(self.params)
         self.tokens = tokens
+        start = time.perf_counter()
+        self.step = step.lower(self.params, self.opt_state, tokens).compile()
+        self.compile_s = time.perf_counter() - start
 
     def __call__(self):
         self.params, self.opt_state, loss = self.step(self.params, self.opt_state, self.tokens)
         return loss
 
     def hlo(self) -> str:
-        return self.step.lower(self.params, self.opt_state, self.tokens).compile().as_text()
+        return self.step.as_text()
 
 
 def hlo_summary(text: str) -> dict[str, int]:
@@ -96,9 +105,8 @@ def hlo_summary(text: str) -> dict[str, int]:
     return dict(counts)
 
 
-def build(args):
-    """name -> Stepper, and a check that the candidates compute the same numbers."""
-    model = models.TransformerLM(
+def transformer_lm(args, scan_layers=True):
+    return models.TransformerLM(
         vocab_size=args.vocab_size,
         d_model=args.d_model,
         d_ff=args.d_ff,
@@ -106,13 +114,31 @@ def build(args):
         n_heads=args.n_heads,
         max_len=args.length,
         dropout=0.0,
+        scan_layers=scan_layers,
     )
+
+
+def build(args):
+    """name -> Stepper, and a check that the candidates compute the same numbers."""
+    model = transformer_lm(args)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (args.batch, args.length), 0, args.vocab_size)
     with_loss = tl.Serial(model, tl.CategoryCrossEntropy())
-    weights, state = with_loss.init((shapes.signature(tokens), shapes.signature(tokens)))
+    signature = (shapes.signature(tokens), shapes.signature(tokens))
+    weights, state = with_loss.init(signature)
     model_weights, model_state = weights[0], state[0]
+    # The same model and weights with its blocks unrolled (Trax's layout): the arrays in Trax's order.
+    unrolled = tl.Serial(transformer_lm(args, scan_layers=False), tl.CategoryCrossEntropy())
+    unrolled_signature, unrolled_state = unrolled.weights_and_state_signature(signature)
+    unrolled_weights = trax_checkpoint.assign(
+        trax_checkpoint.in_trax_order(with_loss, weights),
+        unrolled,
+        unrolled_signature,
+        "weight",
+        "train_step",
+    )
+    _, unrolled_state = unrolled.init(signature)
 
-    params = ref.params_from_trax_sl(model_weights, args.n_layers)
+    params = ref.params_from_trax_sl(model, model_weights, args.n_layers)
     fresh = ref.init_params(
         jax.random.PRNGKey(1), args.vocab_size, args.d_model, args.d_ff, args.n_layers, args.length
     )
@@ -131,9 +157,15 @@ def build(args):
     def jax_loss(p, tokens):
         return ref.loss(p, tokens, args.n_heads)
 
+    def unrolled_loss(w, tokens):
+        return unrolled.pure_fn((tokens, tokens), w, unrolled_state, None)[0]
+
     tx = optax.adam(args.learning_rate)
     steppers = {
         "trax_sl + tl.CategoryCrossEntropy": Stepper(make_step(trax_sl_loss, tx), weights, tx, tokens),
+        "trax_sl scan_layers=False + tl.CategoryCrossEntropy": Stepper(
+            make_step(unrolled_loss, tx), unrolled_weights, tx, tokens
+        ),
         "trax_sl + JAX loss": Stepper(make_step(trax_sl_model_jax_loss, tx), model_weights, tx, tokens),
         _REFERENCE: Stepper(make_step(jax_loss, tx), params, tx, tokens),
     }
@@ -168,6 +200,7 @@ def main() -> None:
             **timing,
             "mfu": None if peak is None else flops / (timing["best_ms"] / 1e3) / peak,
             "first_losses": losses[name],
+            "compile_s": steppers[name].compile_s,
             "hlo_instructions": hlo[name],
         }
         for name, timing in timings.items()
@@ -183,7 +216,7 @@ def main() -> None:
         f"peak {'unknown' if peak is None else f'{peak / 1e9:.1f} GFLOP/s'} per device",
     )
     print_table(
-        ("step", "best ms", "median round ms", "vs JAX", "best CPU ms", "CPU vs JAX", "MFU"),
+        ("step", "best ms", "median round ms", "vs JAX", "best CPU ms", "CPU vs JAX", "MFU", "compile s"),
         [
             (
                 r["candidate"],
@@ -193,6 +226,7 @@ def main() -> None:
                 f"{r['best_cpu_ms']:.1f}",
                 f"{r['cpu_ratio']:.3f}x",
                 "-" if r["mfu"] is None else f"{r['mfu']:.2f}",
+                f"{r['compile_s']:.2f}",
             )
             for r in results
         ],

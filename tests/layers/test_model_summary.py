@@ -84,9 +84,16 @@ def _combinators():
     return model, shapes.ShapeDtype((3, 5))
 
 
-def _transformer_lm():
+def _transformer_lm(scan_layers=True):
     lm = models.TransformerLM(
-        vocab_size=32, d_model=8, d_ff=16, n_layers=2, n_heads=2, max_len=16, dropout=0.1
+        vocab_size=32,
+        d_model=8,
+        d_ff=16,
+        n_layers=2,
+        n_heads=2,
+        max_len=16,
+        dropout=0.1,
+        scan_layers=scan_layers,
     )
     return lm, shapes.ShapeDtype((2, 6), np.int32)
 
@@ -151,8 +158,8 @@ def test_counts_are_those_of_init(make):
         assert "Total state" not in table and "state" not in table.split("\n")[1]
 
 
-def test_transformer_lm_rows():
-    model, signature = _transformer_lm()
+def test_transformer_lm_rows_in_trax_s_layout():
+    model, signature = _transformer_lm(scan_layers=False)
     rows = _rows(_table(model, signature))
     # Embedding 256, PositionalEncoding 128, 2 blocks of 600 (two LayerNorms 16 each, four attention
     # Dense(8) 72 each, the feed-forward 8*16 + 16 and 16*8 + 8), LayerNorm 16, Dense(32) 288.
@@ -174,6 +181,20 @@ def test_transformer_lm_rows():
         "ShiftRight_1[0]", "Embedding_32_8[1]", "Dropout[2]", "PositionalEncoding[3]", "Residual[4]",
         "Residual[5]", "Residual[6]", "Residual[7]", "LayerNorm[8]", "Dense_32[9]",
     ]  # fmt: skip
+
+
+def test_transformer_lm_rows_with_its_blocks_scanned():
+    model, signature = _transformer_lm()
+    rows = _rows(_table(model, signature))
+    assert rows[0] == (0, "TransformerLM", "f32[2,6,32]", "1,888 (7.6 KB)")
+    # The Repeat's rows count both blocks' weights (stacked): 2 * 600.
+    assert [row for row in rows if row[0] == 1][4:] == [
+        (1, "Repeat_2[4]", "f32[2,6,8]", "1,200 (4.8 KB)"),
+        (1, "LayerNorm[5]", "f32[2,6,8]", "16 (64 B)"),
+        (1, "Dense_32[6]", "f32[2,6,32]", "288 (1.2 KB)"),
+    ]
+    assert (3, "Residual[0]", "f32[2,6,8]", "608 (2.4 KB)") in rows
+    assert (5, "CausalAttention[1]", "f32[2,6,8]", "576 (2.3 KB)") in rows
 
 
 def test_main_config_model():

@@ -130,3 +130,25 @@ def test_repeat_remat_takes_a_policy(remat, expected):
         ValueError, match=r"Repeat: remat must be one of \['dots_saveable', 'full', 'minimal'\]"
     ):
         tl.Repeat(tl.Relu(), 2, remat="half")
+
+
+def test_repeat_carries_several_stack_items():
+    # A block that carries a second item along (as the Transformer blocks carry masks): (x, y) -> (Dense(x) + y, y).
+    block = tl.Serial(tl.Parallel(tl.Dense(3), []), tl.Branch(tl.Add(), tl.Select([1])))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32))
+    y = jnp.ones((2, 4, 3))
+    repeated = tl.Repeat(block, 3)
+    assert (repeated.n_in, repeated.n_out) == (2, 2)
+    weights, state = repeated.init((ShapeDtype((2, 4, 3)), ShapeDtype((2, 4, 3))))
+    out = repeated((x, y))
+    expected = x
+    for r in range(3):
+        w = jax.tree.map(lambda a, r=r: a[r], weights)
+        expected, _ = block.pure_fn((expected, y), w, jax.tree.map(lambda a, r=r: a[r], state), None)[0]
+    np.testing.assert_allclose(out[0], expected, rtol=1e-6)
+    np.testing.assert_array_equal(out[1], y)
+
+
+def test_repeat_refuses_a_layer_that_changes_the_number_of_items():
+    with pytest.raises(ValueError, match=r"n_in = n_out >= 1\), got Dup with n_in=1, n_out=2"):
+        tl.Repeat(tl.Dup(), 2)

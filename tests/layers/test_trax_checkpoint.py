@@ -19,29 +19,54 @@ TRAX_FILE = os.path.join(
 )
 
 
-def copy_lm(mode):
+def copy_lm(mode, scan_layers=True):
     return models.TransformerLM(
-        vocab_size=13, d_model=64, d_ff=128, n_layers=2, n_heads=2, max_len=256, dropout=0.05, mode=mode
+        vocab_size=13,
+        d_model=64,
+        d_ff=128,
+        n_layers=2,
+        n_heads=2,
+        max_len=256,
+        dropout=0.05,
+        mode=mode,
+        scan_layers=scan_layers,
     )
 
 
-def test_a_trax_checkpoint_decodes_as_in_trax():
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned blocks", "Trax's layout"])
+def test_a_trax_checkpoint_decodes_as_in_trax(scan_layers):
     # Trax's decoding_test (test_autoregressive_sample_transformerlm_quality): the same file, the same
     # prompt, the same greedy samples.
-    model = copy_lm("predict")
+    model = copy_lm("predict", scan_layers)
     model.init_from_file(TRAX_FILE, weights_only=True, input_signature=ShapeDtype((1, 1), np.int32))
     prompt = np.array([[0, 3, 7, 5, 3, 2, 4, 0]], np.int32)
     np.testing.assert_array_equal(
         decoding.autoregressive_sample(model, prompt, max_length=6, temperature=0.0), [[3, 7, 5, 3, 2, 4]]
     )
     # In eval mode, with the signature stored in the file (a whole batch: the model takes its inputs).
-    model = copy_lm("eval")
+    model = copy_lm("eval", scan_layers)
     weights, _ = model.init_from_file(TRAX_FILE)
     tokens = np.array([[0, 3, 7, 5, 3, 2, 4, 0, 3, 7, 5, 3, 2, 4]], np.int32)
     predicted = np.argmax(np.asarray(model(tokens)), axis=-1)
     # The model shifts its input right: position t predicts token t. After the 0, it copies.
     np.testing.assert_array_equal(predicted[0, 8:], [3, 7, 5, 3, 2, 4])
     assert jax.tree.leaves(weights)[0].shape == (13, 64)
+
+
+def test_scanned_blocks_hold_trax_s_arrays_copy_by_copy():
+    scanned, unrolled = copy_lm("eval"), copy_lm("eval", scan_layers=False)
+    scanned_weights, _ = scanned.init_from_file(TRAX_FILE)
+    unrolled_weights, _ = unrolled.init_from_file(TRAX_FILE)
+    in_file = [np.asarray(x) for x in trax_checkpoint.read(TRAX_FILE)["flat_weights"] if np.ndim(x)]
+    in_order = trax_checkpoint.in_trax_order(scanned, scanned_weights)
+    assert len(in_order) == len(in_file) == len(jax.tree.leaves(unrolled_weights)) == 38
+    for ours, theirs, unrolled_leaf in zip(in_order, in_file, jax.tree.leaves(unrolled_weights)):
+        np.testing.assert_array_equal(np.reshape(ours, theirs.shape), theirs)
+        np.testing.assert_array_equal(ours, unrolled_leaf)
+    # Block 1's first LayerNorm scale is the file's array 2 (after the embedding and positions).
+    np.testing.assert_array_equal(jax.tree.leaves(scanned_weights[4])[0][1], in_file[2 + 16])
+    tokens = np.array([[0, 3, 7, 5, 3, 2, 4, 0, 3]], np.int32)
+    np.testing.assert_allclose(scanned(tokens), unrolled(tokens), rtol=1e-5, atol=1e-5)
 
 
 def test_a_checkpoint_of_another_model_is_refused_with_the_counts():

@@ -171,7 +171,7 @@ def shifted(x):
 def test_lm_is_transformer_lm_with_its_weights_and_streams():
     """TransformerLM's weights, in the same order, give the same eval logits; step-wise equals layer-wise."""
     model = ct.ConfigurableTransformerLM(8, n_layers=2, mode="eval", **SMALL)
-    reference = transformer.TransformerLM(8, n_layers=2, mode="eval", **SMALL)
+    reference = transformer.TransformerLM(8, n_layers=2, mode="eval", scan_layers=False, **SMALL)
     x = tokens((2, 5))
     reference_weights, _ = reference.init(ShapeDtype((2, 5), jnp.int32), jax.random.PRNGKey(1))
     weights_signature, _ = model.weights_and_state_signature(ShapeDtype((2, 5), jnp.int32))

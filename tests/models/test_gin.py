@@ -1,6 +1,7 @@
 """Models are gin configurables named `trax_sl.models.<Name>`, as in Trax."""
 
 import gin
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -56,4 +57,5 @@ def test_bindings_reach_the_model():
     model = models.TransformerLM(mode="eval")
     weights, _ = model.weights_and_state_signature(ShapeDtype((2, 4), jnp.int32))
     assert weights[1].shape == (8, 16)  # The embedding.
-    assert len(weights) == 8  # One decoder block: two Residuals.
+    assert len(weights) == 7  # One Repeat of the decoder block.
+    assert jax.tree.leaves(weights[4])[0].shape[0] == 1  # Of one block.

@@ -37,7 +37,7 @@ def block_weights(weights, i, shared_draw=True):
 
 def transformer_lm_with(weights, blocks, shared_draw=True):
     """A TransformerLM (eval) running `blocks` of a layer-drop LM's `weights`, and its weights."""
-    lm = transformer.TransformerLM(8, n_layers=len(blocks), mode="eval", **SMALL)
+    lm = transformer.TransformerLM(8, n_layers=len(blocks), mode="eval", scan_layers=False, **SMALL)
     lm_weights = (
         tuple(weights[:4])
         + sum((block_weights(weights, i, shared_draw) for i in blocks), ())

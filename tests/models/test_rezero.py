@@ -156,7 +156,9 @@ def test_rezero_lm_forward_shape():
 def test_lm_weights_are_the_transformer_lm_s_plus_one_alpha_per_residual():
     signature = ShapeDtype((2, 5), jnp.int32)
     weights, _ = rezero.ReZeroTransformerLM(8, n_layers=2, **SMALL).weights_and_state_signature(signature)
-    plain, _ = transformer.TransformerLM(8, n_layers=2, **SMALL).weights_and_state_signature(signature)
+    plain, _ = transformer.TransformerLM(
+        8, n_layers=2, scan_layers=False, **SMALL
+    ).weights_and_state_signature(signature)
     assert n_weights(weights) == n_weights(plain) + 4
     assert (
         len(weights) == len(plain) == 10

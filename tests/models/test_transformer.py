@@ -68,6 +68,7 @@ def test_trax_signatures_and_defaults():
         "mode": "train",
         "ff_activation": tl.Relu,
         "remat": "none",  # Ours, after Trax's arguments: rematerialisation is off, as in Trax.
+        "scan_layers": True,  # Ours: the blocks are one Repeat (scan_layers=False: Trax's layout).
     }
     assert defaults(models.TransformerLM) == {**common, "n_layers": 6}
     assert defaults(models.TransformerEncoder) == {**common, "n_classes": 10, "n_layers": 6}
@@ -92,8 +93,8 @@ def test_d_model_must_split_into_heads():
 # --- TransformerLM ------------------------------------------------------------------------
 
 
-def test_lm_weights_are_trax_s():
-    model = models.TransformerLM(8, n_layers=2, **SMALL)
+def test_lm_weights_are_trax_s_without_scan_layers():
+    model = models.TransformerLM(8, n_layers=2, scan_layers=False, **SMALL)
     weights, _ = model.weights_and_state_signature(ShapeDtype((2, 5), jnp.int32))
     d, d_ff, vocab, max_len = 8, 16, 8, 16
     per_layer = 2 * d + 4 * (d * d + d) + 2 * d + (d * d_ff + d_ff + d_ff * d + d)
@@ -107,6 +108,34 @@ def test_lm_weights_are_trax_s():
     assert [w[0][0].shape for w in attention[0][1]] == [(8, 8)] * 3 and attention[3][0].shape == (8, 8)
 
 
+def test_lm_scanned_blocks_stack_trax_s_block_weights():
+    signature = ShapeDtype((2, 5), jnp.int32)
+    unrolled, _ = models.TransformerLM(8, n_layers=3, scan_layers=False, **SMALL).weights_and_state_signature(
+        signature
+    )
+    scanned, _ = models.TransformerLM(8, n_layers=3, **SMALL).weights_and_state_signature(signature)
+    # Serial(ShiftRight, Embedding, Dropout, PositionalEncoding, Repeat(Serial(2 Residuals)), LayerNorm, Dense).
+    assert len(scanned) == 7 and len(unrolled) == 12
+    assert scanned[:4] == unrolled[:4] and scanned[5:] == unrolled[10:]
+    # Each weight of the block, with a leading axis of the 3 blocks.
+    for stacked, *per_block in zip(
+        jax.tree.leaves(scanned[4]), *(jax.tree.leaves(unrolled[4 + 2 * i : 6 + 2 * i]) for i in range(3))
+    ):
+        assert stacked.shape == (3, *per_block[0].shape) and all(b == per_block[0] for b in per_block)
+    assert n_weights(scanned) == n_weights(unrolled)
+
+
+def test_lm_compiles_one_block_whatever_the_depth():
+    x = tokens((2, 6))
+
+    def n_equations(n_layers):
+        model = models.TransformerLM(8, n_layers=n_layers, mode="eval", **SMALL)
+        weights, state = model.init(ShapeDtype((2, 6), jnp.int32))
+        return len(jax.make_jaxpr(lambda w: model.pure_fn(x, w, state, None))(weights).jaxpr.eqns)
+
+    assert n_equations(1) == n_equations(6)
+
+
 def test_lm_weights_tree_is_the_same_in_every_mode():
     signature = ShapeDtype((2, 1), jnp.int32)
     trees = [
@@ -118,8 +147,9 @@ def test_lm_weights_tree_is_the_same_in_every_mode():
     assert trees[0] == trees[1] == trees[2]
 
 
-def test_lm_stepped_one_token_at_a_time_equals_layer_wise():
-    model = models.TransformerLM(8, n_layers=2, mode="eval", **SMALL)
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_lm_stepped_one_token_at_a_time_equals_layer_wise(scan_layers):
+    model = models.TransformerLM(8, n_layers=2, mode="eval", scan_layers=scan_layers, **SMALL)
     x = tokens((2, 10))
     weights, _ = model.init(ShapeDtype((2, 10), jnp.int32), jax.random.PRNGKey(1))
     y = model(x)
@@ -151,9 +181,11 @@ def test_lm_cache_holds_max_len_tokens_then_marks_outputs_invalid():
     assert masks == [True] * 4 + [False] * 2
 
 
-def test_lm_contract():
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_lm_contract(scan_layers):
     test_utils.verify_contract(
-        lambda mode: models.TransformerLM(8, n_layers=1, mode=mode, **SMALL), ShapeDtype((2, 8), jnp.int32)
+        lambda mode: models.TransformerLM(8, n_layers=2, mode=mode, scan_layers=scan_layers, **SMALL),
+        ShapeDtype((2, 8), jnp.int32),
     )
 
 
@@ -209,8 +241,11 @@ def test_transformer_outputs_logits_and_targets():
     assert not np.allclose(other_logits, logits)
 
 
-def test_transformer_decoder_steps_with_the_source_cached():
-    model = models.Transformer(8, n_encoder_layers=1, n_decoder_layers=2, mode="eval", **SMALL)
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_transformer_decoder_steps_with_the_source_cached(scan_layers):
+    model = models.Transformer(
+        8, n_encoder_layers=2, n_decoder_layers=2, mode="eval", scan_layers=scan_layers, **SMALL
+    )
     source, target = tokens((2, 5)), tokens((2, 7), seed=1)
     weights, _ = model.init(
         (ShapeDtype((2, 5), jnp.int32), ShapeDtype((2, 7), jnp.int32)), jax.random.PRNGKey(4)
@@ -232,10 +267,13 @@ def test_transformer_decoder_steps_with_the_source_cached():
     np.testing.assert_allclose(y1[0], logits[:, 1:2], atol=1e-5, rtol=1e-5)
 
 
-def test_transformer_contract_with_a_padded_source():
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_transformer_contract_with_a_padded_source(scan_layers):
     source = seq.Sequence(ShapeDtype((2, 6), jnp.int32), ShapeDtype((2, 6), jnp.bool_))
     test_utils.verify_contract(
-        lambda mode: models.Transformer(8, n_encoder_layers=1, n_decoder_layers=1, mode=mode, **SMALL),
+        lambda mode: models.Transformer(
+            8, n_encoder_layers=2, n_decoder_layers=2, mode=mode, scan_layers=scan_layers, **SMALL
+        ),
         (source, ShapeDtype((2, 8), jnp.int32)),
         streamed=(False, True),
         # The decoder blocks' layers are gradient-checked on their own; the step loop's
@@ -252,8 +290,9 @@ def test_encode_once_is_the_encoder_layer_wise():
     np.testing.assert_array_equal(wrapped(x), encoder(x, weights=weights[0]))
 
 
+@pytest.mark.parametrize("scan_layers", [True, False])
 @pytest.mark.parametrize("remat", ["full", "dots_saveable", "minimal"])
-def test_remat_keeps_the_weights_tree_and_gradients_and_checkpoints_every_block_layer(remat):
+def test_remat_keeps_the_weights_tree_and_gradients_and_checkpoints_every_block(remat, scan_layers):
     from tests.layers.test_repeat import checkpoint_policies_in
 
     x = jax.random.randint(jax.random.PRNGKey(0), (2, 8), 1, 32)
@@ -261,7 +300,15 @@ def test_remat_keeps_the_weights_tree_and_gradients_and_checkpoints_every_block_
 
     def with_loss(remat):
         lm = models.TransformerLM(
-            32, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=16, dropout=0.0, remat=remat
+            32,
+            d_model=16,
+            d_ff=32,
+            n_layers=2,
+            n_heads=2,
+            max_len=16,
+            dropout=0.0,
+            remat=remat,
+            scan_layers=scan_layers,
         )
         return tl.Serial(lm, tl.CategoryCrossEntropy())
 
@@ -274,9 +321,10 @@ def test_remat_keeps_the_weights_tree_and_gradients_and_checkpoints_every_block_
 
     for a, b in zip(jax.tree.leaves(grad(rematerialised)(weights)), jax.tree.leaves(grad(plain)(weights))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    # Two blocks of two residual layers (attention, feed-forward), each its own rematerialised region.
+    # Scanned: the one block body is the rematerialised region. Else two blocks of two residual
+    # layers (attention, feed-forward), each its own region.
     policies = checkpoint_policies_in(grad(rematerialised), weights)
-    assert len(policies) == 4 and len(set(policies)) == 1
+    assert len(policies) == (1 if scan_layers else 4) and len(set(policies)) == 1
     assert checkpoint_policies_in(grad(plain), weights) == []
 
 

@@ -89,8 +89,12 @@ def max_difference(a, b):
 @pytest.fixture(scope="module")
 def one_device_run():
     loop = make_loop(n_devices=1)
+    initial = jax.tree.map(np.asarray, loop.model.weights)
     loop.run(STEPS)
-    return losses(loop), jax.tree.map(np.asarray, loop.model.weights)
+    final = jax.tree.map(np.asarray, loop.model.weights)
+    # The run moved the weights far beyond the tolerance the mesh runs are held to.
+    assert max_difference(initial, final) > 1e-3
+    return losses(loop), final
 
 
 @pytest.mark.parametrize("name", sorted(MESHES))
@@ -99,7 +103,7 @@ def test_five_adam_steps_on_a_mesh_equal_the_one_device_run(name, one_device_run
     assert {axis: loop.mesh.shape[axis] for axis in MESHES[name]} == MESHES[name]
     loop.run(STEPS)
     expected_losses, expected_weights = one_device_run
-    assert len(expected_losses) == STEPS and expected_losses[-1] < expected_losses[0]
+    assert len(expected_losses) == STEPS
     np.testing.assert_allclose(losses(loop), expected_losses, rtol=2e-5)
     assert max_difference(loop.model.weights, expected_weights) < 2e-5
 

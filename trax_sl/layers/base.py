@@ -200,6 +200,9 @@ class Layer:
     cache_follows_sublayers = True
     # A wrapper whose weights are its one sublayer's tree itself, not nested (WrapsOneLayerInPlace).
     weights_are_sublayers = False
+    # Layers whose weights and state are their one sublayer's, stacked on a leading axis of this
+    # many copies run in series (Repeat); 0 elsewhere. Trax's files list each copy's arrays in turn.
+    stacked_copies = 0
     # Whether predict mode takes the stream already shifted (Trax's ShiftRight is then a no-op),
     # so `verify_contract` compares against the eval-mode model with this layer a no-op too.
     fed_shifted_in_predict_mode = False
@@ -861,8 +864,8 @@ class Layer:
             raise ValueError(f"init_from_file: {file_name} stores no input signature; pass input_signature=")
         weights_sig, state_sig = self.weights_and_state_signature(signature)
         where = f"{self.name}.init_from_file({file_name})"
-        weights = trax_checkpoint.assign(content["flat_weights"], weights_sig, "weight", where)
-        state = None if weights_only else trax_checkpoint.state_or_none(content, state_sig, where)
+        weights = trax_checkpoint.assign(content["flat_weights"], self, weights_sig, "weight", where)
+        state = None if weights_only else trax_checkpoint.state_or_none(content, self, state_sig, where)
         if state is None:
             _, state = self.init(signature)
         self.weights, self.state = weights, state

@@ -16,13 +16,15 @@ class Repeat(base.Layer):
     Each repeat has weights (and state) of its own, stacked on a new leading
     axis of size n_repeats, and the repeats run in a `jax.lax.scan`, so the
     model is traced and compiled once whatever n_repeats is. The layer must
-    map its input signature to itself (n_in = n_out = 1, same shapes).
+    map its input signature to itself (n_in = n_out, same shapes): a block
+    that carries a mask or an encoding along with its activations repeats
+    with them.
 
     `remat` rematerialises each repeat in training: True (or 'full') keeps
     only its input, or a policy of `REMAT_POLICIES` ('dots_saveable',
     'minimal') or `jax.checkpoint_policies`; False (or 'none') keeps everything.
 
-    Stack: `x` -> `layer(layer(...layer(x)))`.
+    Stack: `x` (the layer's n_in items) -> `layer(layer(...layer(x)))`.
     Predict mode: the state holds each repeat's stream state, stacked.
     """
 
@@ -33,12 +35,14 @@ class Repeat(base.Layer):
     def __init__(self, layer: base.Layer, n_repeats: int, remat=False, name: str | None = None):
         if n_repeats < 1:
             raise ValueError(f"Repeat: n_repeats must be >= 1, got n_repeats={n_repeats}")
-        if layer.n_in != 1 or layer.n_out != 1:
+        if layer.n_in != layer.n_out or layer.n_in < 1:
             raise ValueError(
-                f"Repeat: the layer must have n_in = n_out = 1, got "
+                f"Repeat: the layer must give as many stack items as it takes (n_in = n_out >= 1), got "
                 f"{layer.name} with n_in={layer.n_in}, n_out={layer.n_out}"
             )
-        super().__init__(name=name or f"Repeat_{n_repeats}", sublayers_to_print=[layer])
+        super().__init__(
+            n_in=layer.n_in, n_out=layer.n_out, name=name or f"Repeat_{n_repeats}", sublayers_to_print=[layer]
+        )
         self._sublayers = (layer,)
         self._n_repeats = n_repeats
         # False, None or 'none': no remat; True: 'full'; else a name of REMAT_POLICIES or a policy function.
@@ -54,6 +58,10 @@ class Repeat(base.Layer):
 
     @property
     def n_repeats(self) -> int:
+        return self._n_repeats
+
+    @property
+    def stacked_copies(self) -> int:
         return self._n_repeats
 
     @property
@@ -78,37 +86,46 @@ class Repeat(base.Layer):
 
         # One trace of the layer's init, vmapped: every repeat gets weights of its own.
         weights, state = jax.vmap(init_one)(jax.random.split(rng, self._n_repeats))
-        out, expected = seq.plain_sequences(outputs[0]), seq.plain_sequences(input_signature)
+        n = layer.n_in
+        out = seq.plain_sequences(base.as_items(outputs[0], n))
+        expected = seq.plain_sequences(base.as_items(input_signature, n))
+
+        def shown(items):
+            return shapes.short_form(base.from_items(items, n))
+
         if jax.tree.structure(out) != jax.tree.structure(expected):
             raise ValueError(
                 f"Repeat: {layer.name} must map its input to the same signature to repeat, got "
-                f"{shapes.short_form(expected)} -> {shapes.short_form(out)} (the stack items differ: "
+                f"{shown(expected)} -> {shown(out)} (the stack items differ: "
                 f"{jax.tree.structure(expected)} -> {jax.tree.structure(out)})"
             )
         if shapes.signature(jax.tree.leaves(out)) != shapes.signature(jax.tree.leaves(expected)):
             raise ValueError(
                 f"Repeat: {layer.name} must map its input to the same signature to repeat, "
-                f"got {shapes.short_form(expected)} -> {shapes.short_form(out)}"
+                f"got {shown(expected)} -> {shown(out)}"
             )
-        return weights, state, out
+        return weights, state, outputs[0]
 
     def forward(self, x, weights, state, rng):
         layer = self.sublayer
         rngs = None if rng is None else jax.random.split(rng, self._n_repeats)
 
+        n = layer.n_in
+
         def body(carry, weights_state_rng):
             w, s, r = weights_state_rng
-            y, new_s = base.call_sublayer(0, layer, carry, w, s, r)
-            return seq.plain_sequences(y), new_s
+            y, new_s = base.call_sublayer(0, layer, base.from_items(carry, n), w, s, r)
+            return seq.plain_sequences(base.as_items(y, n)), new_s
 
         if self._remat is not None:
             body = jax.checkpoint(body, policy=self._remat)
         # The carry keeps one pytree type: a masked input enters as a plain Sequence. A body
         # without weights, state or rng has nothing to scan over: the length says how often.
+        # Several stack items travel as one tuple, whatever sequence type the caller packed them in.
         y, new_state = jax.lax.scan(
-            body, seq.plain_sequences(x), (weights, state, rngs), length=self._n_repeats
+            body, seq.plain_sequences(base.as_items(x, n)), (weights, state, rngs), length=self._n_repeats
         )
-        return y, new_state
+        return base.from_items(y, n), new_state
 
 
 # What `CheckpointGradient(layer, policy=...)` and the models' `remat` take by name: which activations

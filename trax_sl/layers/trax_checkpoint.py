@@ -15,7 +15,7 @@ in trax_sl where pickle is read.
 
 `read(path)` returns the dict; `Layer.init_from_file` uses `assign` to put
 its leaves into a layer's weights and state trees (matched by order and
-shape, as Trax matches them).
+shape, as Trax matches them, the copies a `Repeat` stacks each in turn).
 """
 
 from __future__ import annotations
@@ -141,34 +141,84 @@ def input_signature(content: dict, n_in: int):
     return items[0] if n_in == 1 else items
 
 
-def assign(flat: list, tree, what: str, where: str):
-    """`tree` (of arrays or ShapeDtypes) with its leaves replaced, in order, by the arrays in `flat`.
+def assign(flat: list, layer, tree, what: str, where: str):
+    """`tree` (`layer`'s weights or state, as arrays or ShapeDtypes) with its leaves from `flat`.
 
-    A file array of the same size whose shape differs only by axes of size 1
-    (Trax keeps a leading 1 on positional-encoding tables) is reshaped.
-    Trax's empty entries (`()`, None) in `flat` are skipped.
+    Trax lists a model's arrays in the order its layers run, so the arrays
+    are matched by order and shape, layer by layer: where trax_sl stacks the
+    copies of a repeated block (`Repeat`, as the Transformer models build
+    their blocks), the file's arrays of each copy in turn fill that copy's
+    slice. A file array of the same size whose shape differs only by axes of
+    size 1 (Trax keeps a leading 1 on positional-encoding tables) is
+    reshaped. Trax's empty entries (`()`, None) in `flat` are skipped.
     """
     arrays = [np.asarray(x) for x in flat if not (x is None or (isinstance(x, tuple) and not x))]
     leaves, treedef = jax.tree.flatten(tree)
-    if len(arrays) != len(leaves):
+    slots = _slots(layer, tree)
+    if len(arrays) != len(slots):
         raise ValueError(
-            f"{where}: the file has {len(arrays)} {what} arrays, this model {len(leaves)}; it was saved from "
+            f"{where}: the file has {len(arrays)} {what} arrays, this model {len(slots)}; it was saved from "
             f"another model (or configuration)"
         )
-    placed = []
-    for i, (array, leaf) in enumerate(zip(arrays, leaves)):
-        shape = tuple(leaf.shape)
+    placed = [np.zeros(tuple(leaf.shape), leaf.dtype) for leaf in leaves]
+    for i, (array, slot) in enumerate(zip(arrays, slots)):
+        shape = tuple(leaves[slot.leaf].shape)[len(slot.copy) :]
         if array.shape != shape:
             if array.size != int(np.prod(shape)) or _squeezed(array.shape) != _squeezed(shape):
                 raise ValueError(
                     f"{where}: {what} array {i} has shape {array.shape} in the file, this model's is {shape}"
                 )
             array = array.reshape(shape)
-        placed.append(jax.numpy.asarray(array, dtype=leaf.dtype))
-    return jax.tree.unflatten(treedef, placed)
+        placed[slot.leaf][slot.copy] = array
+    return jax.tree.unflatten(treedef, [jax.numpy.asarray(p) for p in placed])
 
 
-def state_or_none(content: dict, state_signature, where: str):
+def in_trax_order(layer, tree) -> list:
+    """The arrays of `tree` (`layer`'s weights or state) as Trax lists them: a `Repeat`'s copies in turn.
+
+    What `assign` reads back into the tree: the layout-free order in which a
+    model's arrays match Trax's and those of the same model built with or
+    without its blocks stacked.
+    """
+    leaves = jax.tree.leaves(tree)
+    return [leaves[slot.leaf][slot.copy] for slot in _slots(layer, tree)]
+
+
+def _slots(layer, tree) -> list[_Slot]:
+    leaves, treedef = jax.tree.flatten(tree)
+    return _in_trax_order(layer, jax.tree.unflatten(treedef, [_Slot(i, ()) for i in range(len(leaves))]))
+
+
+class _Slot:
+    """Where one array of a Trax file goes: leaf `leaf` of the tree, at index `copy` of its stacked axes."""
+
+    def __init__(self, leaf: int, copy: tuple[int, ...]):
+        self.leaf, self.copy = leaf, copy
+
+    def in_copy(self, r: int) -> _Slot:
+        return _Slot(self.leaf, (*self.copy, r))
+
+
+def _in_trax_order(layer, tree) -> list[_Slot]:
+    """The slots of `tree` (`layer`'s, a tree of `_Slot`s) in the order Trax lists the arrays.
+
+    A shared layer's tree after its first use (SHARED) has no slots, as Trax lists its arrays once.
+    """
+    subs = layer.sublayers
+    if layer.stacked_copies:  # One tree per copy, each copy's arrays in turn.
+        return [
+            slot
+            for r in range(layer.stacked_copies)
+            for slot in _in_trax_order(subs[0], jax.tree.map(lambda s, r=r: s.in_copy(r), tree))
+        ]
+    if layer.weights_are_sublayers:
+        return _in_trax_order(subs[0], tree)
+    if subs and isinstance(tree, tuple) and len(tree) == len(subs):
+        return [slot for sub, sub_tree in zip(subs, tree) for slot in _in_trax_order(sub, sub_tree)]
+    return jax.tree.leaves(tree)
+
+
+def state_or_none(content: dict, layer, state_signature, where: str):
     """The file's state placed in `state_signature`'s tree, or None (logged) when its arrays do not fit.
 
     Trax keeps state that trax_sl layers do not (a `Dropout` keeps its rate),
@@ -176,7 +226,7 @@ def state_or_none(content: dict, state_signature, where: str):
     model's; then the model keeps its freshly initialized state.
     """
     try:
-        return assign(content.get("flat_state") or [], state_signature, "state", where)
+        return assign(content.get("flat_state") or [], layer, state_signature, "state", where)
     except ValueError:
         n_file = len([x for x in content.get("flat_state") or [] if isinstance(x, np.ndarray)])
         logging.warning(

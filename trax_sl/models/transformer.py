@@ -8,9 +8,13 @@ one token at a time and gets what the whole sequence gives layer-wise. As in
 Trax, the predict-mode `ShiftRight` is a no-op: a decoding loop feeds the
 start token, then each previous token (the shifted stream).
 
-`remat` ('none', 'full', 'dots_saveable', 'minimal': `tl.repeat.REMAT_POLICIES`)
-rematerialises each block in training (`tl.CheckpointGradient`) without
-changing the weights tree.
+The blocks run as one `Repeat` by default (`scan_layers=True`): one
+compiled body, traced once whatever the depth, with each weight of the
+blocks stacked on a leading 'layers' axis. `scan_layers=False` gives
+Trax's layout, each block's layers in the model's Serial; Trax's weights
+files load into either (`init_from_file`). `remat` ('none', 'full',
+'dots_saveable', 'minimal': `tl.repeat.REMAT_POLICIES`) rematerialises
+each block in training without changing the weights tree.
 
 The KV caches hold `max_len` tokens per row (`CausalAttention`'s
 `max_inference_length`), as many as `PositionalEncoding` has positions; past
@@ -59,6 +63,7 @@ def TransformerEncoder(  # noqa: N802
     mode: str = MODE,
     ff_activation=FF_ACTIVATION_TYPE,
     remat: str = "none",
+    scan_layers: bool = True,
 ) -> base.Layer:
     """Returns a Transformer encoder for N-way classification of token sequences.
 
@@ -80,13 +85,12 @@ def TransformerEncoder(  # noqa: N802
         core.Embedding(vocab_size, d_model),
         _Dropout(),
         position.PositionalEncoding(max_len=max_len, mode=mode),
-        [
-            _remat(
-                _EncoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation),
-                remat,
-            )
-            for _ in range(n_layers)
-        ],
+        _blocks(
+            lambda: _EncoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation),
+            n_layers,
+            remat,
+            scan_layers,
+        ),
         combinators.Select([0], n_in=2),  # Drops the masks.
         normalization.LayerNorm(),
         core.Mean(axis=1),
@@ -107,6 +111,7 @@ def TransformerDecoder(  # noqa: N802
     mode: str = MODE,
     ff_activation=FF_ACTIVATION_TYPE,
     remat: str = "none",
+    scan_layers: bool = True,
 ) -> base.Layer:
     """Returns a Transformer decoder (causal attention, no shift): `[batch, time, ...]` -> `[batch, time, d_model]`.
 
@@ -126,15 +131,14 @@ def TransformerDecoder(  # noqa: N802
         embedder,
         core.Dropout(rate=dropout, shared_axes=dropout_shared_axes, mode=mode),
         position.PositionalEncoding(max_len=max_len, mode=mode),
-        [
-            _remat(
-                _DecoderBlock(
-                    d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len
-                ),
-                remat,
-            )
-            for _ in range(n_layers)
-        ],
+        _blocks(
+            lambda: _DecoderBlock(
+                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len
+            ),
+            n_layers,
+            remat,
+            scan_layers,
+        ),
         normalization.LayerNorm(),
         name="TransformerDecoder",
     )
@@ -152,6 +156,7 @@ def TransformerLM(  # noqa: N802
     mode: str = MODE,
     ff_activation=FF_ACTIVATION_TYPE,
     remat: str = "none",
+    scan_layers: bool = True,
 ) -> base.Layer:
     """Returns a Transformer language model: token ids `[batch, time]` -> logits `[batch, time, vocab_size]`.
 
@@ -176,15 +181,14 @@ def TransformerLM(  # noqa: N802
         core.Embedding(vocab_size, d_model),
         _Dropout(),
         position.PositionalEncoding(max_len=max_len, mode=mode),
-        [
-            _remat(
-                _DecoderBlock(
-                    d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len
-                ),
-                remat,
-            )
-            for _ in range(n_layers)
-        ],
+        _blocks(
+            lambda: _DecoderBlock(
+                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len
+            ),
+            n_layers,
+            remat,
+            scan_layers,
+        ),
         normalization.LayerNorm(),
         core.Dense(vocab_size, kernel_axes=("embed", "vocab")),
         name="TransformerLM",
@@ -205,6 +209,7 @@ def Transformer(  # noqa: N802
     mode: str = MODE,
     ff_activation=FF_ACTIVATION_TYPE,
     remat: str = "none",
+    scan_layers: bool = True,
 ) -> base.Layer:
     """Returns an encoder-decoder Transformer: `(source, target)` -> `(logits, target)`.
 
@@ -237,13 +242,12 @@ def Transformer(  # noqa: N802
         in_embedder,
         _Dropout(),
         position.PositionalEncoding(max_len=max_len, mode=mode),
-        [
-            _remat(
-                _EncoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation),
-                remat,
-            )
-            for _ in range(n_encoder_layers)
-        ],
+        _blocks(
+            lambda: _EncoderBlock(d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation),
+            n_encoder_layers,
+            remat,
+            scan_layers,
+        ),
         normalization.LayerNorm(),
         name="Encoder",
     )
@@ -261,15 +265,14 @@ def Transformer(  # noqa: N802
         _Dropout(),
         position.PositionalEncoding(max_len=max_len, mode=mode),
         combinators.Branch([], attention.EncoderDecoderMask()),  # vec_d masks vec_e tok_d
-        [
-            _remat(
-                _EncoderDecoderBlock(
-                    d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len
-                ),
-                remat,
-            )
-            for _ in range(n_decoder_layers)
-        ],
+        _blocks(
+            lambda: _EncoderDecoderBlock(
+                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, max_len
+            ),
+            n_decoder_layers,
+            remat,
+            scan_layers,
+        ),
         normalization.LayerNorm(),
         combinators.Select([0], n_in=3),  # Drops masks and encoding vectors.
         # Map vectors to match output vocab size.
@@ -342,20 +345,25 @@ def _check_d_model(model: str, d_model: int, n_heads: int) -> None:
         )
 
 
-def _remat(block, remat: str):
-    """`block` (a layer or Trax's list of them) as it is for remat='none', else each layer rematerialised.
+def _blocks(make_block, n_blocks: int, remat: str, scan_layers: bool):
+    """`n_blocks` blocks from `make_block()` (Trax's list of layers), in series.
 
-    Each layer of the block gets `tl.CheckpointGradient` with the `remat`
-    policy, whose weights are the layer's own, so the model's weights tree is
-    the same for every `remat` and a checkpoint loads whatever trained it.
+    With `scan_layers` they are one `Repeat` of the block: one compiled body
+    whose weights are stacked on a leading 'layers' axis, traced once
+    whatever `n_blocks` is; else Trax's layout, each block's layers in the
+    model's Serial. `remat` ('none' or a name of `REMAT_POLICIES`)
+    rematerialises each block in training, without changing the weights
+    tree, so a checkpoint loads whatever `remat` trained it.
     """
-    if remat == "none":
-        return block
-    if remat not in repeat.REMAT_POLICIES:
+    if remat != "none" and remat not in repeat.REMAT_POLICIES:
         raise ValueError(f"remat must be 'none' or one of {sorted(repeat.REMAT_POLICIES)}, got {remat!r}")
-    if isinstance(block, list):
-        return [_remat(layer, remat) for layer in block]
-    return repeat.CheckpointGradient(block, policy=remat)
+    if scan_layers and n_blocks:
+        return repeat.Repeat(combinators.Serial(make_block()), n_blocks, remat=remat)
+    if remat == "none":
+        return [make_block() for _ in range(n_blocks)]
+    return [
+        [repeat.CheckpointGradient(layer, policy=remat) for layer in make_block()] for _ in range(n_blocks)
+    ]
 
 
 def _EncoderBlock(  # noqa: N802
