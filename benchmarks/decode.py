@@ -9,6 +9,9 @@ KV cache per layer. Both must produce the same tokens (asserted). Rows:
 
 - `trax_sl autoregressive_sample`: the public call, end to end (host work
   included: starting the stream, fetching the tokens);
+- `trax_sl scan_layers=False ...`: the same with the model's blocks
+  unrolled (Trax's layout), its weights converted from the scanned model's
+  (`trax_checkpoint.convert_weights`);
 - `trax_sl compiled loop`: its jitted loop alone (`decoding._decode`, a
   private function), which separates the Python around it from the loop;
 - `JAX KV-cache scan`: the reference, jitted, tokens fetched to the host.
@@ -49,6 +52,7 @@ from harness import (
 )
 
 from trax_sl import models, shapes
+from trax_sl.layers import trax_checkpoint
 from trax_sl.supervised import decoding
 
 _TARGET = 1.2
@@ -80,16 +84,23 @@ def main() -> None:
     args = parser.parse_args()
     info = machine_info()  # Before the run, so the load average is the others'.
 
-    model = models.TransformerLM(
-        vocab_size=args.vocab_size,
-        d_model=args.d_model,
-        d_ff=args.d_ff,
-        n_layers=args.n_layers,
-        n_heads=args.n_heads,
-        max_len=args.length,
-        dropout=0.0,
-    )
-    weights, _ = model.init(shapes.ShapeDtype((args.batch, args.length), np.int32))
+    def transformer_lm(scan_layers=True):
+        return models.TransformerLM(
+            vocab_size=args.vocab_size,
+            d_model=args.d_model,
+            d_ff=args.d_ff,
+            n_layers=args.n_layers,
+            n_heads=args.n_heads,
+            max_len=args.length,
+            dropout=0.0,
+            scan_layers=scan_layers,
+        )
+
+    model, unrolled = transformer_lm(), transformer_lm(scan_layers=False)
+    signature = shapes.ShapeDtype((args.batch, args.length), np.int32)
+    weights, _ = model.init(signature)
+    unrolled.init(signature)
+    unrolled.weights = trax_checkpoint.convert_weights(weights, model, unrolled, signature)
     params = ref.params_from_trax_sl(model, weights, args.n_layers)
     # eos_id=-1: no row stops early, so both decode exactly args.length tokens.
     sample_kwargs = {"batch_size": args.batch, "temperature": 0.0, "max_length": args.length, "eos_id": -1}
@@ -102,6 +113,9 @@ def main() -> None:
 
     candidates = {
         "trax_sl autoregressive_sample": lambda: decoding.autoregressive_sample(model, **sample_kwargs),
+        "trax_sl scan_layers=False autoregressive_sample": lambda: decoding.autoregressive_sample(
+            unrolled, **sample_kwargs
+        ),
         "trax_sl compiled loop": lambda: np.asarray(
             decoding._decode(core, None, core_weights, core_state, first, rng, **loop_kwargs)
         ),

@@ -128,14 +128,7 @@ def build(args):
     model_weights, model_state = weights[0], state[0]
     # The same model and weights with its blocks unrolled (Trax's layout): the arrays in Trax's order.
     unrolled = tl.Serial(transformer_lm(args, scan_layers=False), tl.CategoryCrossEntropy())
-    unrolled_signature, unrolled_state = unrolled.weights_and_state_signature(signature)
-    unrolled_weights = trax_checkpoint.assign(
-        trax_checkpoint.in_trax_order(with_loss, weights),
-        unrolled,
-        unrolled_signature,
-        "weight",
-        "train_step",
-    )
+    unrolled_weights = trax_checkpoint.convert_weights(weights, with_loss, unrolled, signature)
     _, unrolled_state = unrolled.init(signature)
 
     params = ref.params_from_trax_sl(model, model_weights, args.n_layers)

@@ -117,3 +117,23 @@ def test_pickle_is_read_in_this_one_module_only():
                     ):
                         importing.append(os.path.relpath(os.path.join(directory, name), root))
     assert importing == [os.path.join("layers", "trax_checkpoint.py")]
+
+
+def test_convert_weights_between_scanned_and_unrolled_blocks():
+    signature = ShapeDtype((1, 9), np.int32)
+    scanned, unrolled = copy_lm("eval"), copy_lm("eval", scan_layers=False)
+    weights, _ = scanned.init(signature)
+    unrolled_weights = trax_checkpoint.convert_weights(weights, scanned, unrolled, signature)
+    assert len(unrolled_weights) == 10 and len(weights) == 7
+    unrolled.init(signature)
+    tokens = np.array([[0, 3, 7, 5, 3, 2, 4, 0, 3]], np.int32)
+    np.testing.assert_allclose(
+        unrolled(tokens, weights=unrolled_weights), scanned(tokens), rtol=1e-5, atol=1e-5
+    )
+    # And back: the same arrays.
+    back = trax_checkpoint.convert_weights(unrolled_weights, unrolled, scanned, signature)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(weights)):
+        np.testing.assert_array_equal(a, b)
+    deeper = models.TransformerLM(13, d_model=64, d_ff=128, n_layers=3, n_heads=2, max_len=256)
+    with pytest.raises(ValueError, match=r"TransformerLM's tree has 38 weight arrays, this model 54"):
+        trax_checkpoint.convert_weights(weights, scanned, deeper, signature)

@@ -141,8 +141,8 @@ def input_signature(content: dict, n_in: int):
     return items[0] if n_in == 1 else items
 
 
-def assign(flat: list, layer, tree, what: str, where: str):
-    """`tree` (`layer`'s weights or state, as arrays or ShapeDtypes) with its leaves from `flat`.
+def assign(flat: list, layer, tree, what: str, where: str, given: str = "the file"):
+    """`tree` (`layer`'s weights or state, as arrays or ShapeDtypes) with its leaves from `flat`, a list of arrays.
 
     Trax lists a model's arrays in the order its layers run, so the arrays
     are matched by order and shape, layer by layer: where trax_sl stacks the
@@ -151,14 +151,15 @@ def assign(flat: list, layer, tree, what: str, where: str):
     slice. A file array of the same size whose shape differs only by axes of
     size 1 (Trax keeps a leading 1 on positional-encoding tables) is
     reshaped. Trax's empty entries (`()`, None) in `flat` are skipped.
+    `given` names where `flat` comes from in errors.
     """
     arrays = [np.asarray(x) for x in flat if not (x is None or (isinstance(x, tuple) and not x))]
     leaves, treedef = jax.tree.flatten(tree)
     slots = _slots(layer, tree)
     if len(arrays) != len(slots):
         raise ValueError(
-            f"{where}: the file has {len(arrays)} {what} arrays, this model {len(slots)}; it was saved from "
-            f"another model (or configuration)"
+            f"{where}: {given} has {len(arrays)} {what} arrays, this model {len(slots)}; it holds another "
+            f"model's (or configuration's)"
         )
     placed = [np.zeros(tuple(leaf.shape), leaf.dtype) for leaf in leaves]
     for i, (array, slot) in enumerate(zip(arrays, slots)):
@@ -182,6 +183,27 @@ def in_trax_order(layer, tree) -> list:
     """
     leaves = jax.tree.leaves(tree)
     return [leaves[slot.leaf][slot.copy] for slot in _slots(layer, tree)]
+
+
+def convert_weights(weights, from_layer, to_layer, input_signature):
+    """`from_layer`'s `weights` in `to_layer`'s tree: the same model laid out otherwise.
+
+    For a model built with and without its blocks stacked (`scan_layers`):
+    the arrays are matched in Trax's order (`in_trax_order`), each copy of a
+    `Repeat` in turn, and checked against the shapes `to_layer` expects for
+    `input_signature`. E.g. decode with the unrolled blocks of a model
+    trained with scanned ones:
+
+        decoder = models.TransformerLM(..., mode='predict', scan_layers=False)
+        decoder_weights = convert_weights(weights, trained, decoder, signature)
+
+    Raises:
+        ValueError: If the two layers do not hold the same arrays.
+    """
+    signature, _ = to_layer.weights_and_state_signature(input_signature)
+    where = f"convert_weights({from_layer.name} -> {to_layer.name})"
+    given = f"{from_layer.name}'s tree"
+    return assign(in_trax_order(from_layer, weights), to_layer, signature, "weight", where, given)
 
 
 def _slots(layer, tree) -> list[_Slot]:

@@ -1,7 +1,8 @@
 """Transformer models (Trax's): encoder, decoder, language model and encoder-decoder.
 
-Names, arguments, defaults, stack semantics and weights trees are Trax's
-(`trax.models.transformer`). The decoder side streams in predict mode: the
+Names, arguments, defaults and stack semantics are Trax's
+(`trax.models.transformer`); so are the weights trees with
+`scan_layers=False`. The decoder side streams in predict mode: the
 KV caches of `CausalAttention` and the position count of
 `PositionalEncoding` live in the state, so that autoregressive decoding feeds
 one token at a time and gets what the whole sequence gives layer-wise. As in
@@ -12,7 +13,10 @@ The blocks run as one `Repeat` by default (`scan_layers=True`): one
 compiled body, traced once whatever the depth, with each weight of the
 blocks stacked on a leading 'layers' axis. `scan_layers=False` gives
 Trax's layout, each block's layers in the model's Serial; Trax's weights
-files load into either (`init_from_file`). `remat` ('none', 'full',
+files load into either (`init_from_file`), and
+`trax_checkpoint.convert_weights` moves weights between the two. Decoding
+runs faster unrolled on a CPU, where slicing a block's weights and KV
+cache out of their stacks at every token copies them. `remat` ('none', 'full',
 'dots_saveable', 'minimal': `tl.repeat.REMAT_POLICIES`) rematerialises
 each block in training without changing the weights tree.
 
