@@ -10,7 +10,8 @@ live audio).
 Decoding: TransformerLM(vocab_size=256, d_model=256, d_ff=1024, n_layers=4,
 n_heads=4; max_len the steps decoded) in predict mode, one token per call
 (what an interactive decoder does), at batch 1 and 8 (`--batches`, the
-model's size and `--decode-dtype bfloat16` are flags).
+model's size and `--decode-dtype bfloat16` are flags), with its blocks
+scanned (the default) and unrolled (`scan_layers=False`).
 
 Each call is the jitted predict-mode step (`pure_fn` with the state carried),
 timed to `block_until_ready`; warm-up calls excluded. p50/p99 over `--steps`
@@ -90,14 +91,16 @@ def conformer(steps: int, warmup: int) -> dict:
     }
 
 
-def decoding(batch: int, steps: int, warmup: int, size: dict, dtype: str) -> dict:
-    lm = models.TransformerLM(**size, max_len=warmup + steps, dropout=0.0, mode="predict")
+def decoding(batch: int, steps: int, warmup: int, size: dict, dtype: str, scan_layers: bool) -> dict:
+    lm = models.TransformerLM(
+        **size, max_len=warmup + steps, dropout=0.0, mode="predict", scan_layers=scan_layers
+    )
     if dtype != "float32":
         lm = tl.WithPolicy(lm, dtype)
     tokens = jax.random.randint(jax.random.PRNGKey(1), (batch, warmup + steps), 0, size["vocab_size"])
     times = step_latencies(lm, (batch, 1), jnp.int32, steps, warmup, lambda i: tokens[:, i : i + 1])
     return {
-        "what": f"TransformerLM decoding, batch {batch}, {dtype}",
+        "what": f"TransformerLM decoding, batch {batch}, {dtype}{'' if scan_layers else ', scan_layers=False'}",
         **summary(times),
         "tokens_per_second": float(batch / times.mean()),
     }
@@ -115,7 +118,11 @@ def main() -> None:
     info = machine_info()
 
     results = [conformer(args.steps, args.warmup)]
-    results += [decoding(batch, args.steps, args.warmup, size, args.decode_dtype) for batch in args.batches]
+    results += [
+        decoding(batch, args.steps, args.warmup, size, args.decode_dtype, scan_layers)
+        for scan_layers in (True, False)
+        for batch in args.batches
+    ]
     print_header(info, f"predict-mode steps, jitted, state carried; p50/p99 over {args.steps} calls")
     print_table(
         ("stream", "p50 ms", "p99 ms", "mean ms", "real-time factor", "tokens/s"),

@@ -55,7 +55,7 @@ def test_repeat_takes_masked_input_and_matches_sequence_layers():
 
 def test_repeat_keeps_the_contract_on_masked_input():
     test_utils.verify_contract(
-        lambda mode: tl.Repeat(tl.Serial(tl.Dense(4), tl.LayerNorm()), n_repeats=3),
+        lambda mode: tl.Repeat(tl.Serial(tl.Dense(4), tl.LayerNorm()), n_repeats=3).with_mode(mode),
         seq.Sequence(jnp.zeros((2, 8, 4)), jnp.ones((2, 8), bool)).mask_invalid(),
     )
 

@@ -129,13 +129,14 @@ def test_delay_restarted_row_gives_its_delay_of_invalid_steps_again():
     np.testing.assert_array_equal(y.values[1, :, 0], [9.0, 10.0, 100.0])  # Row 1's old stream, then the new.
 
 
-def test_repeat_states_stacked_per_repeat_are_restarted_along_their_batch_axis():
+def test_repeat_states_one_per_repeat_are_restarted_along_their_batch_axis():
     layer = tl.Repeat(tl.Residual(tl.Dense(4), tl.Delay(1, delay_layer_output=False)), 3)
     predict, weights, state = _started(layer, X)
-    assert set(streaming.batch_axes(predict, STEP)) == {(1, 1)}
+    assert len(state) == 3  # In predict mode, one state per repeat.
+    assert set(streaming.batch_axes(predict, STEP)) == {(0, 1)}
     reset = tl.reset_stream_rows(predict, state, [0], STEP, weights)
     _, fresh = tl.start_stream(layer, STEP, weights)
-    _assert_rows(reset, fresh, state, [0], axis=1)
+    _assert_rows(reset, fresh, state, [0])
 
 
 def test_a_cache_with_heads_folded_into_the_batch_restarts_each_streams_heads():

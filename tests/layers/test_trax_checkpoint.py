@@ -137,3 +137,14 @@ def test_convert_weights_between_scanned_and_unrolled_blocks():
     deeper = models.TransformerLM(13, d_model=64, d_ff=128, n_layers=3, n_heads=2, max_len=256)
     with pytest.raises(ValueError, match=r"TransformerLM's tree has 38 weight arrays, this model 54"):
         trax_checkpoint.convert_weights(weights, scanned, deeper, signature)
+
+
+def test_a_predict_mode_state_in_trax_s_order_fills_each_block_s_own_state():
+    signature = ShapeDtype((1, 1), np.int32)
+    scanned, unrolled = copy_lm("predict"), copy_lm("predict", scan_layers=False)
+    _, unrolled_state = unrolled.init(signature)
+    _, scanned_state = scanned.weights_and_state_signature(signature)
+    assert len(scanned_state[4]) == 2  # In predict mode, one state per block.
+    placed = trax_checkpoint.assign(jax.tree.leaves(unrolled_state), scanned, scanned_state, "state", "test")
+    for a, b in zip(jax.tree.leaves(placed), jax.tree.leaves(unrolled_state), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -195,11 +195,14 @@ def test_notebook_example_steps_four_frames_at_a_time():
     y = jax.jit(eval_model.pure_fn)(x, weights, trained_state, None)[0]
     assert y.shape == (2, 8, 16)
 
-    predict, stream_state = tl.start_stream(model, x[:, :4], weights)
-    # The trained batch norm statistics, set by hand: start_stream(..., trained_state) does not
-    # yet carry state into a Repeat (whose state is its body's, stacked).
+    # The trained batch norm statistics carry into the stream (each block's, out of the Repeat's stack).
+    predict, stream_state = tl.start_stream(model, x[:, :4], weights, trained_state)
     batch_norm = (4, *residual_inner((2,)), 4)
-    stream_state = set_at(stream_state, batch_norm, get_at(trained_state, batch_norm))
+    for block in range(2):
+        np.testing.assert_array_equal(
+            get_at(stream_state, (4, block, *residual_inner((2,)), 4))[0],
+            get_at(trained_state, batch_norm)[0][block],
+        )
     step = jax.jit(lambda block, s: predict.pure_fn(block, weights, s, None))
     outputs = []
     for i in range(8):

@@ -421,7 +421,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     if array.dtype.kind == "V" or array.dtype.type.__module__.startswith("ml_dtypes"):
         array = array.view(f"uint{8 * array.dtype.itemsize}")
     buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    # Not np.ascontiguousarray, which makes a 0-d array 1-d.
+    np.lib.format.write_array(buffer, np.require(array, requirements="C"), allow_pickle=False)
     return buffer.getvalue()
 
 

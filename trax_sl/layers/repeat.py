@@ -25,7 +25,10 @@ class Repeat(base.Layer):
     'minimal') or `jax.checkpoint_policies`; False (or 'none') keeps everything.
 
     Stack: `x` (the layer's n_in items) -> `layer(layer(...layer(x)))`.
-    Predict mode: the state holds each repeat's stream state, stacked.
+    Predict mode: the state is a tuple of each repeat's stream state, and the
+    repeats run one after the other (the weights still stacked): each
+    repeat's caches stay buffers of their own, so that a step moves none of
+    them, as slicing them out of a stack and back would.
     """
 
     cache_follows_sublayers = False  # Its weights are the sublayer's stacked, one per repeat.
@@ -75,6 +78,10 @@ class Repeat(base.Layer):
         axes = base.sublayer_weight_axes(self.sublayer, one)
         return jax.tree.map(lambda a: a.prepend("layers"), axes)  # Axes and UNDECLARED are leaves.
 
+    def _per_repeat_state(self) -> bool:
+        """Whether the state is a tuple of the repeats' (predict mode) rather than their stack."""
+        return self._has_predict_mode_sublayer()
+
     def init_with_output_signature(self, input_signature, rng):
         layer = self.sublayer
         outputs = []
@@ -104,12 +111,22 @@ class Repeat(base.Layer):
                 f"Repeat: {layer.name} must map its input to the same signature to repeat, "
                 f"got {shown(expected)} -> {shown(out)}"
             )
+        if self._per_repeat_state():
+            state = tuple(_repeat_of(state, r) for r in range(self._n_repeats))
         return weights, state, outputs[0]
 
     def forward(self, x, weights, state, rng):
         layer = self.sublayer
         rngs = None if rng is None else jax.random.split(rng, self._n_repeats)
-
+        if self._per_repeat_state():
+            new_state = []
+            for r in range(self._n_repeats):
+                x, s = base.call_sublayer(
+                    0, layer, x, _repeat_of(weights, r), state[r], None if rngs is None else rngs[r]
+                )
+                # The types the state started with (the stacked init gives no weakly typed scalars).
+                new_state.append(jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), s, state[r]))
+            return x, tuple(new_state)
         n = layer.n_in
 
         def body(carry, weights_state_rng):
@@ -126,6 +143,11 @@ class Repeat(base.Layer):
             body, seq.plain_sequences(base.as_items(x, n)), (weights, state, rngs), length=self._n_repeats
         )
         return base.from_items(y, n), new_state
+
+
+def _repeat_of(stacked, r: int):
+    """Repeat r's tree of a tree stacked per repeat."""
+    return jax.tree.map(lambda a: a[r], stacked)
 
 
 # What `CheckpointGradient(layer, policy=...)` and the models' `remat` take by name: which activations

@@ -155,7 +155,7 @@ def assign(flat: list, layer, tree, what: str, where: str, given: str = "the fil
     """
     arrays = [np.asarray(x) for x in flat if not (x is None or (isinstance(x, tuple) and not x))]
     leaves, treedef = jax.tree.flatten(tree)
-    slots = _slots(layer, tree)
+    slots = _slots(layer, tree, is_state=what == "state")
     if len(arrays) != len(slots):
         raise ValueError(
             f"{where}: {given} has {len(arrays)} {what} arrays, this model {len(slots)}; it holds another "
@@ -174,15 +174,15 @@ def assign(flat: list, layer, tree, what: str, where: str, given: str = "the fil
     return jax.tree.unflatten(treedef, [jax.numpy.asarray(p) for p in placed])
 
 
-def in_trax_order(layer, tree) -> list:
-    """The arrays of `tree` (`layer`'s weights or state) as Trax lists them: a `Repeat`'s copies in turn.
+def in_trax_order(layer, weights) -> list:
+    """The arrays of `layer`'s `weights` as Trax lists them: each copy a `Repeat` stacks in turn.
 
     What `assign` reads back into the tree: the layout-free order in which a
     model's arrays match Trax's and those of the same model built with or
     without its blocks stacked.
     """
-    leaves = jax.tree.leaves(tree)
-    return [leaves[slot.leaf][slot.copy] for slot in _slots(layer, tree)]
+    leaves = jax.tree.leaves(weights)
+    return [leaves[slot.leaf][slot.copy] for slot in _slots(layer, weights, is_state=False)]
 
 
 def convert_weights(weights, from_layer, to_layer, input_signature):
@@ -206,9 +206,10 @@ def convert_weights(weights, from_layer, to_layer, input_signature):
     return assign(in_trax_order(from_layer, weights), to_layer, signature, "weight", where, given)
 
 
-def _slots(layer, tree) -> list[_Slot]:
+def _slots(layer, tree, is_state: bool) -> list[_Slot]:
     leaves, treedef = jax.tree.flatten(tree)
-    return _in_trax_order(layer, jax.tree.unflatten(treedef, [_Slot(i, ()) for i in range(len(leaves))]))
+    slots = jax.tree.unflatten(treedef, [_Slot(i, ()) for i in range(len(leaves))])
+    return _in_trax_order(layer, slots, is_state)
 
 
 class _Slot:
@@ -221,22 +222,25 @@ class _Slot:
         return _Slot(self.leaf, (*self.copy, r))
 
 
-def _in_trax_order(layer, tree) -> list[_Slot]:
-    """The slots of `tree` (`layer`'s, a tree of `_Slot`s) in the order Trax lists the arrays.
+def _in_trax_order(layer, tree, is_state: bool) -> list[_Slot]:
+    """The slots of `tree` (`layer`'s weights or, `is_state`, state: a tree of `_Slot`s) in Trax's order.
 
     A shared layer's tree after its first use (SHARED) has no slots, as Trax lists its arrays once.
     """
     subs = layer.sublayers
+    if layer.stacked_copies and is_state and layer._has_predict_mode_sublayer():
+        # A predict-mode Repeat's state is a tuple of the copies' own.
+        return [slot for copy in tree for slot in _in_trax_order(subs[0], copy, is_state)]
     if layer.stacked_copies:  # One tree per copy, each copy's arrays in turn.
         return [
             slot
             for r in range(layer.stacked_copies)
-            for slot in _in_trax_order(subs[0], jax.tree.map(lambda s, r=r: s.in_copy(r), tree))
+            for slot in _in_trax_order(subs[0], jax.tree.map(lambda s, r=r: s.in_copy(r), tree), is_state)
         ]
     if layer.weights_are_sublayers:
-        return _in_trax_order(subs[0], tree)
+        return _in_trax_order(subs[0], tree, is_state)
     if subs and isinstance(tree, tuple) and len(tree) == len(subs):
-        return [slot for sub, sub_tree in zip(subs, tree) for slot in _in_trax_order(sub, sub_tree)]
+        return [slot for sub, sub_tree in zip(subs, tree) for slot in _in_trax_order(sub, sub_tree, is_state)]
     return jax.tree.leaves(tree)
 
 

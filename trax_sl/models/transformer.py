@@ -15,8 +15,9 @@ blocks stacked on a leading 'layers' axis. `scan_layers=False` gives
 Trax's layout, each block's layers in the model's Serial; Trax's weights
 files load into either (`init_from_file`), and
 `trax_checkpoint.convert_weights` moves weights between the two. Decoding
-runs faster unrolled on a CPU, where slicing a block's weights and KV
-cache out of their stacks at every token copies them. `remat` ('none', 'full',
+runs faster unrolled on a CPU, where taking each block's weights out of
+their stack at every token copies them (the KV caches are each block's
+own in predict mode). `remat` ('none', 'full',
 'dots_saveable', 'minimal': `tl.repeat.REMAT_POLICIES`) rematerialises
 each block in training without changing the weights tree.
 

@@ -97,6 +97,12 @@ def _same_signature(a, b) -> bool:
 def _carry_over(layer, trained, fresh):
     """Trained state where a layer keeps it in every mode, fresh stream state elsewhere."""
     subs = layer.sublayers
+    if layer.stacked_copies and isinstance(fresh, tuple) and len(fresh) == layer.stacked_copies:
+        # A Repeat streams with a state per repeat; its trained state is their stack.
+        return tuple(
+            _carry_over(subs[0], jax.tree.map(lambda a, r=r: a[r], trained), fresh_r)
+            for r, fresh_r in enumerate(fresh)
+        )
     if (
         subs
         and isinstance(fresh, tuple)
@@ -105,7 +111,7 @@ def _carry_over(layer, trained, fresh):
     ):
         return tuple(_carry_over(sub, t, f) for sub, t, f in zip(subs, trained, fresh))
     if len(subs) == 1 and not (isinstance(fresh, tuple) and len(fresh) == 1):
-        # The state is the sublayer's own (e.g. stacked per repeat in Repeat): decide inside it.
+        # The state is the sublayer's own (a wrapper's): decide inside it.
         return _carry_over(subs[0], trained, fresh)
     return trained if _same_signature(trained, fresh) else fresh
 

@@ -3,9 +3,8 @@
 A batch of B slots serves streams that start and end at different times. A
 stream's state is spread over every layer's state (KV caches, convolution
 buffers, RNN carries, time offsets, delay buffers), each leaf holding one row
-per stream along its batch axis, which is not always the first (`Repeat`
-stacks its states per repeat: `[n_repeats, batch, ...]`; attention with its
-heads folded into the batch caches `[batch * heads, ...]`). The batch axis of
+per stream along its batch axis, which is not always the first (attention
+with its heads folded into the batch caches `[batch * heads, ...]`). The batch axis of
 each leaf is found by abstract evaluation: the fresh stream state for a batch
 of B and of B + 1; the one axis that grows, by k, is the batch axis, holding
 k consecutive entries per stream (batch-major, as reshaping `[batch, k, ...]`
