@@ -43,6 +43,7 @@ import jax_transformer as ref
 import numpy as np
 from harness import (
     add_lm_size_arguments,
+    lm_size,
     machine_info,
     op_profile,
     print_header,
@@ -84,19 +85,10 @@ def main() -> None:
     args = parser.parse_args()
     info = machine_info()  # Before the run, so the load average is the others'.
 
-    def transformer_lm(scan_layers=True):
-        return models.TransformerLM(
-            vocab_size=args.vocab_size,
-            d_model=args.d_model,
-            d_ff=args.d_ff,
-            n_layers=args.n_layers,
-            n_heads=args.n_heads,
-            max_len=args.length,
-            dropout=0.0,
-            scan_layers=scan_layers,
-        )
-
-    model, unrolled = transformer_lm(), transformer_lm(scan_layers=False)
+    model, unrolled = (
+        models.TransformerLM(**lm_size(args), max_len=args.length, dropout=0.0, scan_layers=scan_layers)
+        for scan_layers in (True, False)
+    )
     signature = shapes.ShapeDtype((args.batch, args.length), np.int32)
     weights, _ = model.init(signature)
     unrolled.init(signature)

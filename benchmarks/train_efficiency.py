@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from harness import (
     add_lm_size_arguments,
+    lm_size,
     machine_info,
     print_header,
     print_table,
@@ -77,16 +78,7 @@ class Stepper:
 
 def build(args):
     def model(remat):
-        return models.TransformerLM(
-            vocab_size=args.vocab_size,
-            d_model=args.d_model,
-            d_ff=args.d_ff,
-            n_layers=args.n_layers,
-            n_heads=args.n_heads,
-            max_len=args.length,
-            dropout=0.0,
-            remat=remat,
-        )
+        return models.TransformerLM(**lm_size(args), max_len=args.length, dropout=0.0, remat=remat)
 
     mesh = mesh_lib.make_mesh(None, 1)
     tx = optax.adam(args.learning_rate)

@@ -43,6 +43,7 @@ import numpy as np
 import optax
 from harness import (
     add_lm_size_arguments,
+    lm_size,
     machine_info,
     print_header,
     print_table,
@@ -106,16 +107,7 @@ def hlo_summary(text: str) -> dict[str, int]:
 
 
 def transformer_lm(args, scan_layers=True):
-    return models.TransformerLM(
-        vocab_size=args.vocab_size,
-        d_model=args.d_model,
-        d_ff=args.d_ff,
-        n_layers=args.n_layers,
-        n_heads=args.n_heads,
-        max_len=args.length,
-        dropout=0.0,
-        scan_layers=scan_layers,
-    )
+    return models.TransformerLM(**lm_size(args), max_len=args.length, dropout=0.0, scan_layers=scan_layers)
 
 
 def build(args):
