@@ -8,8 +8,6 @@ and nothing when trax_sl already imports. `tools/sync_notebooks.py` writes the c
 
 import ast
 import builtins
-import importlib.util
-import pathlib
 import shlex
 import shutil
 import sys
@@ -22,18 +20,12 @@ from IPython.utils.text import DollarFormatter
 from packaging.requirements import Requirement
 
 import trax_sl
+from tests import scripts
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _load_sync_tool():
-    spec = importlib.util.spec_from_file_location("sync_notebooks", ROOT / "tools" / "sync_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ROOT = scripts.ROOT
 
 
-sync_notebooks = _load_sync_tool()
+sync_notebooks = scripts.load("tools/sync_notebooks.py")
 NOTEBOOKS = sync_notebooks.notebooks()
 URL = sync_notebooks.repository_url()
 

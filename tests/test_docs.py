@@ -2,7 +2,6 @@
 every public name of the documented packages has an entry."""
 
 import importlib
-import importlib.util
 import inspect
 import os
 import pathlib
@@ -12,19 +11,12 @@ import zlib
 
 import pytest
 
-from tests import markdown
+from tests import markdown, scripts
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _load_pages_tool():
-    spec = importlib.util.spec_from_file_location("write_api_pages", ROOT / "tools" / "write_api_pages.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ROOT = scripts.ROOT
 
 
-write_api_pages = _load_pages_tool()
+write_api_pages = scripts.load("tools/write_api_pages.py")
 
 # The namespaces users import from; each public class or function there must be on the site.
 NAMESPACES = (

@@ -1,18 +1,10 @@
 """The examples run: the stream server serves every stream it admits."""
 
-import importlib.util
-import os
-
-import trax_sl
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(trax_sl.__file__)))
+from tests import scripts
 
 
 def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load(f"examples/{name}.py")
 
 
 def test_the_stream_server_serves_every_stream_through_its_slots():

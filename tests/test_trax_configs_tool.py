@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
+from tests import scripts
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "tools" / "trax_configs.py"
-_spec = importlib.util.spec_from_file_location("trax_configs", _PATH)
-trax_configs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(trax_configs)
+trax_configs = scripts.load("tools/trax_configs.py")
 
 LM1B = """
 import trax.data

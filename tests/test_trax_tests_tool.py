@@ -1,15 +1,12 @@
 """tools/trax_tests.py's import rewriting: Trax test source renamed to trax_sl, line numbers kept."""
 
-import importlib.util
-import pathlib
 import textwrap
 
 import pytest
 
-_PATH = pathlib.Path(__file__).resolve().parent.parent / "tools" / "trax_tests.py"
-_SPEC = importlib.util.spec_from_file_location("trax_tests_tool", _PATH)
-trax_tests = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(trax_tests)
+from tests import scripts
+
+trax_tests = scripts.load("tools/trax_tests.py", "trax_tests_tool")
 
 TRAX_MODULES = {
     "trax",
