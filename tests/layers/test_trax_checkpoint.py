@@ -143,6 +143,9 @@ def test_a_predict_mode_state_in_trax_s_order_fills_each_block_s_own_state():
     signature = ShapeDtype((1, 1), np.int32)
     scanned, unrolled = copy_lm("predict"), copy_lm("predict", scan_layers=False)
     _, unrolled_state = unrolled.init(signature)
+    # Each array its own values (a fresh stream state is mostly zeros), so that order shows.
+    leaves, treedef = jax.tree.flatten(unrolled_state)
+    unrolled_state = treedef.unflatten([np.full(a.shape, i + 1, a.dtype) for i, a in enumerate(leaves)])
     _, scanned_state = scanned.weights_and_state_signature(signature)
     assert len(scanned_state[4]) == 2  # In predict mode, one state per block.
     placed = trax_checkpoint.assign(jax.tree.leaves(unrolled_state), scanned, scanned_state, "state", "test")

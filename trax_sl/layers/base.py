@@ -203,6 +203,8 @@ class Layer:
     # Layers whose weights and state are their one sublayer's, stacked on a leading axis of this
     # many copies run in series (Repeat); 0 elsewhere. Trax's files list each copy's arrays in turn.
     stacked_copies = 0
+    # Whether such a layer's state is instead a tuple of the copies' own (Repeat in predict mode).
+    state_per_copy = False
     # Whether predict mode takes the stream already shifted (Trax's ShiftRight is then a no-op),
     # so `verify_contract` compares against the eval-mode model with this layer a no-op too.
     fed_shifted_in_predict_mode = False

@@ -78,7 +78,8 @@ class Repeat(base.Layer):
         axes = base.sublayer_weight_axes(self.sublayer, one)
         return jax.tree.map(lambda a: a.prepend("layers"), axes)  # Axes and UNDECLARED are leaves.
 
-    def _per_repeat_state(self) -> bool:
+    @property
+    def state_per_copy(self) -> bool:
         """Whether the state is a tuple of the repeats' (predict mode) rather than their stack."""
         return self._has_predict_mode_sublayer()
 
@@ -111,21 +112,20 @@ class Repeat(base.Layer):
                 f"Repeat: {layer.name} must map its input to the same signature to repeat, "
                 f"got {shown(expected)} -> {shown(out)}"
             )
-        if self._per_repeat_state():
+        if self.state_per_copy:
             state = tuple(_repeat_of(state, r) for r in range(self._n_repeats))
         return weights, state, outputs[0]
 
     def forward(self, x, weights, state, rng):
         layer = self.sublayer
         rngs = None if rng is None else jax.random.split(rng, self._n_repeats)
-        if self._per_repeat_state():
+        if self.state_per_copy:
             new_state = []
             for r in range(self._n_repeats):
                 x, s = base.call_sublayer(
                     0, layer, x, _repeat_of(weights, r), state[r], None if rngs is None else rngs[r]
                 )
-                # The types the state started with (the stacked init gives no weakly typed scalars).
-                new_state.append(jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), s, state[r]))
+                new_state.append(s)
             return x, tuple(new_state)
         n = layer.n_in
 

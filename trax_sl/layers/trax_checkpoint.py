@@ -228,7 +228,7 @@ def _in_trax_order(layer, tree, is_state: bool) -> list[_Slot]:
     A shared layer's tree after its first use (SHARED) has no slots, as Trax lists its arrays once.
     """
     subs = layer.sublayers
-    if layer.stacked_copies and is_state and layer._has_predict_mode_sublayer():
+    if is_state and layer.state_per_copy:
         # A predict-mode Repeat's state is a tuple of the copies' own.
         return [slot for copy in tree for slot in _in_trax_order(subs[0], copy, is_state)]
     if layer.stacked_copies:  # One tree per copy, each copy's arrays in turn.

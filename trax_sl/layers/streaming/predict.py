@@ -97,7 +97,7 @@ def _same_signature(a, b) -> bool:
 def _carry_over(layer, trained, fresh):
     """Trained state where a layer keeps it in every mode, fresh stream state elsewhere."""
     subs = layer.sublayers
-    if layer.stacked_copies and isinstance(fresh, tuple) and len(fresh) == layer.stacked_copies:
+    if layer.state_per_copy:
         # A Repeat streams with a state per repeat; its trained state is their stack.
         return tuple(
             _carry_over(subs[0], jax.tree.map(lambda a, r=r: a[r], trained), fresh_r)
